@@ -1,0 +1,114 @@
+import dataclasses
+
+import pytest
+import torch
+
+from cosmosim.errors import InputError
+from cosmosim.model import MINI_CONFIGS, Decoder, ModelConfig, get_config
+from cosmosim.model.llama import FeedForward
+from cosmosim.model.moe import Experts, MoEFeedForward
+
+TINY_MOE = ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=16,
+                       ffn_hidden=48, n_experts=4, top_k=2)
+
+
+@pytest.mark.parametrize("config", [*MINI_CONFIGS.values(), TINY_MOE, dataclasses.replace(TINY_MOE, wd_rank=8)],
+                         ids=[*MINI_CONFIGS, "tiny-gqa-moe", "tiny-gqa-wd"])
+def test_num_params_counts_the_built_model(config):
+    model = Decoder(config)
+    assert config.num_params() == sum(p.numel() for p in model.parameters())
+    assert config.num_active_params() <= config.num_params()
+
+
+def test_dense_minis_match_the_moe_mini_like_fa_and_pa():
+    moe = get_config("wearable-moe-mini")
+    assert get_config("wearable-dense-fa-mini").num_params() == pytest.approx(moe.num_active_params(), rel=0.01)
+    assert get_config("wearable-dense-pa-mini").num_params() == pytest.approx(moe.num_params(), rel=0.01)
+    wd = get_config("wearable-wd-mini")
+    assert (wd.n_layers, wd.wd_rank) == (32, wd.d_model // 2)
+    assert wd.num_params() == pytest.approx(moe.num_params(), rel=0.05)
+
+
+def test_unknown_config_name_lists_the_known_ones():
+    with pytest.raises(InputError, match="wearable-moe-mini"):
+        get_config("phone-moe")
+
+
+@pytest.mark.parametrize("bad", [dict(wd_rank=8, n_experts=0), dict(top_k=5), dict(d_model=30),
+                                 dict(n_kv_heads=3), dict(load_balance_level="token")])
+def test_inconsistent_configs_are_input_errors(bad):
+    with pytest.raises(InputError):
+        dataclasses.replace(TINY_MOE, **bad)
+
+
+def test_from_dict_round_trips_and_rejects_unknown_fields():
+    assert ModelConfig.from_dict(TINY_MOE.to_dict()) == TINY_MOE
+    with pytest.raises(InputError, match="n_expert"):
+        ModelConfig.from_dict({**TINY_MOE.to_dict(), "n_expert": 8})
+
+
+def test_router_gates_are_renormalised_and_descending():
+    moe = MoEFeedForward(TINY_MOE, std=0.5, out_std=0.02)
+    routing = moe.router(torch.randn(3, 5, 32))
+    torch.testing.assert_close(routing.gates_BTK.sum(-1), torch.ones(3, 5))
+    assert (routing.gates_BTK[..., 0] >= routing.gates_BTK[..., 1]).all()
+    assert (routing.expert_ids_BTK == routing.logits_BTE.topk(2, dim=-1).indices).all()
+
+
+def test_one_expert_top1_equals_the_dense_ffn():
+    config = dataclasses.replace(TINY_MOE, n_experts=1, top_k=1)
+    dense = FeedForward(config.d_model, config.ffn_hidden)
+    moe = MoEFeedForward(config, std=0.02, out_std=0.02)
+    with torch.no_grad():  # nn.Linear computes x·Wᵀ, an ExpertLinear x·W
+        moe.experts.w_gate.weight[0] = dense.w_gate.weight.T
+        moe.experts.w_up.weight[0] = dense.w_up.weight.T
+        moe.experts.w_down.weight[0] = dense.w_down.weight.T
+    x = torch.randn(2, 7, config.d_model)
+    out, routing = moe(x)
+    assert (routing.gates_BTK == 1).all()
+    torch.testing.assert_close(out, dense(x))
+
+
+def test_weight_decomposition_at_full_rank_reproduces_the_dense_expert():
+    config = dataclasses.replace(TINY_MOE, n_experts=3)
+    full = Experts(config, std=0.1, out_std=0.1).double()
+    decomposed = Experts(dataclasses.replace(config, wd_rank=config.d_model), std=0.1, out_std=0.1).double()
+    with torch.no_grad():
+        for name in ("w_gate", "w_up", "w_down"):
+            # Exact factorisation W = Q·R (reduced QR): rank min(n, m) = d_model for every matrix.
+            q, r = torch.linalg.qr(getattr(full, name).weight)
+            getattr(decomposed, name).left.copy_(q)
+            getattr(decomposed, name).right.copy_(r)
+    x = torch.randn(20, config.d_model, dtype=torch.float64)
+    ids = torch.stack([torch.arange(20) % 3, (torch.arange(20) + 1) % 3], dim=1)
+    gates = torch.rand(20, 2, dtype=torch.float64)
+    torch.testing.assert_close(decomposed(x, ids, gates), full(x, ids, gates), rtol=1e-12, atol=1e-12)
+
+
+def test_decoder_shapes_and_one_routing_per_moe_layer():
+    model = Decoder(TINY_MOE)
+    logits, routings = model(torch.randint(0, 64, (3, 16)))
+    assert logits.shape == (3, 16, 64)
+    assert len(routings) == TINY_MOE.n_layers
+    assert routings[0].logits_BTE.shape == (3, 16, 4) and routings[0].expert_ids_BTK.shape == (3, 16, 2)
+    _, dense_routings = Decoder(dataclasses.replace(TINY_MOE, n_experts=0))(torch.randint(0, 64, (1, 4)))
+    assert dense_routings == []
+
+
+def test_decoder_is_causal():
+    torch.manual_seed(0)
+    model = Decoder(TINY_MOE).eval()
+    tokens = torch.randint(0, 64, (1, 12))
+    changed = tokens.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 64
+    with torch.no_grad():
+        before, routes_before = model(tokens)
+        after, routes_after = model(changed)
+    torch.testing.assert_close(before[:, :8], after[:, :8])
+    assert (routes_before[1].expert_ids_BTK[:, :8] == routes_after[1].expert_ids_BTK[:, :8]).all()
+    assert not torch.allclose(before[:, 8:], after[:, 8:])
+
+
+def test_decoder_rejects_sequences_longer_than_its_rope_table():
+    with pytest.raises(ValueError):
+        Decoder(TINY_MOE)(torch.zeros(1, 17, dtype=torch.long))
