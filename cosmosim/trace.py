@@ -17,9 +17,8 @@ expected.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cosmosim.errors import InputError
+from cosmosim.io import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 REQUIRED_MODEL_KEYS = ("n_layers", "n_experts", "top_k")
@@ -164,15 +164,9 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
     for name, dtype in _OPTIONAL_ARRAYS.items():
         if getattr(trace, name) is not None:
             arrays[name] = getattr(trace, name).astype(dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

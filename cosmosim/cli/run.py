@@ -1,0 +1,90 @@
+"""`cosmosim run`: replay a routing trace on a device and report latency, memory and energy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cosmosim.cli import app
+from cosmosim.io import atomic_write_json
+from cosmosim.runner import run as run_scenario
+from cosmosim.scenario import RunConfig
+
+_DEFAULTS = RunConfig()
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def print_summary(result: dict, console: Console) -> None:
+    inputs = result["inputs"]
+    title = (f"{inputs['arch']} on {inputs['profile']} · policy {inputs['policy']} · prefetch {inputs['prefetch']} · "
+             f"cache {inputs['cache_experts']}/{inputs['total_experts']} experts ({inputs['cache_mb']:.0f} MB) · "
+             f"{inputs['weight_bits']}-bit · engine {result['engine']}")
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    tpot = result["tpot_ms"]
+    rows = [
+        ("TTFT (ms, mean over requests)", result["ttft_ms"]),
+        ("TPOT mean / p50 / p95 / p99 (ms)", " / ".join(_fmt(tpot[k], 4) for k in ("mean", "p50", "p95", "p99"))),
+        ("tokens/s", result["tokens_per_s"]),
+        ("expert hit rate (decode)", result["hit_rate"]),
+        ("flash MB per token", result["flash_mb_per_token"]),
+        ("peak DRAM (MB)", result["peak_dram_mb"]),
+        ("energy (mJ per token)", result["energy_mj_per_token"]),
+        ("decode tokens / requests", f"{inputs['decode_tokens']} / {inputs['requests']}"),
+    ]
+    if inputs["prefetch"] != "none":
+        rows.append(("prefetch accuracy / wasted MB", f"{_fmt(result['prefetch']['accuracy'])} / "
+                                                      f"{_fmt(result['prefetch']['wasted_mb'])}"))
+    for name, value in rows:
+        table.add_row(name, _fmt(value, 4))
+    for part, ms in result["breakdown"]["time_ms_per_token"].items():
+        table.add_row(f"  time: {part.replace('_', ' ')} (ms/token)", _fmt(ms, 3))
+    for part, mj in result["breakdown"]["energy_mj_per_token"].items():
+        table.add_row(f"  energy: {part} (mJ/token)", _fmt(mj, 3))
+    console.print(table)
+    for warning in result["warnings"]:
+        console.print(f"[yellow]note:[/] {warning}")
+
+
+@app.command()
+def run(
+    profile: str = typer.Option(..., "--profile", "-p", help="Device profile: a shipped name (see `cosmosim profiles`) or a .toml path."),
+    trace: Path = typer.Option(None, "--trace", "-t", help="Routing trace (.npz, format v1). Required for a MoE architecture; omit for a dense one."),
+    arch: str = typer.Option(None, help="Target architecture (see `cosmosim arch`). Default: the trace's meta.target_arch."),
+    cache_mb: float = typer.Option(None, help="Expert cache budget in MB. Default: the profile's app budget minus resident weights, KV cache and activations."),
+    cache_experts: int = typer.Option(None, help="Expert cache size as a number of experts (instead of --cache-mb)."),
+    per_layer_cache: bool = typer.Option(False, help="Split the cache into equal per-layer partitions instead of one global cache."),
+    policy: str = typer.Option(_DEFAULTS.policy, help="Eviction policy: lru, lfu, belady, pinned or kactive (the CoSMoEs paper's: only the current k experts per layer)."),
+    prefetch: str = typer.Option(_DEFAULTS.prefetch, help="Prefetcher: none, next-layer (learned co-occurrence) or oracle (upper bound)."),
+    weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help="Weight bit-width: 16, 8 or 4."),
+    tokens: int = typer.Option(None, help="Simulate at most this many tokens (whole requests, the last cut). Default: the whole trace after warm-up."),
+    prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request (prefilled at once; gives TTFT)."),
+    context_len: int = typer.Option(_DEFAULTS.context_len, help="KV-cache length bound (tokens); also sizes the KV cache in peak DRAM."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the full result as JSON to this path."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
+) -> None:
+    """Replay a routing trace through the discrete-event simulation of flash -> DRAM expert cache -> compute.
+
+    Each trace sequence is one request: its first --prompt-tokens tokens are prefilled, the rest decoded one at a
+    time (batch 1). The first 10% of sequences only teach policies and prefetchers their statistics.
+    Example: cosmosim run --profile wearable --trace traces/bles.npz --json out.json
+    """
+    config = RunConfig(policy=policy, prefetch=prefetch, cache_mb=cache_mb, cache_experts=cache_experts,
+                       per_layer_cache=per_layer_cache, weight_bits=weight_bits, tokens=tokens,
+                       prompt_tokens=prompt_tokens, context_len=context_len)
+    result = run_scenario(profile, trace, arch, config)
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+    if not quiet:
+        print_summary(result, Console())
+        if json_path is not None:
+            Console().print(f"wrote {json_path}")
