@@ -173,7 +173,7 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     if trace is None:
         raise InputError(f"--arch {arch.name} is a MoE: give a routing --trace")
     if (trace.n_experts, trace.top_k) != (arch.n_experts, arch.top_k):
-        raise InputError(f"{trace.path}: routes top-{trace.top_k} of {trace.n_experts} experts, but --arch {arch.name} "
+        raise InputError(f"{trace.path or 'trace'}: routes top-{trace.top_k} of {trace.n_experts} experts, but --arch {arch.name} "
                          f"has top-{arch.top_k} of {arch.n_experts}; choose a matching architecture")
     if trace.n_layers != arch.n_layers:
         warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "

@@ -120,7 +120,9 @@ class Simulation:
             ready = cache.ready_s.get(key)
             if ready is None:
                 ready = self.flash.read(expert_bytes, router_done)
-                cache.insert(key, clock, ready, pinned)
+                # A prefill step may need more experts than the cache holds: it streams them, so
+                # only the one being loaded is pinned; a decode step's top_k stay pinned together.
+                cache.insert(key, clock, ready, pinned if kind == DECODE else {key})
                 records.add_access(kind, layer, "miss", expert_bytes)
             elif ready > router_done:
                 records.add_access(kind, layer, "late_hit", 0)

@@ -1,0 +1,136 @@
+"""The discrete-event simulator on tiny cases worked by hand, and its invariants."""
+
+import numpy as np
+import pytest
+
+from cosmosim.arch import Architecture
+from cosmosim.errors import InputError
+from cosmosim.metrics import summarize
+from cosmosim.profiles import profile_from_dict
+from cosmosim.runner import prepare, run
+from cosmosim.scenario import RunConfig
+from cosmosim.sim.engine import simulate
+from trace_factory import sticky_trace, trace_from_experts
+
+MIB = 1 << 20
+
+
+def tiny_profile(queue_depth: int = 1, latency_us: float = 100.0, mb_per_s: float = 100.0):
+    cite = lambda keys: {key: "test value" for key in keys}  # noqa: E731
+    return profile_from_dict({
+        "name": "tiny", "description": "hand-worked test device",
+        "flash": {"bandwidth_curve": [{"read_kib": 4, "mb_per_s": mb_per_s}, {"read_kib": 1024, "mb_per_s": mb_per_s}],
+                  "latency_us": latency_us, "queue_depth": queue_depth, "max_request_kib": 1024,
+                  "sources": cite(["bandwidth_curve", "latency_us", "queue_depth", "max_request_kib"])},
+        "dram": {"capacity_gib": 1, "app_budget_gib": 0.5, "bandwidth_gb_per_s": 1.0,
+                 "sources": cite(["capacity_gib", "app_budget_gib", "bandwidth_gb_per_s"])},
+        "compute": {"gemv_gflops": 1.0, "gemm_gflops": 2.0, "layer_overhead_us": 10,
+                    "sources": cite(["gemv_gflops", "gemm_gflops", "layer_overhead_us"])},
+        "energy": {"flash_pj_per_byte": 100, "dram_pj_per_bit": 10, "pj_per_flop": 1, "idle_mw": 50,
+                   "sources": cite(["flash_pj_per_byte", "dram_pj_per_bit", "pj_per_flop", "idle_mw"])},
+    }, source="tiny.toml")
+
+
+def tiny_arch(n_layers: int = 1, n_experts: int = 2, top_k: int = 1) -> Architecture:
+    return Architecture(name="tiny", n_layers=n_layers, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
+                        ffn_hidden=128, n_experts=n_experts, top_k=top_k, wd_rank=None)
+
+
+def scenario_for(experts, seq_len, *, arch=None, profile=None, **config):
+    trace = trace_from_experts(experts, seq_len=seq_len, n_experts=(arch or tiny_arch()).n_experts)
+    return prepare(profile or tiny_profile(), trace, arch or tiny_arch(), RunConfig(prompt_tokens=1, **config))
+
+
+def test_hits_and_misses_cost_exactly_what_the_parts_add_up_to():
+    # Sequence 1 is the warm-up; sequence 2: prompt expert 0 (miss), then decode 0, 1, 1, 0 with one
+    # cache slot: hit, miss, hit, miss.
+    scenario = scenario_for([[0]] * 5 + [[0], [0], [1], [1], [0]], seq_len=5, cache_experts=1)
+    records = simulate(scenario)
+    costs = scenario.costs
+    read_s = 100e-6 + costs.expert_bytes / 100e6  # latency + transfer: one request, idle device
+    expected = []
+    for position, miss in zip(range(1, 5), [False, True, False, True]):
+        nonexpert = costs.nonexpert_decode(position + 1).time_s + 10e-6
+        expected.append(nonexpert + (read_s if miss else 0) + costs.expert_decode.time_s + costs.lm_head.time_s)
+    assert records.latency_s == pytest.approx(expected, rel=1e-12)
+    assert records.layer_outcomes["miss"].tolist() == [2] and records.layer_outcomes["hit"].tolist() == [2]
+    prefill = costs.nonexpert_prefill(1).time_s + 10e-6 + read_s + costs.expert_decode.time_s + costs.lm_head.time_s
+    assert records.ttft_s == pytest.approx([prefill], rel=1e-12)
+
+
+@pytest.mark.parametrize("queue_depth", [1, 2])
+def test_two_misses_overlap_reads_with_compute(queue_depth):
+    # top-2 of 4, cache of 2: the decode token needs experts 2 and 3, both misses.
+    arch = tiny_arch(n_experts=4, top_k=2)
+    scenario = scenario_for([[[0, 1]]] * 2 + [[[0, 1]], [[2, 3]]], seq_len=2, arch=arch, cache_experts=2,
+                            profile=tiny_profile(queue_depth=queue_depth))
+    records = simulate(scenario)
+    costs = scenario.costs
+    latency, transfer, compute = 100e-6, costs.expert_bytes / 100e6, costs.expert_decode.time_s
+    router_done = costs.nonexpert_decode(2).time_s + 10e-6
+    first = router_done + latency + transfer
+    # Queue depth 1: the second read's latency starts after the first read ends; 2: it overlaps.
+    second = first + transfer + (latency if queue_depth == 1 else 0)
+    end = max(second, first + compute) + compute
+    assert records.latency_s == pytest.approx([end + costs.lm_head.time_s], rel=1e-12)
+    assert records.breakdown_s["flash_stall"] == pytest.approx(end - router_done - 2 * compute, rel=1e-9)
+
+
+def test_dense_architecture_runs_without_a_trace():
+    dense = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
+                         ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
+    scenario = prepare(tiny_profile(), None, dense, RunConfig(prompt_tokens=4, tokens=512))
+    result = summarize(scenario, simulate(scenario), "des")
+    assert result["accesses"]["decode"] == 0 and result["flash_mb_per_token"] == 0
+    assert result["inputs"]["decode_tokens"] == 2 * (256 - 4)
+
+
+def test_results_are_deterministic_and_more_cache_never_hurts_belady():
+    trace = sticky_trace(n_tokens=4096, n_layers=4, seq_len=128, seed=3)
+    arch = tiny_arch(n_layers=4, n_experts=8, top_k=2)
+    results = [run(tiny_profile(queue_depth=4), trace, arch, RunConfig(policy="belady", cache_experts=n))
+               for n in (4, 8, 16, 4)]
+    assert results[0] == results[3]
+    misses = [r["accesses"]["miss"] for r in results[:3]]
+    assert misses[0] >= misses[1] >= misses[2]
+    lru = run(tiny_profile(queue_depth=4), trace, arch, RunConfig(policy="lru", cache_experts=8))
+    assert results[1]["accesses"]["miss"] <= lru["accesses"]["miss"]
+    assert results[1]["tpot_ms"]["mean"] <= lru["tpot_ms"]["mean"]
+
+
+def test_kactive_equals_per_layer_lru_of_top_k():
+    trace = sticky_trace(n_tokens=2048, n_layers=3, seq_len=128, seed=5)
+    arch = tiny_arch(n_layers=3, n_experts=8, top_k=2)
+    kactive = run(tiny_profile(), trace, arch, RunConfig(policy="kactive"))
+    per_layer = run(tiny_profile(), trace, arch, RunConfig(policy="lru", cache_experts=6, per_layer_cache=True))
+    assert kactive["accesses"] == per_layer["accesses"] and kactive["tpot_ms"] == per_layer["tpot_ms"]
+    with pytest.raises(InputError, match="fixes the cache itself"):
+        run(tiny_profile(), trace, arch, RunConfig(policy="kactive", cache_experts=6))
+
+
+def test_oracle_prefetch_never_worse_and_next_layer_reports_accuracy():
+    trace = sticky_trace(n_tokens=4096, n_layers=4, seq_len=128, stay=0.3, seed=1)
+    arch = tiny_arch(n_layers=4, n_experts=8, top_k=2)
+    config = dict(policy="lru", cache_experts=16)
+    base = run(tiny_profile(queue_depth=4), trace, arch, RunConfig(**config))
+    oracle = run(tiny_profile(queue_depth=4), trace, arch, RunConfig(prefetch="oracle", **config))
+    guess = run(tiny_profile(queue_depth=4), trace, arch, RunConfig(prefetch="next-layer", **config))
+    assert oracle["tpot_ms"]["mean"] < base["tpot_ms"]["mean"]
+    assert oracle["prefetch"]["accuracy"] == pytest.approx(1.0)
+    assert 0 < guess["prefetch"]["accuracy"] < 1 and guess["prefetch"]["issued"] > 0
+
+
+def test_layer_mapping_warns_and_mismatched_experts_fail():
+    trace = sticky_trace(n_tokens=1024, n_layers=2, seq_len=128)
+    result = run(tiny_profile(), trace, tiny_arch(n_layers=4, n_experts=8, top_k=2), RunConfig(cache_experts=8))
+    assert any("floor(i * 2 / 4)" in w for w in result["warnings"])
+    assert len(result["hit_rate_per_layer"]) == 4
+    with pytest.raises(InputError, match="top-2 of 8 experts"):
+        run(tiny_profile(), trace, tiny_arch(n_layers=2, n_experts=4, top_k=2), RunConfig(cache_experts=8))
+
+
+def test_whole_cache_means_offloading_idle():
+    trace = sticky_trace(n_tokens=1024, n_layers=2, seq_len=128)
+    result = run(tiny_profile(), trace, tiny_arch(n_layers=2, n_experts=8, top_k=2), RunConfig(cache_experts=100))
+    assert result["inputs"]["offloading_idle"] and result["accesses"]["miss"] + result["accesses"]["prefill_miss"] <= 16
+    assert any("offloading is idle" in w for w in result["warnings"])
