@@ -27,8 +27,10 @@ class Records:
     dram_bytes: np.ndarray
     # Per request: time to first token (prefill of the prompt + LM head).
     ttft_s: list[float]
-    # Decode accesses per layer, by outcome.
-    layer_outcomes: dict[str, np.ndarray]
+    # Decode accesses per layer, by outcome (plain lists while running: faster to increment).
+    _layer_hits: list[int]
+    _layer_late: list[int]
+    _layer_misses: list[int]
     prefill_outcomes: dict[str, int]
     breakdown_s: dict[str, float]  # decode only, summed over tokens
     prefetch: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -45,10 +47,17 @@ class Records:
         n = workload.n_decode_tokens
         return cls(
             latency_s=np.zeros(n), flash_bytes=np.zeros(n), flops=np.zeros(n), dram_bytes=np.zeros(n), ttft_s=[],
-            layer_outcomes={o: np.zeros(workload.n_layers, dtype=np.int64) for o in ("hit", "late_hit", "miss")},
+            _layer_hits=[0] * workload.n_layers, _layer_late=[0] * workload.n_layers,
+            _layer_misses=[0] * workload.n_layers,
             prefill_outcomes={"hit": 0, "late_hit": 0, "miss": 0},
             breakdown_s=dict.fromkeys(BREAKDOWN_PARTS, 0.0),
         )
+
+    @property
+    def layer_outcomes(self) -> dict[str, np.ndarray]:
+        """Decode accesses per layer: {"hit", "late_hit", "miss"} -> int array [layers]."""
+        return {"hit": np.array(self._layer_hits, dtype=np.int64), "late_hit": np.array(self._layer_late, dtype=np.int64),
+                "miss": np.array(self._layer_misses, dtype=np.int64)}
 
     def begin_pass(self, kind: int) -> None:
         self._flash, self._flops, self._dram = 0, 0.0, 0.0
@@ -62,23 +71,28 @@ class Records:
         else:
             self.ttft_s.append(latency_s)
 
-    def add_op(self, kind: int, part: str, cost: OpCost, overhead_s: float = 0.0) -> None:
-        self._flops += cost.flops
-        self._dram += cost.dram_bytes
+    def add_op(self, kind: int, part: str, cost: OpCost, overhead_s: float = 0.0, count: int = 1) -> None:
+        self._flops += count * cost.flops
+        self._dram += count * cost.dram_bytes
         if kind != DECODE:
             return
         if part == "lm_head":
             self.breakdown_s["lm_head"] += cost.time_s
         else:
-            self.breakdown_s[part + ("_dram" if cost.memory_bound else "_compute")] += cost.time_s
+            self.breakdown_s[part + ("_dram" if cost.memory_bound else "_compute")] += count * cost.time_s
         self.breakdown_s["layer_overhead"] += overhead_s
 
-    def add_access(self, kind: int, layer: int, outcome: str, flash_bytes: int) -> None:
+    def add_outcomes(self, kind: int, layer: int, hits: int, late_hits: int, misses: int, flash_bytes: int) -> None:
+        """One step's demand accesses, by outcome, and the bytes its misses read."""
         self._flash += flash_bytes
         if kind == DECODE:
-            self.layer_outcomes[outcome][layer] += 1
+            self._layer_hits[layer] += hits
+            self._layer_late[layer] += late_hits
+            self._layer_misses[layer] += misses
         else:
-            self.prefill_outcomes[outcome] += 1
+            self.prefill_outcomes["hit"] += hits
+            self.prefill_outcomes["late_hit"] += late_hits
+            self.prefill_outcomes["miss"] += misses
 
     def add_stall(self, kind: int, stall_s: float) -> None:
         if kind == DECODE:

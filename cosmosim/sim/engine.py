@@ -115,6 +115,7 @@ class Simulation:
             self._prefetched = set()
         expert_bytes = self.scenario.costs.expert_bytes
         ready_at = []
+        hits = late_hits = misses = 0
         for clock in range(lo, hi):
             key = keys[clock]
             ready = cache.ready_s.get(key)
@@ -123,25 +124,33 @@ class Simulation:
                 # A prefill step may need more experts than the cache holds: it streams them, so
                 # only the one being loaded is pinned; a decode step's top_k stay pinned together.
                 cache.insert(key, clock, ready, pinned if kind == DECODE else {key})
-                records.add_access(kind, layer, "miss", expert_bytes)
+                misses += 1
             elif ready > router_done:
-                records.add_access(kind, layer, "late_hit", 0)
+                late_hits += 1
             else:
                 ready = router_done
-                records.add_access(kind, layer, "hit", 0)
+                hits += 1
             cache.touch(key, clock)
             ready_at.append(ready)
+        records.add_outcomes(kind, layer, hits, late_hits, misses, misses * expert_bytes)
         if self.prefetcher is not None:
             self._prefetch(step, layer, step_keys, pinned, router_done)
 
         # Experts compute in the order their weights arrive (hits first), each once the unit is free.
-        expert_compute_s = 0.0
-        end = router_done
-        for ready, clock in sorted(zip(ready_at, range(lo, hi))):
-            cost = self.scenario.costs.expert_decode if kind == DECODE else self._expert_cost(tokens[clock])
-            _, end = compute.run(ready, cost.time_s)
-            records.add_op(kind, "expert", cost)
-            expert_compute_s += cost.time_s
+        if kind == DECODE:
+            cost = self.scenario.costs.expert_decode
+            end = router_done
+            for ready in sorted(ready_at):
+                _, end = compute.run(ready, cost.time_s)
+            records.add_op(kind, "expert", cost, count=hi - lo)
+            expert_compute_s = (hi - lo) * cost.time_s
+        else:
+            expert_compute_s = 0.0
+            for ready, clock in sorted(zip(ready_at, range(lo, hi))):
+                cost = self._expert_cost(tokens[clock])
+                _, end = compute.run(ready, cost.time_s)
+                records.add_op(kind, "expert", cost)
+                expert_compute_s += cost.time_s
         records.add_stall(kind, end - router_done - expert_compute_s)
         return end
 

@@ -38,32 +38,31 @@ class Flash:
         self._slot_free = [0.0] * self.spec.queue_depth  # FIFO: requests take slots round-robin
         self._next_slot = 0
         self._channel_free = 0.0
-        self._transfer_s: dict[int, float] = {}  # request size -> transfer time, memoised
+        self._split: dict[int, list[tuple[int, float]]] = {}
 
-    def transfer_s(self, request_bytes: int) -> float:
-        cached = self._transfer_s.get(request_bytes)
-        if cached is None:
-            cached = request_bytes / self.spec.bandwidth_bytes_per_s(request_bytes)
-            self._transfer_s[request_bytes] = cached
-        return cached
+    def _requests(self, nbytes: int) -> list[tuple[int, float]]:
+        """The read as the device sees it: (size, transfer time) of each request, memoised."""
+        requests = self._split.get(nbytes)
+        if requests is None:
+            limit = self.spec.max_request_bytes
+            sizes = [limit] * (nbytes // limit) + ([nbytes % limit] if nbytes % limit else [])
+            requests = [(size, size / self.spec.bandwidth_bytes_per_s(size)) for size in sizes]
+            self._split[nbytes] = requests
+        return requests
 
     def read(self, nbytes: int, issue_s: float) -> float:
         """Queue a read of `nbytes` at time `issue_s`; return when its last byte has arrived."""
-        spec = self.spec
-        remaining = nbytes
+        latency, depth, slot_free = self.spec.latency_s, self.spec.queue_depth, self._slot_free
         end = issue_s
-        while remaining > 0:
-            size = min(remaining, spec.max_request_bytes)
-            remaining -= size
+        requests = self._requests(nbytes)
+        for _, transfer in requests:
             slot = self._next_slot
-            start = max(max(self._slot_free[slot], issue_s) + spec.latency_s, self._channel_free)
-            transfer = self.transfer_s(size)
-            end = start + transfer
-            self._channel_free = end
-            self._slot_free[slot] = end
-            self._next_slot = (slot + 1) % spec.queue_depth
-            self.stats.requests += 1
+            ready = (slot_free[slot] if slot_free[slot] > issue_s else issue_s) + latency
+            end = (ready if ready > self._channel_free else self._channel_free) + transfer
+            self._channel_free = slot_free[slot] = end
+            self._next_slot = (slot + 1) % depth
             self.stats.busy_s += transfer
+        self.stats.requests += len(requests)
         self.stats.reads += 1
         self.stats.bytes += nbytes
         return end
