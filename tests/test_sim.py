@@ -91,6 +91,8 @@ def test_results_are_deterministic_and_more_cache_never_hurts_belady():
     results = [run(tiny_profile(queue_depth=4), trace, arch, RunConfig(policy="belady", cache_experts=n))
                for n in (4, 8, 16, 4)]
     assert results[0] == results[3]
+    for result in results:  # the time breakdown adds up to the mean TPOT
+        assert sum(result["breakdown"]["time_ms_per_token"].values()) == pytest.approx(result["tpot_ms"]["mean"], rel=1e-9)
     misses = [r["accesses"]["miss"] for r in results[:3]]
     assert misses[0] >= misses[1] >= misses[2]
     lru = run(tiny_profile(queue_depth=4), trace, arch, RunConfig(policy="lru", cache_experts=8))
