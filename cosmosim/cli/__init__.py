@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from cosmosim.errors import InputError
@@ -26,18 +25,12 @@ from cosmosim.cli import catalog, run, trace  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: typer handles usage errors itself (exit 2); input errors are ours to print."""
     try:
-        code = app(args=argv, prog_name="cosmosim", standalone_mode=False)
-    except click.ClickException as error:  # usage errors: unknown flag, bad type
-        error.show()
-        code = error.exit_code
-    except click.Abort:
-        typer.echo("cosmosim: aborted", err=True)
-        code = 130
+        app(args=argv, prog_name="cosmosim")  # standalone: exits with the command's status
     except InputError as error:
         typer.echo(f"cosmosim: error: {error}", err=True)
-        code = 2
+        sys.exit(2)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
         typer.echo(f"cosmosim: error: {error.filename}: {error.strerror}", err=True)
-        code = 2
-    sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(2)

@@ -1,0 +1,86 @@
+"""The command line: the main job end to end, and every bad input as one line with exit code 2."""
+
+import json
+
+import pytest
+
+from cosmosim.cli import main
+from cosmosim.profiles import profiles_dir
+from cosmosim.trace import save_trace
+from trace_factory import sticky_trace
+
+REQUIRED_KEYS = {"ttft_ms", "tpot_ms", "tokens_per_s", "hit_rate", "flash_mb_per_token", "peak_dram_mb",
+                 "energy_mj_per_token", "breakdown", "inputs", "provenance"}
+
+
+@pytest.fixture(scope="module")
+def fixture_trace(tmp_path_factory):
+    trace = sticky_trace(n_tokens=2048, n_layers=19, seq_len=128, seed=2)
+    trace.meta["target_arch"] = "wearable-moe"
+    return save_trace(trace, tmp_path_factory.mktemp("traces") / "fixture.npz")
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as stop:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+def test_run_writes_every_key(capsys, tmp_path, fixture_trace):
+    out_json = tmp_path / "out.json"
+    code, out, _ = cli(capsys, "run", "--profile", "wearable", "--trace", str(fixture_trace), "--json", str(out_json))
+    assert code == 0 and "TPOT" in out
+    result = json.loads(out_json.read_text())
+    assert REQUIRED_KEYS <= result.keys()
+    assert set(result["tpot_ms"]) == {"mean", "p50", "p95", "p99"}
+    assert 0 <= result["hit_rate"] <= 1 and result["inputs"]["arch"] == "wearable-moe"
+    assert len(result["provenance"]["trace_sha256"]) == 64
+
+
+def test_dense_arch_runs_without_trace(capsys):
+    code, out, _ = cli(capsys, "run", "--arch", "wearable-dense-fa", "--profile", "wearable", "--tokens", "300")
+    assert code == 0 and "wearable-dense-fa" in out
+
+
+def test_trace_validate_and_info(capsys, fixture_trace):
+    assert cli(capsys, "trace", "validate", str(fixture_trace))[0] == 0
+    code, out, _ = cli(capsys, "trace", "info", str(fixture_trace), "--json")
+    assert code == 0 and json.loads(out)["tokens"] == 2048
+
+
+def bad_profile(tmp_path):
+    text = (profiles_dir() / "wearable.toml").read_text().replace("latency_us = 150", "latency_us = -3")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "--profile", "wearable", "--trace", "{tmp}/missing.npz"], "missing.npz: no such trace file"),
+    (["run", "--profile", "wearable", "--trace", "{cut}"], "not a readable .npz"),
+    (["run", "--profile", "mars", "--trace", "{trace}"], "unknown device profile 'mars'"),
+    (["run", "--profile", "{bad_profile}", "--trace", "{trace}"], "flash.latency_us must be > 0, got -3"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--arch", "phone-xl"], "unknown architecture 'phone-xl'"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--cache-experts", "1"], "smaller than top_k=2"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--cache-experts", "8", "--cache-mb", "9"], "give one cache size"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--policy", "kactive", "--cache-mb", "90"], "fixes the cache itself"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--policy", "fifo"], "--policy: expected one of"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--weight-bits", "3"], "--weight-bits: expected 16, 8 or 4"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--prompt-tokens", "500"], "longer than --prompt-tokens=500"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--arch", "phone-dense-fa"], "is dense"),
+    (["run", "--profile", "wearable", "--arch", "wearable-moe"], "give a routing --trace"),
+    (["trace", "validate", "{cut}"], "not a readable .npz"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, fixture_trace, args, expected):
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(fixture_trace.read_bytes()[:1000])
+    values = {"tmp": tmp_path, "trace": fixture_trace, "cut": cut, "bad_profile": bad_profile(tmp_path)}
+    code, out, err = cli(capsys, *[a.format(**values) for a in args])
+    assert code == 2
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+
+
+def test_unknown_flag_is_a_usage_error(capsys):
+    code, _, err = cli(capsys, "run", "--profile", "wearable", "--no-such-flag")
+    assert code == 2 and "no-such-flag" in err
