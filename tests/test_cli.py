@@ -84,3 +84,12 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, fixture_trace, args,
 def test_unknown_flag_is_a_usage_error(capsys):
     code, _, err = cli(capsys, "run", "--profile", "wearable", "--no-such-flag")
     assert code == 2 and "no-such-flag" in err
+
+
+def test_trace_stats_json_and_markdown(capsys, fixture_trace):
+    code, out, _ = cli(capsys, "trace", "stats", str(fixture_trace), "--json")
+    stats = json.loads(out)[str(fixture_trace)]
+    assert code == 0 and stats["exrep"]["random"] == pytest.approx(0.75)
+    assert 0 <= stats["exrep"]["value"] < stats["exrep"]["random"]  # the fixture is sticky by construction
+    code, out, _ = cli(capsys, "trace", "stats", str(fixture_trace), "--markdown")
+    assert code == 0 and "| fixture |" in out and "| random top-2 of 8 |" in out
