@@ -1,0 +1,127 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cosmosim.errors import InputError
+from cosmosim.model import ModelConfig
+from cosmosim.record import record
+from cosmosim.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
+from cosmosim.trace import load_trace
+
+TINY = ModelConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, seq_len=32, ffn_hidden=64, n_experts=4,
+                   top_k=2, bles_lambda=0.5, bles_tau=4.0)
+FAST = dict(batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=2, eval_every=5, eval_windows=16, threads=1,
+            progress=False)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """train() sets torch's global thread count; give the rest of the suite its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(sample_corpus, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("run") / "tiny"
+    threads = torch.get_num_threads()
+    train(TINY, corpus_dir=sample_corpus, out_dir=out_dir, steps=20, **FAST)
+    torch.set_num_threads(threads)
+    return out_dir
+
+
+def read_log(out_dir, split):
+    records = [json.loads(line) for line in (out_dir / LOG_FILE).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records if r["split"] == split]
+
+
+def test_tiny_model_loss_falls(trained):
+    losses = [r["loss"] for r in read_log(trained, "train")]
+    assert len(losses) == 20
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
+    val = read_log(trained, "val")
+    assert [r["step"] for r in val] == [5, 10, 15, 20]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    assert all(0 <= r["val_exrep"] <= 1 for r in val)
+
+
+def test_checkpoint_header_describes_the_run(trained, sample_corpus):
+    header = json.loads((trained / CONFIG_FILE).read_text())
+    assert header["state"]["step"] == 20 and header["state"]["tokens_seen"] == 20 * 8 * 32
+    assert header["model"]["vocab_size"] == 512  # taken from the corpus tokenizer
+    assert len(header["corpus"]["manifest_sha256"]) == 64
+    assert header["training"]["lr"] == 1e-2
+
+
+def test_interrupted_run_resumes_to_the_same_result(sample_corpus, tmp_path):
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    train(TINY, corpus_dir=sample_corpus, out_dir=straight, steps=6, **FAST)
+    for session in range(6):
+        # A zero time budget stops every session after one step, with a checkpoint.
+        train(TINY, corpus_dir=sample_corpus, out_dir=pieces, steps=6, time_budget_s=0, **FAST)
+        if session == 2:  # as if a crash came after logging step 4 but before its checkpoint
+            with open(pieces / LOG_FILE, "a") as log:
+                log.write(json.dumps({"split": "train", "step": 4, "loss": 0.0}) + "\n")
+    assert json.loads((pieces / CONFIG_FILE).read_text())["state"]["step"] == 6
+    expected, resumed = load_file(straight / MODEL_FILE), load_file(pieces / MODEL_FILE)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    assert read_log(pieces, "train") == read_log(straight, "train")
+    assert read_log(pieces, "val") == read_log(straight, "val")
+
+
+def test_resume_with_other_arguments_is_refused(trained, sample_corpus, tmp_path):
+    copy = shutil.copytree(trained, tmp_path / "copy")
+    with pytest.raises(InputError, match="training.lr"):
+        train(TINY, corpus_dir=sample_corpus, out_dir=copy, steps=20, **{**FAST, "lr": 3e-3})
+
+
+def test_unknown_config_name_is_an_input_error(sample_corpus, tmp_path):
+    with pytest.raises(InputError, match="wearable-moe-mini"):
+        train("wearable-moe", corpus_dir=sample_corpus, out_dir=tmp_path, steps=1, progress=False)
+
+
+def test_checkpoint_without_weights_is_an_input_error(trained, tmp_path):
+    copy = shutil.copytree(trained, tmp_path / "copy")
+    (copy / MODEL_FILE).unlink()
+    with pytest.raises(InputError, match="model.safetensors"):
+        load_checkpoint(copy)
+
+
+def test_checkpoint_with_mismatching_shapes_is_an_input_error(trained, tmp_path):
+    copy = shutil.copytree(trained, tmp_path / "copy")
+    header = json.loads((copy / CONFIG_FILE).read_text())
+    header["model"]["d_model"] = 64
+    (copy / CONFIG_FILE).write_text(json.dumps(header))
+    with pytest.raises(InputError, match="expected shape"):
+        load_checkpoint(copy)
+
+
+def test_recorded_trace_is_valid_and_follows_the_model(trained, sample_corpus, tmp_path):
+    path = record(trained, tmp_path / "tiny.npz", corpus_dir=sample_corpus, progress=False)
+    trace = load_trace(path)  # validates
+    assert trace.experts.shape[1:] == (TINY.n_layers, TINY.top_k)
+    assert trace.n_tokens % TINY.seq_len == 0
+    assert (trace.positions[:: TINY.seq_len] == 0).all()
+    assert set(np.unique(trace.domains)) == set(range(len(trace.meta["domain_names"])))
+    assert trace.meta["training"]["steps"] == 20 and trace.meta["model"]["n_experts"] == 4
+    assert (trace.gates[:, :, 0] >= trace.gates[:, :, 1]).all()
+
+    # The first sequence's routing is what the checkpoint's router chooses for those tokens.
+    model = load_checkpoint(trained).model
+    with torch.no_grad():
+        _, routings = model(torch.from_numpy(trace.tokens[: TINY.seq_len]).long()[None])
+    assert (trace.experts[: TINY.seq_len, 1] == routings[1].expert_ids_BTK[0].numpy()).all()
+
+
+def test_record_a_prefix_and_refuse_more_than_the_split(trained, sample_corpus, tmp_path):
+    path = record(trained, tmp_path / "short.npz", corpus_dir=sample_corpus, n_tokens=70, progress=False)
+    assert load_trace(path).n_tokens == 64  # whole windows of 32
+    with pytest.raises(InputError):
+        record(trained, tmp_path / "long.npz", corpus_dir=sample_corpus, n_tokens=10**7, progress=False)
