@@ -18,6 +18,7 @@ from rich.progress import track
 from cosmosim.data import load_split, sequential_windows
 from cosmosim.data.corpus import MANIFEST_FILE, sha256_file
 from cosmosim.errors import InputError
+from cosmosim.model import Decoder
 from cosmosim.trace import SCHEMA_VERSION, Trace, save_trace
 from cosmosim.train import CONFIG_FILE, git_commit, load_checkpoint
 
@@ -27,7 +28,7 @@ WINDOWS_PER_BATCH = 16
 
 
 @torch.no_grad()
-def route_windows(model, windows_NT: torch.Tensor, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def route_windows(model: Decoder, windows_NT: torch.Tensor, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Expert ids int16 [N·T, L, K] and gates float16 [N·T, L, K], windows laid end to end."""
     experts, gates = [], []
     batches = windows_NT.split(WINDOWS_PER_BATCH)

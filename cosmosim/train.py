@@ -123,6 +123,8 @@ def read_header(checkpoint_dir: Path) -> dict:
     for key in ("model", "training", "state"):
         if not isinstance(header.get(key), dict):
             raise InputError(f"{path}: {key}: expected an object")
+    if not isinstance(header["state"].get("step"), int):
+        raise InputError(f"{path}: state.step: expected an integer, got {header['state'].get('step')!r}")
     return header
 
 
@@ -133,7 +135,7 @@ def _read_safetensors(path: Path, step: int) -> tuple[dict[str, torch.Tensor], d
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for corrupt headers
+    except (safetensors.SafetensorError, OSError) as error:
         raise InputError(f"{path}: not a readable safetensors file ({error})") from None
     if metadata.get("step") != str(step):
         raise InputError(f"{path}: step {metadata.get('step')} but {CONFIG_FILE} says {step}; "
@@ -161,7 +163,7 @@ def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
     header = read_header(checkpoint_dir)
     config = ModelConfig.from_dict(header["model"], source=str(checkpoint_dir / CONFIG_FILE))
     model = Decoder(config)
-    load_weights(model, checkpoint_dir, header["state"].get("step"))
+    load_weights(model, checkpoint_dir, header["state"]["step"])
     return Checkpoint(model.eval(), header)
 
 
@@ -217,9 +219,17 @@ def _resume(out_dir: Path, header: dict, model: Decoder, optimizer: torch.optim.
 
 def _keep_log_until(path: Path, step: int) -> None:
     """Drop the records written after the checkpoint: the resumed run writes them again."""
-    if path.exists():
-        lines = [line for line in path.read_text("utf-8").splitlines() if json.loads(line)["step"] <= step]
-        atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text("utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line torn by the interruption: it and everything after are newer than the checkpoint
+        if record["step"] <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -303,7 +313,7 @@ def train(config_name_or_config: str | ModelConfig, *, corpus_dir: str | Path, o
     # The vocabulary belongs to the corpus' tokenizer, not to the named config.
     config = dataclasses.replace(config, vocab_size=train_split.vocab_size)
     val_windows = validation_windows(val_split, config.seq_len, args.eval_windows)
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
     torch.manual_seed(args.seed)
     model = Decoder(config).train()

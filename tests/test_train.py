@@ -64,9 +64,9 @@ def test_interrupted_run_resumes_to_the_same_result(sample_corpus, tmp_path):
     for session in range(6):
         # A zero time budget stops every session after one step, with a checkpoint.
         train(TINY, corpus_dir=sample_corpus, out_dir=pieces, steps=6, time_budget_s=0, **FAST)
-        if session == 2:  # as if a crash came after logging step 4 but before its checkpoint
+        if session == 2:  # as if a crash came while logging step 4, before its checkpoint
             with open(pieces / LOG_FILE, "a") as log:
-                log.write(json.dumps({"split": "train", "step": 4, "loss": 0.0}) + "\n")
+                log.write(json.dumps({"split": "train", "step": 4, "loss": 0.0}) + "\n" + '{"split": "tr')
     assert json.loads((pieces / CONFIG_FILE).read_text())["state"]["step"] == 6
     expected, resumed = load_file(straight / MODEL_FILE), load_file(pieces / MODEL_FILE)
     assert expected.keys() == resumed.keys()
