@@ -66,11 +66,11 @@ class Experts(nn.Module):
 
     def __init__(self, config: ModelConfig, std: float, out_std: float):
         super().__init__()
-        E, D, F_, R = config.n_experts, config.d_model, config.ffn_hidden, config.wd_rank
-        self.n_experts = E
-        self.w_gate = ExpertLinear(E, D, F_, R, std)
-        self.w_up = ExpertLinear(E, D, F_, R, std)
-        self.w_down = ExpertLinear(E, F_, D, R, out_std)
+        n, d, hidden, rank = config.n_experts, config.d_model, config.ffn_hidden, config.wd_rank
+        self.n_experts = n
+        self.w_gate = ExpertLinear(n, d, hidden, rank, std)
+        self.w_up = ExpertLinear(n, d, hidden, rank, std)
+        self.w_down = ExpertLinear(n, hidden, d, rank, out_std)
 
     def forward(self, x_ND: torch.Tensor, expert_ids_NK: torch.Tensor, gates_NK: torch.Tensor) -> torch.Tensor:
         out_ND = torch.zeros_like(x_ND)
