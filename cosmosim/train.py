@@ -164,7 +164,7 @@ def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
     config = ModelConfig.from_dict(header["model"], source=str(checkpoint_dir / CONFIG_FILE))
     model = Decoder(config)
     load_weights(model, checkpoint_dir, header["state"]["step"])
-    return Checkpoint(model.eval(), header)
+    return Checkpoint(model.train(False), header)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -261,7 +261,7 @@ def train_step(model: Decoder, optimizer: torch.optim.Optimizer, x_BT: torch.Ten
 @torch.no_grad()
 def evaluate(model: Decoder, windows_NT: torch.Tensor, batch_size: int) -> dict[str, float]:
     """Validation loss in nats/token and the mean routing metrics over fixed windows."""
-    model.eval()
+    model.train(False)
     totals = {"val_loss": 0.0, "val_load_balance": 0.0, "val_exrep": 0.0}
     n_windows = windows_NT.shape[0]
     for batch_NT in windows_NT.split(batch_size):

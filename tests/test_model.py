@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from cosmosim.arch import Architecture
 from cosmosim.errors import InputError
 from cosmosim.model import MINI_CONFIGS, Decoder, ModelConfig, get_config
 from cosmosim.model.llama import FeedForward
@@ -97,7 +98,7 @@ def test_decoder_shapes_and_one_routing_per_moe_layer():
 
 def test_decoder_is_causal():
     torch.manual_seed(0)
-    model = Decoder(TINY_MOE).eval()
+    model = Decoder(TINY_MOE).train(False)
     tokens = torch.randint(0, 64, (1, 12))
     changed = tokens.clone()
     changed[0, 8:] = (changed[0, 8:] + 1) % 64
@@ -112,3 +113,15 @@ def test_decoder_is_causal():
 def test_decoder_rejects_sequences_longer_than_its_rope_table():
     with pytest.raises(ValueError):
         Decoder(TINY_MOE)(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", MINI_CONFIGS)
+def test_the_cost_model_counts_the_minis_like_torch(name):
+    """cosmosim.arch's calculator (used for the paper-size targets) agrees with the built minis."""
+    config = get_config(name)
+    arch = Architecture(name=name, n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads,
+                        n_kv_heads=config.n_kv_heads, vocab_size=config.vocab_size, ffn_hidden=config.ffn_hidden,
+                        n_experts=config.n_experts or 1, top_k=config.top_k if config.is_moe else 1,
+                        wd_rank=config.wd_rank)
+    assert arch.total_params() == sum(p.numel() for p in Decoder(config).parameters())
+    assert arch.active_params() == config.num_active_params()
