@@ -5,39 +5,14 @@ Latencies in milliseconds, sizes in MB (10^6 bytes), energy in millijoules, rate
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-from functools import lru_cache
-from pathlib import Path
-
 import numpy as np
 
 import cosmosim
+from cosmosim.provenance import repository_commit, sha256_file
 from cosmosim.scenario import MB, Scenario
 from cosmosim.records import Records
 
 OUTCOMES = ("hit", "late_hit", "miss")
-
-
-@lru_cache(maxsize=None)
-def repository_commit() -> str | None:
-    """The git commit of the cosmosim checkout in use, or None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def file_sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _percentiles_ms(values_s: np.ndarray) -> dict[str, float]:
@@ -104,7 +79,7 @@ def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
         "provenance": {
             "cosmosim_version": cosmosim.__version__,
             "commit": repository_commit(),
-            "trace_sha256": file_sha256(scenario.trace.path if scenario.trace is not None else None),
+            "trace_sha256": sha256_file(scenario.trace.path) if scenario.trace is not None and scenario.trace.path else None,
             "profile_sha256": profile.sha256,
             "profile_path": str(profile.path),
         },

@@ -16,11 +16,12 @@ import torch
 from rich.progress import track
 
 from cosmosim.data import load_split, sequential_windows
-from cosmosim.data.corpus import MANIFEST_FILE, sha256_file
+from cosmosim.data.corpus import MANIFEST_FILE
 from cosmosim.errors import InputError
 from cosmosim.model import Decoder
 from cosmosim.trace import SCHEMA_VERSION, Trace, save_trace
-from cosmosim.train import CONFIG_FILE, git_commit, load_checkpoint
+from cosmosim.provenance import repository_commit, sha256_file
+from cosmosim.train import CONFIG_FILE, load_checkpoint
 
 MODEL_META_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "n_experts", "top_k", "ffn_hidden",
                    "wd_rank", "vocab_size", "seq_len")
@@ -85,7 +86,7 @@ def record(checkpoint_dir: str | Path, out_path: str | Path, *, corpus_dir: str 
         "target_arch": header.get("target_arch"),
         "domain_names": split.domain_names,
         "source": f"recorded from {checkpoint_dir} on the trace split",
-        "commit": git_commit(),
+        "commit": repository_commit(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     trace = Trace(

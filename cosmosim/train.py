@@ -20,7 +20,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,12 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cosmosim.data import TokenSplit, load_split, sample_batch, sequential_windows
-from cosmosim.data.corpus import MANIFEST_FILE, sha256_file
+from cosmosim.data.corpus import MANIFEST_FILE
 from cosmosim.errors import InputError
 from cosmosim.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from cosmosim.model import Decoder, ModelConfig, get_config, moe_aux_losses
+from cosmosim.model.config import MINI_TARGET_ARCH
+from cosmosim.provenance import repository_commit, sha256_file
 
 CHECKPOINT_FORMAT = "cosmosim-checkpoint/1"
 MODEL_FILE, OPTIMIZER_FILE = "model.safetensors", "optimizer.safetensors"
@@ -86,19 +87,9 @@ def lr_at(step: int, args: TrainArgs) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def git_commit() -> str | None:
-    """The commit of the code doing the work, or None outside a git checkout."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def target_arch_of(config_name: str | None) -> str | None:
-    """'wearable-moe-mini' stands in for the paper's 'wearable-moe'."""
-    return config_name.removesuffix("-mini") if config_name and config_name.endswith("-mini") else None
+    """The paper architecture a mini stands in for ('wearable-bles-mini' -> 'wearable-moe')."""
+    return MINI_TARGET_ARCH.get(config_name) if config_name else None
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -283,10 +274,13 @@ def validation_windows(split: TokenSplit, seq_len: int, n_windows: int) -> torch
     return torch.from_numpy(windows[:n_windows])
 
 
-def resolve_config(config_name_or_config: str | ModelConfig) -> tuple[ModelConfig, str | None]:
+def resolve_config(config_name_or_config: str | ModelConfig, overrides: dict | None = None) -> tuple[ModelConfig, str | None]:
+    """The config and its registry name; `overrides` (e.g. bles_lambda) replace fields of a named config."""
     if isinstance(config_name_or_config, ModelConfig):
-        return config_name_or_config, None
-    return get_config(config_name_or_config), config_name_or_config
+        config, name = config_name_or_config, None
+    else:
+        config, name = get_config(config_name_or_config), config_name_or_config
+    return (dataclasses.replace(config, **overrides) if overrides else config), name
 
 
 def _append_log(path: Path, record: dict) -> None:
@@ -298,7 +292,7 @@ def train(config_name_or_config: str | ModelConfig, *, corpus_dir: str | Path, o
           seed: int = 0, batch_size: int = 16, lr: float = 2e-3, min_lr: float = 2e-4, warmup_steps: int = 100,
           weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 100, eval_windows: int = 64,
           checkpoint_every: int = 100, threads: int | None = None, time_budget_s: float | None = None,
-          progress: bool = True) -> Path:
+          overrides: dict | None = None, progress: bool = True) -> Path:
     """Train (or resume training) into out_dir and return it.
 
     `threads` sets torch's intra-op threads (default: every core). `time_budget_s` ends this
@@ -307,7 +301,7 @@ def train(config_name_or_config: str | ModelConfig, *, corpus_dir: str | Path, o
     args = TrainArgs(steps=steps, seed=seed, batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
                      weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                      eval_windows=eval_windows, checkpoint_every=checkpoint_every)
-    config, config_name = resolve_config(config_name_or_config)
+    config, config_name = resolve_config(config_name_or_config, overrides)
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     train_split, val_split = load_split(corpus_dir, "train"), load_split(corpus_dir, "val")
     # The vocabulary belongs to the corpus' tokenizer, not to the named config.
@@ -323,7 +317,7 @@ def train(config_name_or_config: str | ModelConfig, *, corpus_dir: str | Path, o
               "model": config.to_dict(), "training": dataclasses.asdict(args),
               "corpus": {"dir": str(corpus_dir), "manifest_sha256": sha256_file(corpus_dir / MANIFEST_FILE),
                          "vocab_size": train_split.vocab_size, "domain_names": train_split.domain_names},
-              "commit": git_commit()}
+              "commit": repository_commit()}
     if (out_dir / CONFIG_FILE).exists():
         state = _resume(out_dir, header, model, optimizer, rng)
     else:

@@ -26,7 +26,8 @@ from cosmosim.data import (
     sample_batch,
     sequential_windows,
 )
-from cosmosim.data.corpus import chunk_document, sha256_file, split_domain
+from cosmosim.data.corpus import chunk_document, split_domain
+from cosmosim.provenance import sha256_file
 from cosmosim.data.dataset import encode_text
 from cosmosim.data.markup import (
     imp_to_books,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import typer
 
 from cosmosim.cli import app
 from cosmosim.data import build_corpus, default_corpus_dir
-from cosmosim.model.config import MINI_CONFIGS, get_config
+from cosmosim.model.config import MINI_CONFIGS
 from cosmosim.record import record as record_trace
 from cosmosim.train import train as train_model
 
@@ -49,11 +48,9 @@ def train(
 ) -> None:
     """Train a mini CoSMoEs model on the corpus: progress bar with loss, tokens/s and ETA; checkpoints
     (safetensors + config.json) and log.jsonl in the output folder; resumes after an interruption."""
-    model_config = get_config(config)
     overrides = {k: v for k, v in {"bles_lambda": bles_lambda, "bles_tau": bles_tau, "wd_rank": wd_rank}.items()
                  if v is not None}
-    model_config = dataclasses.replace(model_config, **overrides) if overrides else model_config
-    out_dir = train_model(model_config if overrides else config, corpus_dir=corpus or default_corpus_dir(),
+    out_dir = train_model(config, overrides=overrides, corpus_dir=corpus or default_corpus_dir(),
                           out_dir=out or Path("runs") / config, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
                           eval_every=eval_every, checkpoint_every=eval_every, threads=threads)
     typer.echo(f"checkpoint in {out_dir}")

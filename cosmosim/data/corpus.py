@@ -27,6 +27,7 @@ from cosmosim.data.markup import normalize_whitespace
 from cosmosim.data.sources import SOURCES
 from cosmosim.errors import InputError
 from cosmosim.io import atomic_write_bytes, atomic_write_json
+from cosmosim.provenance import sha256_file
 
 SPLITS = ("train", "val", "trace")
 MANIFEST_FILE = "manifest.json"
@@ -214,14 +215,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_hashed(path: Path, data: bytes) -> str:

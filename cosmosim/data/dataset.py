@@ -21,11 +21,11 @@ from cosmosim.data.corpus import (
     SPLITS,
     TOKENIZER_FILE,
     read_manifest,
-    sha256_file,
     verify_file,
 )
 from cosmosim.errors import InputError
 from cosmosim.io import atomic_write_bytes
+from cosmosim.provenance import sha256_file
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,17 @@ MINI_CONFIGS: dict[str, ModelConfig] = {
 }
 
 
+# The CoSMoEs Table 1 architecture each mini stands in for (names in cosmosim.arch): BlES changes
+# training, not the architecture.
+MINI_TARGET_ARCH: dict[str, str] = {
+    "wearable-moe-mini": "wearable-moe",
+    "wearable-wd-mini": "wearable-wd",
+    "wearable-bles-mini": "wearable-moe",
+    "wearable-dense-fa-mini": "wearable-dense-fa",
+    "wearable-dense-pa-mini": "wearable-dense-pa",
+}
+
+
 def get_config(name: str) -> ModelConfig:
     if name not in MINI_CONFIGS:
         raise InputError(f"model config: {name!r}: unknown name, expected one of {', '.join(MINI_CONFIGS)}")
