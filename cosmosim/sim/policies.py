@@ -30,6 +30,26 @@ class PolicyContext:
     warmup_usage: np.ndarray  # [layers * n_experts] accesses per key in the warm-up sequences
 
 
+def _lazy_heap_victim(heap: list[tuple], is_current, pinned: set[int]) -> int | None:
+    """The key (last field) of the smallest current, unpinned heap entry, left in the heap.
+
+    Policies push a new entry whenever a key's priority changes instead of updating in place;
+    `is_current(entry)` tells the live entry from stale ones, which are dropped on the way.
+    """
+    kept, found = [], None
+    while heap:
+        entry = heapq.heappop(heap)
+        if not is_current(entry):
+            continue
+        kept.append(entry)
+        if entry[-1] not in pinned:
+            found = entry[-1]
+            break
+    for entry in kept:
+        heapq.heappush(heap, entry)
+    return found
+
+
 class CachePolicy:
     name: ClassVar[str]
     per_layer_partitions: ClassVar[bool] = False  # True: one cache of `capacity_per_layer` per layer
@@ -112,19 +132,7 @@ class LFU(CachePolicy):
         del self._last[key]
 
     def victim(self, pinned: set[int]) -> int | None:
-        skipped = []
-        found = None
-        while self._heap:
-            count, last, key = heapq.heappop(self._heap)
-            if self._last.get(key) != last or self._count[key] != count:
-                continue  # stale: the key was touched again or evicted since
-            skipped.append((count, last, key))
-            if key not in pinned:
-                found = key
-                break
-        for entry in skipped:
-            heapq.heappush(self._heap, entry)
-        return found
+        return _lazy_heap_victim(self._heap, lambda e: self._last.get(e[2]) == e[1] and self._count[e[2]] == e[0], pinned)
 
 
 class Belady(CachePolicy):
@@ -151,19 +159,7 @@ class Belady(CachePolicy):
         del self._next[key]
 
     def victim(self, pinned: set[int]) -> int | None:
-        skipped = []
-        found = None
-        while self._heap:
-            negative_next, key = heapq.heappop(self._heap)
-            if self._next.get(key) != -negative_next:
-                continue
-            skipped.append((negative_next, key))
-            if key not in pinned:
-                found = key
-                break
-        for entry in skipped:
-            heapq.heappush(self._heap, entry)
-        return found
+        return _lazy_heap_victim(self._heap, lambda e: self._next.get(e[1]) == -e[0], pinned)
 
 
 class Pinned(LRU):
