@@ -71,6 +71,7 @@ def record(checkpoint_dir: str | Path, out_path: str | Path, *, corpus_dir: str 
         "training": {
             "corpus_manifest_sha256": trained_on,
             "config_name": header.get("config_name"),
+            "run": checkpoint_dir.resolve().name,
             "steps": state["step"],
             "tokens_seen": state["tokens_seen"],
             "seed": training["seed"],

@@ -45,29 +45,57 @@ def info(path: Path = typer.Argument(..., help="Trace file (.npz)."),
             console.print(f"[bold]{key}[/]: {value}")
 
 
-def _markdown_table(rows: list[tuple[str, dict, dict]]) -> str:
-    """One row per trace: how it was made (meta.training) and its locality, random routing last."""
-    header = ("| trace | arch | λ | τ | val loss (nats/token) | tokens seen | ExRep | ΔUni | SRP(16) % | SCH(2,16) % |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
-    lines = [header]
+_MARKDOWN_HEADER = (
+    "| trace | mini (run) | target arch | λ | τ | steps | tokens seen | train time | val loss (nats/token) "
+    "| ExRep | ΔUni | SRP(16) % | SCH(2,16) % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _markdown_row(name: str, training: dict, arch: str, stats: dict | None) -> str:
+    def number(value, fmt):
+        return "–" if value is None else format(value, fmt)
+
+    tokens, seconds = training.get("tokens_seen"), training.get("train_time_s")
+    routing = ["–"] * 4 if stats is None else [
+        f"{stats['exrep']['value']:.3f}", f"{stats['delta_uniform']['value']:.3f}",
+        f"{stats['srp_percent']['value']:.1f}", f"{stats['sch_percent']['value']:.1f}"]
+    cells = [name, training.get("run") or training.get("config_name") or "–", arch,
+             number(training.get("bles_lambda"), "g"), number(training.get("bles_tau"), "g"),
+             number(training.get("steps"), "d"), "–" if tokens is None else f"{tokens / 1e6:.2f}M",
+             "–" if seconds is None else f"{seconds / 60:.0f} min", number(training.get("val_loss"), ".3f"), *routing]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _markdown_table(rows: list[tuple[str, dict, dict]], minis: dict) -> str:
+    """One row per trace (how it was made, from meta.training; its locality), then the minis of
+    `minis` that have no trace (dense models), then random routing."""
+    lines = [_MARKDOWN_HEADER]
+    traced_runs = set()
     for name, meta, stats in rows:
         training = meta.get("training") or {}
-        model = meta.get("model") or {}
+        traced_runs.add(training.get("run"))
         arch = meta.get("target_arch") or "–"
-        if model.get("wd_rank"):
-            arch += f" (WD r={model['wd_rank']})"
-        val_loss = training.get("val_loss")
-        tokens_seen = training.get("tokens_seen")
-        lines.append(
-            f"| {name} | {arch} | {training.get('bles_lambda', '–')} | {training.get('bles_tau', '–')} | "
-            f"{'–' if val_loss is None else f'{val_loss:.3f}'} | {'–' if tokens_seen is None else f'{tokens_seen / 1e6:.1f}M'} | "
-            f"{stats['exrep']['value']:.3f} | {stats['delta_uniform']['value']:.3f} | "
-            f"{stats['srp_percent']['value']:.1f} | {stats['sch_percent']['value']:.1f} |")
+        wd_rank = (meta.get("model") or {}).get("wd_rank")
+        lines.append(_markdown_row(name, training, arch + (f" (WD r={wd_rank})" if wd_rank else ""), stats))
+    for run, mini in minis.items():
+        if run not in traced_runs:
+            lines.append(_markdown_row("–", {**mini, "run": run}, mini.get("target_arch") or "–", None))
     first = rows[0][2]
-    lines.append(f"| random top-{first['top_k']} of {first['n_experts']} | – | – | – | – | – | "
+    lines.append(f"| random top-{first['top_k']} of {first['n_experts']} | – | – | – | – | – | – | – | – | "
                  f"{first['exrep']['random']:.3f} | {first['delta_uniform']['random']:.3f} | "
                  f"{first['srp_percent']['random']:.1f} | {first['sch_percent']['random']:.1f} |")
     return "\n".join(lines)
+
+
+def _read_minis(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        minis = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: expected a minis.json written by scripts/summarize_minis.py ({error})") from None
+    if not isinstance(minis, dict):
+        raise InputError(f"{path}: expected a JSON object of runs")
+    return minis
 
 
 @trace_app.command()
@@ -75,6 +103,7 @@ def stats(
     paths: list[Path] = typer.Argument(..., help="Trace files (.npz)."),
     as_json: bool = typer.Option(False, "--json", help="Print every statistic (per layer too) as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Print one Markdown table row per trace (the README's table)."),
+    minis: Path = typer.Option(None, help="With --markdown: a minis.json (scripts/summarize_minis.py) whose runs without a trace (dense minis) get rows too."),
     m: int = typer.Option(16, help="Window length in tokens for SRP and SCH."),
     rho: float = typer.Option(2.0, help="SCH cache size as a multiple of top_k."),
     seed: int = typer.Option(0, help="Seed of the random-routing baselines that need a Monte-Carlo run."),
@@ -91,7 +120,7 @@ def stats(
     if as_json:
         typer.echo(json.dumps({str(path): summary for path, (_, _, summary) in zip(paths, rows)}, indent=2))
     elif markdown:
-        typer.echo(_markdown_table(rows))
+        typer.echo(_markdown_table(rows, _read_minis(minis)))
     else:
         for path, (_, _, summary) in zip(paths, rows):
             typer.echo(f"{path}\n{format_summary(summary)}\n")

@@ -1,0 +1,53 @@
+"""Write traces/minis.json: how each mini model was trained and how well it ended.
+
+    python scripts/summarize_minis.py runs/* [--out traces/minis.json]
+
+One entry per run folder (written by `cosmosim train`): config, parameter counts, steps, tokens seen,
+training time, final train/validation loss (nats/token) and the validation ExRep of its last
+evaluation. The README's model table is generated from this file and the traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cosmosim.io import atomic_write_json
+from cosmosim.model import ModelConfig
+from cosmosim.train import CONFIG_FILE, LOG_FILE
+
+
+def summarize(run_dir: Path) -> dict:
+    header = json.loads((run_dir / CONFIG_FILE).read_text())
+    config = ModelConfig.from_dict(header["model"], source=str(run_dir / CONFIG_FILE))
+    state = header["state"]
+    evaluations = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines() if '"val"' in line]
+    last_eval = evaluations[-1] if evaluations else {}
+    return {
+        "config_name": header["config_name"],
+        "target_arch": header["target_arch"],
+        "total_params": config.num_params(),
+        "active_params": config.num_active_params(),
+        "n_layers": config.n_layers, "d_model": config.d_model, "wd_rank": config.wd_rank,
+        "bles_lambda": config.bles_lambda, "bles_tau": config.bles_tau,
+        "steps": state["step"], "steps_planned": header["training"]["steps"],
+        "tokens_seen": state["tokens_seen"], "train_time_s": round(state["train_time_s"], 1),
+        "train_loss": state["train_loss"], "val_loss": state["val_loss"],
+        "val_exrep": last_eval.get("val_exrep"),
+        "seed": header["training"]["seed"], "commit": header["commit"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("traces/minis.json"))
+    args = parser.parse_args()
+    minis = {run.name: summarize(run) for run in sorted(args.runs) if (run / CONFIG_FILE).is_file()}
+    atomic_write_json(args.out, minis)
+    print(f"wrote {args.out} ({len(minis)} runs)")
+
+
+if __name__ == "__main__":
+    main()
