@@ -12,6 +12,7 @@ from cosmosim.cli import app
 from cosmosim.io import atomic_write_json
 from cosmosim.runner import run as run_scenario
 from cosmosim.scenario import RunConfig
+from cosmosim.timeline import DEFAULT_MAX_PASSES, run_with_timeline, write_timeline
 
 _DEFAULTS = RunConfig()
 
@@ -70,6 +71,7 @@ def run(
     prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request (prefilled at once; gives TTFT)."),
     context_len: int = typer.Option(_DEFAULTS.context_len, help="KV-cache length bound (tokens); also sizes the KV cache in peak DRAM."),
     json_path: Path = typer.Option(None, "--json", help="Also write the full result as JSON to this path."),
+    timeline_path: Path = typer.Option(None, "--timeline", help=f"Also write a Chrome-trace/Perfetto timeline (JSON) of the first {DEFAULT_MAX_PASSES} passes: flash reads, compute, by layer. Open it at https://ui.perfetto.dev."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
 ) -> None:
     """Replay a routing trace through the discrete-event simulation of flash -> DRAM expert cache -> compute.
@@ -81,10 +83,15 @@ def run(
     config = RunConfig(policy=policy, prefetch=prefetch, cache_mb=cache_mb, cache_experts=cache_experts,
                        per_layer_cache=per_layer_cache, weight_bits=weight_bits, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)
-    result = run_scenario(profile, trace, arch, config)
+    if timeline_path is None:
+        result = run_scenario(profile, trace, arch, config)
+    else:
+        result, timeline = run_with_timeline(profile, trace, arch, config)
+        write_timeline(timeline_path, timeline, result)
     if json_path is not None:
         atomic_write_json(json_path, result)
     if not quiet:
         print_summary(result, Console())
-        if json_path is not None:
-            Console().print(f"wrote {json_path}")
+        for written in (json_path, timeline_path):
+            if written is not None:
+                Console().print(f"wrote {written}")

@@ -12,6 +12,11 @@ pass). Within a step:
 
 The clock advances once per step (`env.timeout`); cache hits need no event at all, which keeps the
 simulator at about a million expert accesses per second (benchmarks/sim_speed.py).
+
+Given a `timeline` list, the engine also appends one (name, layer, start_s, end_s, kind) tuple per
+operation: kind "compute" (attention, experts, LM head), "flash" (reads, by expert) or "pass" (one
+prefill or decode pass); `cosmosim.timeline` turns them into a Perfetto trace. Left None, the hot
+path only tests for None.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from cosmosim.workload import DECODE
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, timeline: list | None = None) -> None:
         self.scenario = scenario
+        self.timeline = timeline
         workload, config = scenario.workload, scenario.config
         self.env = simpy.Environment()
         self.flash = Flash(scenario.profile.flash)
@@ -85,6 +91,7 @@ class Simulation:
         last_layer = workload.n_layers - 1
         records = self.records
         lm_head = self.scenario.costs.lm_head
+        timeline = self.timeline
         token_start = 0.0
         for step, kind in enumerate(kinds):
             if layers[step] == 0:
@@ -92,18 +99,23 @@ class Simulation:
                 records.begin_pass(kind)
             end = self._step(step, kind, layers[step], contexts[step], keys, tokens, offsets[step], offsets[step + 1])
             if layers[step] == last_layer:
-                _, end = self.compute.run(end, lm_head.time_s)
+                head_start, end = self.compute.run(end, lm_head.time_s)
                 records.add_op(kind, "lm_head", lm_head)
                 records.end_pass(kind, end - token_start)
+                if timeline is not None:
+                    timeline.append(("lm_head", last_layer, head_start, end, "compute"))
+                    timeline.append(("decode" if kind == DECODE else "prefill", -1, token_start, end, "pass"))
             yield self.env.timeout(end - self.env.now)
 
     def _step(self, step: int, kind: int, layer: int, context: int, keys: list[int], tokens: list[int],
               lo: int, hi: int) -> float:
-        records, cache, compute = self.records, self.cache, self.compute
+        records, cache, compute, timeline = self.records, self.cache, self.compute, self.timeline
         nonexpert = self._nonexpert_cost(kind, context)
         overhead_s = self.scenario.costs.layer_overhead_s
-        _, router_done = compute.run(self.env.now, nonexpert.time_s + overhead_s)
+        layer_start, router_done = compute.run(self.env.now, nonexpert.time_s + overhead_s)
         records.add_op(kind, "nonexpert", nonexpert, overhead_s)
+        if timeline is not None:
+            timeline.append(("attention+router", layer, layer_start, router_done, "compute"))
         if lo == hi:
             return router_done
 
@@ -125,6 +137,9 @@ class Simulation:
                 # only the one being loaded is pinned; a decode step's top_k stay pinned together.
                 cache.insert(key, clock, ready, pinned if kind == DECODE else {key})
                 misses += 1
+                if timeline is not None:
+                    timeline.append((f"read expert {key % self.scenario.workload.n_experts}", layer, router_done,
+                                     ready, "flash"))
             elif ready > router_done:
                 late_hits += 1
             else:
@@ -141,14 +156,18 @@ class Simulation:
             cost = self.scenario.costs.expert_decode
             end = router_done
             for ready in sorted(ready_at):
-                _, end = compute.run(ready, cost.time_s)
+                start, end = compute.run(ready, cost.time_s)
+                if timeline is not None:
+                    timeline.append(("expert", layer, start, end, "compute"))
             records.add_op(kind, "expert", cost, count=hi - lo)
             expert_compute_s = (hi - lo) * cost.time_s
         else:
             expert_compute_s = 0.0
             for ready, clock in sorted(zip(ready_at, range(lo, hi))):
                 cost = self._expert_cost(tokens[clock])
-                _, end = compute.run(ready, cost.time_s)
+                start, end = compute.run(ready, cost.time_s)
+                if timeline is not None:
+                    timeline.append(("expert", layer, start, end, "compute"))
                 records.add_op(kind, "expert", cost)
                 expert_compute_s += cost.time_s
         records.add_stall(kind, end - router_done - expert_compute_s)
@@ -165,10 +184,14 @@ class Simulation:
             ready = self.flash.read(expert_bytes, issue_s)
             cache.insert(key, step_clock, ready, protected)
             self.records.add_prefetch_issue(expert_bytes)
+            if self.timeline is not None:
+                self.timeline.append((f"prefetch expert {key % self.scenario.workload.n_experts}", layer + 1,
+                                      issue_s, ready, "flash"))
             self._prefetched.add(key)
 
 
-def simulate(scenario: Scenario) -> Records:
-    """Run the discrete-event simulation of `scenario`; deterministic (no randomness at all)."""
-    return Simulation(scenario).run()
+def simulate(scenario: Scenario, timeline: list | None = None) -> Records:
+    """Run the discrete-event simulation of `scenario`; deterministic (no randomness at all).
+    `timeline`, when given, receives every operation (see the module's docstring)."""
+    return Simulation(scenario, timeline).run()
 
