@@ -1,0 +1,132 @@
+"""Compute points: one tidy row per point with every input and metric (columns in docs/sweeps.md).
+
+`evaluate_part` is what a worker runs, in this process, a local process pool or a Dask worker.
+A point whose combination the simulator rejects (say, a device budget too small for the cache)
+becomes a row with its `error` and no metrics, so one infeasible corner does not sink a sweep;
+any other exception is a bug and stops the sweep (finished parts are kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+
+import pandas as pd
+
+from cosmosim.errors import InputError
+from cosmosim.profiles import DeviceProfile, load_profile
+from cosmosim.provenance import sha256_file
+from cosmosim.records import BREAKDOWN_PARTS
+from cosmosim.runner import resolve_arch, run
+from cosmosim.sweep.grid import Point
+from cosmosim.sweep.spec import FULL_RANK, TraceFacts
+from cosmosim.trace import Trace, load_trace
+
+ENERGY_PARTS = ("flash", "dram", "compute", "static")
+MEMORY_PARTS = ("resident_weights", "expert_cache", "kv_cache", "activations")
+
+# column -> pandas dtype; nullable dtypes, because a column may be empty for some points.
+INPUT_COLUMNS = {
+    "point_id": "int64", "profile": "string", "arch": "string", "wd_rank": "Int64", "trace": "string",
+    "policy": "string", "prefetch": "string", "cache_mb_requested": "Float64", "cache_experts_requested": "Int64",
+    "cache_fraction": "Float64", "per_layer_cache": "boolean", "weight_bits": "int64", "tokens": "Int64",
+    "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
+}
+TRACE_COLUMNS = {
+    "trace_sha256": "string", "trace_tokens": "Int64", "trace_exrep": "Float64", "trace_model_wd_rank": "Int64",
+    "model_config": "string", "val_loss": "Float64", "bles_lambda": "Float64", "bles_tau": "Float64",
+    "train_steps": "Int64",
+}
+# Metrics and resolved inputs: column -> path into the result dict of `cosmosim.runner.run`.
+RESULT_PATHS = {
+    "cache_experts": ("inputs", "cache_experts"), "cache_mb": ("inputs", "cache_mb"),
+    "expert_mb": ("inputs", "expert_mb"), "total_experts": ("inputs", "total_experts"),
+    "offloading_idle": ("inputs", "offloading_idle"), "requests": ("inputs", "requests"),
+    "decode_tokens": ("inputs", "decode_tokens"),
+    "ttft_ms": ("ttft_ms",), **{f"tpot_ms_{stat}": ("tpot_ms", stat) for stat in ("mean", "p50", "p95", "p99")},
+    "tokens_per_s": ("tokens_per_s",), "hit_rate": ("hit_rate",), "late_hit_rate": ("late_hit_rate",),
+    "prefill_hit_rate": ("prefill_hit_rate",), "flash_mb_per_token": ("flash_mb_per_token",),
+    "flash_utilisation": ("flash_utilisation",), "peak_dram_mb": ("peak_dram_mb",),
+    **{f"memory_{part}_mb": ("memory_mb", part) for part in MEMORY_PARTS},
+    "energy_mj_per_token": ("energy_mj_per_token",),
+    **{f"time_{part}_ms": ("breakdown", "time_ms_per_token", part) for part in BREAKDOWN_PARTS},
+    **{f"energy_{part}_mj": ("breakdown", "energy_mj_per_token", part) for part in ENERGY_PARTS},
+    "prefetch_issued": ("prefetch", "issued"), "prefetch_accuracy": ("prefetch", "accuracy"),
+    "prefetch_wasted_mb": ("prefetch", "wasted_mb"), "simulated_s": ("simulated_s",),
+}
+_INTEGER_RESULTS = ("cache_experts", "total_experts", "requests", "decode_tokens", "prefetch_issued")
+RESULT_COLUMNS = {name: "Int64" if name in _INTEGER_RESULTS else "boolean" if name == "offloading_idle" else "Float64"
+                  for name in RESULT_PATHS}
+TEXT_COLUMNS = {"warnings": "string", "error": "string"}
+COLUMNS = {**INPUT_COLUMNS, **TRACE_COLUMNS, **RESULT_COLUMNS, **TEXT_COLUMNS}
+
+
+# Each worker process loads a file once, however many of its points use it.
+@lru_cache(maxsize=8)
+def _trace(path: str, sha256: str) -> Trace:
+    if sha256_file(path) != sha256:
+        raise InputError(f"{path}: changed since the sweep spec was read (sha256 differs); run the sweep again")
+    return load_trace(path)
+
+
+@lru_cache(maxsize=16)
+def _profile(path: str) -> DeviceProfile:
+    return load_profile(path)
+
+
+def _trace_columns(facts: TraceFacts | None) -> dict:
+    if facts is None:
+        return {}
+    training = facts.training
+    return {
+        "trace_sha256": facts.sha256, "trace_tokens": facts.n_tokens, "trace_exrep": facts.exrep,
+        "trace_model_wd_rank": facts.model_wd_rank, "model_config": training.get("config_name"),
+        "val_loss": training.get("val_loss"), "bles_lambda": training.get("bles_lambda"),
+        "bles_tau": training.get("bles_tau"), "train_steps": training.get("steps"),
+    }
+
+
+def _lookup(result: dict, path: tuple[str, ...]):
+    for key in path:
+        result = result[key]
+    return result
+
+
+def evaluate_point(point: Point, engine: str) -> dict:
+    """The row of one point: its inputs, its trace's facts, and the run's metrics (or its error)."""
+    facts = point.trace_facts
+    trace = None if facts is None else _trace(facts.path, facts.sha256)
+    arch = resolve_arch(point.arch, trace)
+    if point.wd_rank is not None:
+        arch = arch.with_wd_rank(None if point.wd_rank == FULL_RANK else point.wd_rank)
+    config = point.config
+    if point.cache_fraction is not None:
+        all_experts = arch.n_layers * arch.n_experts
+        config = replace(config, cache_experts=max(arch.top_k, round(point.cache_fraction * all_experts)))
+    routed = arch.is_moe
+    row = {
+        "point_id": point.point_id, "profile": point.profile, "arch": arch.name, "wd_rank": arch.wd_rank,
+        "trace": point.trace, "policy": config.policy if routed else None,
+        "prefetch": config.prefetch if routed else None, "cache_mb_requested": point.config.cache_mb,
+        "cache_experts_requested": point.config.cache_experts, "cache_fraction": point.cache_fraction,
+        "per_layer_cache": config.per_layer_cache if routed else None, "weight_bits": config.weight_bits,
+        "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
+        "engine": engine, **_trace_columns(facts),
+    }
+    try:
+        result = run(_profile(point.profile_path), trace, arch, config, engine)
+    except InputError as error:
+        return {**row, "error": str(error)}
+    metrics = {name: _lookup(result, path) for name, path in RESULT_PATHS.items()}
+    return {**row, **metrics, "warnings": "; ".join(result["warnings"]) or None}
+
+
+def as_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows in the sweep's fixed columns and dtypes (missing values become <NA>)."""
+    frame = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+    return frame.astype(COLUMNS)
+
+
+def evaluate_part(points: list[Point], engine: str) -> pd.DataFrame:
+    """The rows of a batch of points: the unit of work a worker runs and a part file holds."""
+    return as_frame([evaluate_point(point, engine) for point in points])

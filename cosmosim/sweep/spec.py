@@ -1,0 +1,292 @@
+"""Sweep specs: a TOML file that names axes; the sweep runs their product.
+
+    name = "wearable design space"          # optional
+    engine = "des"                          # optional; `cosmosim sweep --engine` overrides
+    [axes]                                  # each axis a non-empty array, swept in the order written
+    profile = ["wearable", "my_watch.toml"] # shipped names or .toml paths
+    arch = ["wearable-moe", "wearable-wd"]  # omit: each trace's meta.target_arch
+    wd_rank = ["full", 100, 200]            # omit: the architecture's own
+    trace = ["../traces/*.npz"]             # paths or globs, relative to this file
+    weight_bits = [16, 8, 4]
+    cache_mb = [50, 100, 200]               # or cache_experts, or cache_fraction (of all experts)
+    policy = ["lru", "belady", "kactive"]
+
+Every value is checked when the spec loads (profiles and traces are read, checksummed and their
+training metadata kept), so a typo fails at once with one line naming the file, the axis and the
+value, never at point 437 of 500. The full schema is in docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cosmosim.arch import WEIGHT_BITS, catalog, get_arch
+from cosmosim.errors import InputError
+from cosmosim.locality import exrep
+from cosmosim.profiles import load_profile
+from cosmosim.provenance import sha256_file
+from cosmosim.scenario import PREFETCHERS
+from cosmosim.sim.policies import POLICIES
+from cosmosim.trace import load_trace
+
+TOP_LEVEL_KEYS = ("name", "description", "engine", "axes")
+CACHE_AXES = ("cache_mb", "cache_experts", "cache_fraction")
+FULL_RANK = "full"  # wd_rank value: experts not decomposed
+
+
+@dataclass(frozen=True)
+class ProfileFacts:
+    path: str  # absolute, so worker processes find it whatever their working directory
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TraceFacts:
+    """What a sweep needs to know about one trace file, read once when the spec loads."""
+
+    path: str  # absolute
+    sha256: str
+    n_tokens: int
+    n_experts: int
+    top_k: int
+    target_arch: str | None
+    exrep: float  # the trace's expert replacement rate (cosmosim.locality.exrep)
+    training: dict  # meta.training: val_loss, bles_lambda, bles_tau, steps, config_name... ({} if none)
+    model_wd_rank: int | None  # the recorded mini's own WD rank (meta.model.wd_rank)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    source: str  # the spec file, for messages
+    name: str
+    description: str
+    engine: str | None
+    axes: tuple[tuple[str, tuple], ...]  # (axis, values) in the order written; trace globs expanded
+    profiles: dict[str, ProfileFacts]  # by the profile value as written
+    traces: dict[str, TraceFacts]  # by the trace path as written (relative to the spec file)
+
+    def axis(self, name: str) -> tuple | None:
+        return dict(self.axes).get(name)
+
+    @property
+    def n_combinations(self) -> int:
+        """The product's size, before combinations that mean the same point are merged."""
+        return math.prod(len(values) for _, values in self.axes)
+
+
+# ---------------------------------------------------------------------------- value checks
+# Each returns the value to keep, or raises `_Bad` with what was expected.
+
+
+class _Bad(Exception):
+    pass
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _choice(options) -> Callable[[Any], Any]:
+    def check(value):
+        if not any(value == option and type(value) is type(option) for option in options):
+            raise _Bad(f"expected one of {', '.join(map(str, options))}")
+        return value
+    return check
+
+
+def _positive_int(value):
+    if not _is_int(value) or value < 1:
+        raise _Bad("expected an integer >= 1")
+    return value
+
+
+def _positive_number(value):
+    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or value <= 0:
+        raise _Bad("expected a number > 0")
+    return value
+
+
+def _fraction(value):
+    if _positive_number(value) > 1:
+        raise _Bad("expected a fraction in (0, 1]")
+    return float(value)
+
+
+def _wd_rank(value):
+    if value == FULL_RANK or (_is_int(value) and value >= 1):
+        return value
+    raise _Bad(f"expected an integer >= 1 or {FULL_RANK!r} (experts not decomposed)")
+
+
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise _Bad("expected true or false")
+    return value
+
+
+def _text(value):
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad("expected a non-empty string")
+    return value
+
+
+AXES: dict[str, Callable[[Any], Any]] = {
+    "profile": _text,
+    "arch": _choice(tuple(catalog())),
+    "wd_rank": _wd_rank,
+    "trace": _text,
+    "policy": _choice(tuple(POLICIES)),
+    "prefetch": _choice(PREFETCHERS),
+    "weight_bits": _choice(WEIGHT_BITS),
+    "cache_mb": _positive_number,
+    "cache_experts": _positive_int,
+    "cache_fraction": _fraction,
+    "per_layer_cache": _boolean,
+    "tokens": _positive_int,
+    "prompt_tokens": _positive_int,
+    "context_len": _positive_int,
+}
+
+
+# ---------------------------------------------------------------------------- files named by the spec
+
+
+def _path_under(base_dir: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _profile_facts(source: str, base_dir: Path, value: str) -> ProfileFacts:
+    is_path = value.endswith(".toml") or "/" in value
+    try:
+        profile = load_profile(_path_under(base_dir, value) if is_path else value)
+    except InputError as error:
+        raise InputError(f"{source}: axes.profile: {value!r}: {error}") from None
+    return ProfileFacts(path=str(profile.path.resolve()), name=profile.name, sha256=profile.sha256)
+
+
+def _expand_traces(source: str, base_dir: Path, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Globs become the files they match (sorted), named relative to the spec like the pattern."""
+    expanded: list[str] = []
+    for value in values:
+        if glob.has_magic(value):
+            base = str(base_dir) + "/"
+            matches = sorted(glob.glob(str(_path_under(base_dir, value))))
+            if not matches:
+                raise InputError(f"{source}: axes.trace: {value!r} matches no file (relative to {base_dir})")
+            expanded += [m[len(base):] if m.startswith(base) else m for m in matches]
+        else:
+            expanded.append(value)
+    repeated = sorted({v for v in expanded if expanded.count(v) > 1})
+    if repeated:
+        raise InputError(f"{source}: axes.trace: {repeated[0]!r} is listed twice (after expanding globs)")
+    return tuple(expanded)
+
+
+def _trace_facts(source: str, base_dir: Path, value: str) -> TraceFacts:
+    path = _path_under(base_dir, value)
+    try:
+        trace = load_trace(path)
+    except InputError as error:
+        raise InputError(f"{source}: axes.trace: {error}") from None
+    training = trace.meta.get("training") or {}
+    return TraceFacts(
+        path=str(path.resolve()), sha256=sha256_file(path), n_tokens=trace.n_tokens, n_experts=trace.n_experts,
+        top_k=trace.top_k, target_arch=trace.meta.get("target_arch"), exrep=exrep(trace.experts, trace.positions)[0],
+        training=training if isinstance(training, dict) else {}, model_wd_rank=trace.meta["model"].get("wd_rank"),
+    )
+
+
+# ---------------------------------------------------------------------------- combinations
+
+
+def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, TraceFacts]) -> None:
+    given_cache_axes = [name for name in CACHE_AXES if name in axes]
+    if len(given_cache_axes) > 1:
+        raise InputError(f"{source}: axes.{given_cache_axes[1]}: give one cache-size axis of "
+                         f"{', '.join(CACHE_AXES)}, not {' and '.join(given_cache_axes)}")
+    archs = [get_arch(name) for name in axes.get("arch", ())]
+    if "arch" not in axes:
+        for value, facts in traces.items():
+            if facts.target_arch not in catalog():
+                raise InputError(f"{source}: axes.trace: {value!r} names no target architecture in its "
+                                 f"meta.target_arch ({facts.target_arch!r}); add an arch axis")
+        archs = [get_arch(name) for name in sorted({facts.target_arch for facts in traces.values()})]
+    moe_archs = [arch for arch in archs if arch.is_moe]
+    if moe_archs and not traces:
+        raise InputError(f"{source}: axes.trace: required: {moe_archs[0].name} is a MoE and replays a routing trace")
+    for arch in moe_archs:
+        for value, facts in traces.items():
+            if (facts.n_experts, facts.top_k) != (arch.n_experts, arch.top_k):
+                raise InputError(f"{source}: axes.trace: {value!r} routes top-{facts.top_k} of {facts.n_experts} "
+                                 f"experts, but {arch.name} has top-{arch.top_k} of {arch.n_experts}")
+        for rank in axes.get("wd_rank", ()):
+            try:
+                arch.with_wd_rank(None if rank == FULL_RANK else rank)
+            except InputError as error:
+                raise InputError(f"{source}: axes.wd_rank: {rank!r}: {error}") from None
+
+
+def spec_from_dict(data: dict, *, base_dir: str | Path, source: str = "spec") -> SweepSpec:
+    """Validate a parsed spec (the TOML layout) whose relative paths start at `base_dir`."""
+    base_dir = Path(base_dir)
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a table with an [axes] section")
+    unknown = [key for key in data if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise InputError(f"{source}: {unknown[0]!r} is not a known key (expected: {', '.join(TOP_LEVEL_KEYS)})")
+    for key in ("name", "description", "engine"):
+        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
+            raise InputError(f"{source}: {key}: expected a non-empty string, got {data[key]!r}")
+    raw_axes = data.get("axes")
+    if not isinstance(raw_axes, dict) or not raw_axes:
+        raise InputError(f"{source}: axes: expected a non-empty [axes] table (axes: {', '.join(AXES)})")
+
+    axes: dict[str, tuple] = {}
+    for name, values in raw_axes.items():
+        if name not in AXES:
+            raise InputError(f"{source}: axes.{name}: not a known axis (expected one of {', '.join(AXES)})")
+        if not isinstance(values, list):
+            raise InputError(f"{source}: axes.{name}: expected an array of values, got {values!r}")
+        if not values:
+            raise InputError(f"{source}: axes.{name}: empty; give at least one value or drop the axis")
+        checked = []
+        for value in values:
+            try:
+                checked.append(AXES[name](value))
+            except _Bad as bad:
+                raise InputError(f"{source}: axes.{name}: {value!r}: {bad}") from None
+        if len(set(map(repr, checked))) < len(checked):
+            raise InputError(f"{source}: axes.{name}: a value is listed twice")
+        axes[name] = tuple(checked)
+
+    if "profile" not in axes:
+        raise InputError(f"{source}: axes.profile: required (shipped names such as \"wearable\", or .toml paths)")
+    if "trace" in axes:
+        axes["trace"] = _expand_traces(source, base_dir, axes["trace"])
+    profiles = {value: _profile_facts(source, base_dir, value) for value in axes["profile"]}
+    traces = {value: _trace_facts(source, base_dir, value) for value in axes.get("trace", ())}
+    _check_combinations(source, axes, traces)
+    return SweepSpec(source=source, name=data.get("name", Path(source).stem), description=data.get("description", ""),
+                     engine=data.get("engine"), axes=tuple(axes.items()), profiles=profiles, traces=traces)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec; anything wrong is one InputError naming file, axis and value."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise InputError(f"{source}: no such sweep spec file")
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise InputError(f"{source}: not a valid UTF-8 TOML file: {error}") from None
+    except OSError as error:
+        raise InputError(f"{source}: cannot read: {error.strerror}") from None
+    return spec_from_dict(data, base_dir=path.resolve().parent, source=source)

@@ -1,0 +1,280 @@
+"""Sweeps: the grid, rows equal to single runs, resuming, local processes, Dask, and bad input."""
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+import cosmosim.cli.sweep  # noqa: F401  (registers `sweep` and `report` on the app)
+from cosmosim.cli import main
+from cosmosim.errors import InputError
+from cosmosim.runner import run
+from cosmosim.scenario import RunConfig
+from cosmosim.sweep import export_csv, grid, load_spec, read_results, run_sweep, spec_from_dict
+from cosmosim.sweep.dataset import MANIFEST
+from cosmosim.trace import save_trace
+from trace_factory import sticky_trace
+
+TOKENS = 300  # per point: a few requests of the 128-token fixture sequences
+
+
+def write_trace(path, *, stay: float, bles_lambda: float | None, seed: int = 0):
+    trace = sticky_trace(n_tokens=768, n_layers=19, seq_len=128, stay=stay, seed=seed)
+    trace.meta["target_arch"] = "wearable-moe"
+    if bles_lambda is not None:  # what `cosmosim record` writes; values made up for the test
+        trace.meta["training"] = {"val_loss": 4.25 + bles_lambda / 4, "bles_lambda": bles_lambda, "bles_tau": 10.0,
+                                  "steps": 100, "config_name": "test"}
+    return save_trace(trace, path)
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("traces")
+    write_trace(folder / "bles0.npz", stay=0.4, bles_lambda=0.0)
+    write_trace(folder / "bles1.npz", stay=0.7, bles_lambda=1.0, seed=1)
+    return folder
+
+
+def spec_text(**axes) -> str:
+    lines = ['name = "test"', "[axes]"] + [f"{name} = {json.dumps(values)}" for name, values in axes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_spec(folder, **axes):
+    path = folder / "spec.toml"
+    path.write_text(spec_text(**axes))
+    return path
+
+
+BASE_AXES = dict(profile=["wearable"], trace=["bles*.npz"], cache_fraction=[0.3, 0.6], policy=["lru", "belady"],
+                 tokens=[TOKENS])
+
+
+@pytest.fixture()
+def spec_path(traces):
+    return write_spec(traces, **BASE_AXES)
+
+
+# ---------------------------------------------------------------------------- grid and rows
+
+
+def test_grid_merges_combinations_that_mean_the_same_run(traces):
+    spec = spec_from_dict({"axes": {"profile": ["wearable"], "arch": ["wearable-moe", "wearable-dense-fa"],
+                                    "trace": ["bles0.npz", "bles1.npz"], "cache_mb": [100, 200],
+                                    "policy": ["lru", "kactive"]}}, base_dir=traces)
+    points = grid(spec)
+    # MoE: 2 traces x (2 cache sizes for lru + 1 for kactive, which sizes its own cache); dense: 1.
+    assert spec.n_combinations == 16 and len(points) == 2 * 3 + 1
+    assert [p.point_id for p in points] == list(range(7))
+    dense = [p for p in points if p.arch == "wearable-dense-fa"]
+    assert len(dense) == 1 and dense[0].trace is None and dense[0].config.cache_mb is None
+    assert all(p.config.cache_mb is None for p in points if p.config.policy == "kactive")
+
+
+def test_rows_carry_the_single_run_metrics_and_the_trace_facts(tmp_path, traces):
+    spec = spec_from_dict({"axes": {"profile": ["wearable"], "trace": ["bles1.npz"], "wd_rank": ["full", 100],
+                                    "cache_experts": [40], "tokens": [TOKENS]}}, base_dir=traces)
+    run_sweep(spec, tmp_path / "r", progress=False)
+    rows = read_results(tmp_path / "r")
+    assert rows["point_id"].tolist() == [0, 1] and rows["error"].isna().all()
+    full = run("wearable", traces / "bles1.npz", "wearable-moe", RunConfig(cache_experts=40, tokens=TOKENS))
+    first = rows.iloc[0]
+    assert pd.isna(first["wd_rank"]) and rows.iloc[1]["wd_rank"] == 100
+    assert first["tpot_ms_mean"] == full["tpot_ms"]["mean"] and first["hit_rate"] == full["hit_rate"]
+    assert first["time_flash_stall_ms"] == full["breakdown"]["time_ms_per_token"]["flash_stall"]
+    assert first["memory_expert_cache_mb"] == full["memory_mb"]["expert_cache"]
+    assert (first["bles_lambda"], first["val_loss"], first["trace"]) == (1.0, 4.5, "bles1.npz")
+    # Rank-100 experts are smaller than full-rank ones, so the same 40 entries take less DRAM.
+    assert rows.iloc[1]["expert_mb"] < first["expert_mb"]
+
+
+def test_an_infeasible_point_is_a_row_with_its_error(tmp_path, traces):
+    spec = spec_from_dict({"axes": {"profile": ["wearable"], "trace": ["bles0.npz"], "cache_experts": [1, 40],
+                                    "tokens": [TOKENS]}}, base_dir=traces)
+    summary = run_sweep(spec, tmp_path / "r", progress=False)
+    rows = read_results(tmp_path / "r")
+    assert summary.n_errors == 1 and "smaller than top_k" in rows.loc[0, "error"]
+    assert pd.isna(rows.loc[0, "tpot_ms_mean"]) and pd.isna(rows.loc[1, "error"])
+
+
+# ---------------------------------------------------------------------------- resuming
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(n_parts: int):
+    written = []
+
+    def hook(path):
+        written.append(path)
+        if len(written) == n_parts:
+            raise Stop
+    return hook
+
+
+def test_interrupted_sweep_resumes_to_exactly_the_rows_of_an_uninterrupted_one(tmp_path, spec_path):
+    whole = run_sweep(spec_path, tmp_path / "whole", points_per_part=1, progress=False)
+    assert whole.n_computed == whole.n_points == 8
+
+    with pytest.raises(Stop):
+        run_sweep(spec_path, tmp_path / "resumed", points_per_part=1, progress=False, on_part_written=stop_after(3))
+    assert len(read_results(tmp_path / "resumed")) == 3
+    (tmp_path / "resumed" / ".part-0000005.parquet.x.tmp").write_bytes(b"torn by a kill")  # left by a killed write
+    again = run_sweep(spec_path, tmp_path / "resumed", points_per_part=2, progress=False)
+    assert (again.n_already_done, again.n_computed) == (3, 5)
+    assert not list((tmp_path / "resumed").glob(".part-*.tmp"))
+    pd.testing.assert_frame_equal(read_results(tmp_path / "resumed"), read_results(tmp_path / "whole"))
+
+    done = run_sweep(spec_path, tmp_path / "resumed", progress=False)
+    assert (done.n_already_done, done.n_computed, done.parts_written) == (8, 0, 0)
+
+
+def test_a_different_spec_or_trace_is_refused(tmp_path, traces, spec_path):
+    run_sweep(spec_path, tmp_path / "r", progress=False)
+    changed = write_spec(traces, **{**BASE_AXES, "policy": ["lru", "lfu"]})
+    with pytest.raises(InputError, match="different sweep.*axes changed"):
+        run_sweep(changed, tmp_path / "r", progress=False)
+    with pytest.raises(InputError, match="different sweep.*engine changed|--engine"):
+        run_sweep(spec_path.parent / "spec.toml", tmp_path / "r", engine="analytic", progress=False)
+
+
+def test_a_changed_trace_file_is_refused(tmp_path):
+    path = write_trace(tmp_path / "t.npz", stay=0.5, bles_lambda=None)
+    spec = write_spec(tmp_path, profile=["wearable"], trace=["t.npz"], cache_experts=[40], tokens=[TOKENS])
+    run_sweep(spec, tmp_path / "r", progress=False)
+    write_trace(path, stay=0.5, bles_lambda=None, seed=7)
+    with pytest.raises(InputError, match="traces changed"):
+        run_sweep(spec, tmp_path / "r", progress=False)
+
+
+def test_a_folder_that_is_not_a_sweep_is_refused(tmp_path, spec_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not an empty folder"):
+        run_sweep(spec_path, tmp_path / "busy", progress=False)
+    with pytest.raises(InputError, match="no sweep.json"):
+        read_results(tmp_path / "busy")
+
+
+# ---------------------------------------------------------------------------- parallel execution
+
+
+def test_local_processes_give_the_rows_of_one_process(tmp_path, spec_path):
+    run_sweep(spec_path, tmp_path / "one", progress=False)
+    summary = run_sweep(spec_path, tmp_path / "two", workers=2, points_per_part=2, progress=False)
+    assert summary.parts_written == 4
+    pd.testing.assert_frame_equal(read_results(tmp_path / "two"), read_results(tmp_path / "one"))
+
+
+def test_dask_local_cluster_gives_the_rows_of_one_process(tmp_path, spec_path):
+    from distributed import LocalCluster
+
+    run_sweep(spec_path, tmp_path / "one", progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        summary = run_sweep(spec_path, tmp_path / "dask", scheduler=cluster.scheduler_address, points_per_part=3,
+                            progress=False)
+    assert summary.n_computed == 8
+    pd.testing.assert_frame_equal(read_results(tmp_path / "dask"), read_results(tmp_path / "one"))
+
+
+def test_unreachable_scheduler_is_a_clear_error_after_the_timeout(tmp_path, spec_path):
+    started = time.perf_counter()
+    with pytest.raises(InputError, match=r"--scheduler tcp://127.0.0.1:9: no Dask scheduler answered within 1 s"):
+        run_sweep(spec_path, tmp_path / "r", scheduler="tcp://127.0.0.1:9", connect_timeout_s=1, progress=False)
+    assert time.perf_counter() - started < 15
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- bad specs
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"colour": ["red"]}, "axes.colour: not a known axis"),
+    ({"policy": ["fifo"]}, "axes.policy: 'fifo': expected one of lru"),
+    ({"policy": []}, "axes.policy: empty"),
+    ({"policy": "lru"}, "axes.policy: expected an array"),
+    ({"policy": ["lru", "lru"]}, "axes.policy: a value is listed twice"),
+    ({"weight_bits": [16.0]}, "axes.weight_bits: 16.0: expected one of 16, 8, 4"),
+    ({"profile": ["nowhere"]}, "axes.profile: 'nowhere': unknown device profile"),
+    ({"arch": ["phone-huge"]}, "axes.arch: 'phone-huge': expected one of"),
+    ({"trace": ["missing.npz"]}, "axes.trace: .*missing.npz: no such trace file"),
+    ({"trace": ["nothing-*.npz"]}, "axes.trace: 'nothing-\\*.npz' matches no file"),
+    ({"trace": ["not-a-trace.npz"]}, "axes.trace: .*not a readable .npz trace"),
+    ({"wd_rank": [5000]}, "axes.wd_rank: 5000: .*wd_rank must be an integer in"),
+    ({"wd_rank": ["half"]}, "axes.wd_rank: 'half': expected an integer >= 1 or 'full'"),
+    ({"cache_mb": [100], "cache_experts": [10]}, "give one cache-size axis"),
+    ({"cache_fraction": [1.5]}, "axes.cache_fraction: 1.5: expected a fraction in"),
+    ({"tokens": [0]}, "axes.tokens: 0: expected an integer >= 1"),
+])
+def test_bad_spec_values_are_one_line_input_errors(tmp_path, traces, axes, message):
+    (tmp_path / "not-a-trace.npz").write_bytes(b"no zip here")
+    for name in ("bles0.npz",):
+        (tmp_path / name).write_bytes((traces / name).read_bytes())
+    base = {"profile": ["wearable"], "trace": ["bles0.npz"]}
+    with pytest.raises(InputError, match=message) as caught:
+        load_spec(write_spec(tmp_path, **{**base, **axes}))
+    assert "\n" not in str(caught.value) and "spec.toml" in str(caught.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"[axes\nprofile = 1", "not a valid UTF-8 TOML file"),
+    (b"\xff\xfe", "not a valid UTF-8 TOML file"),
+    (b'title = "x"\n[axes]\nprofile = ["wearable"]', "'title' is not a known key"),
+    (b'name = "x"\n', "axes: expected a non-empty"),
+    (b'[axes]\npolicy = ["lru"]', "axes.profile: required"),
+    (b'[axes]\nprofile = ["wearable"]\narch = ["wearable-moe"]', "axes.trace: required"),
+])
+def test_unreadable_or_incomplete_specs_are_input_errors(tmp_path, text, message):
+    path = tmp_path / "spec.toml"
+    path.write_bytes(text)
+    with pytest.raises(InputError, match=message):
+        load_spec(path)
+    with pytest.raises(InputError, match="no such sweep spec file"):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_bad_run_options_are_input_errors(tmp_path, spec_path):
+    with pytest.raises(InputError, match="--engine: expected one of"):
+        run_sweep(spec_path, tmp_path / "r", engine="quantum", progress=False)
+    with pytest.raises(InputError, match="--workers: expected >= 1"):
+        run_sweep(spec_path, tmp_path / "r", workers=0, progress=False)
+    with pytest.raises(InputError, match="give one"):
+        run_sweep(spec_path, tmp_path / "r", workers=2, scheduler="tcp://127.0.0.1:9", progress=False)
+
+
+# ---------------------------------------------------------------------------- command line and CSV
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as stop:
+        main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+def test_cli_sweep_with_csv_then_report(capsys, tmp_path, spec_path):
+    code, out, _ = cli(capsys, "sweep", spec_path, "--out", tmp_path / "r", "--csv", tmp_path / "r.csv", "--quiet")
+    assert code == 0 and out == ""
+    frame = pd.read_csv(tmp_path / "r.csv")
+    assert len(frame) == 8 and frame["point_id"].tolist() == list(range(8))
+    assert json.loads((tmp_path / "r" / MANIFEST).read_text())["n_points"] == 8
+    code, out, _ = cli(capsys, "report", tmp_path / "r", "--out", tmp_path / "report.html")
+    assert code == 0 and (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js inlined
+
+
+def test_cli_bad_spec_exits_2_with_one_line(capsys, tmp_path, traces):
+    spec = write_spec(tmp_path, profile=["wearable"], policy=["fifo"])
+    code, _, err = cli(capsys, "sweep", spec, "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "axes.policy: 'fifo'" in err
+
+
+def test_export_csv_round_trips_the_rows(tmp_path, spec_path):
+    run_sweep(spec_path, tmp_path / "r", progress=False)
+    rows = read_results(tmp_path / "r")
+    back = pd.read_csv(export_csv(rows, tmp_path / "rows.csv"))
+    assert list(back.columns) == list(rows.columns)
+    assert back["tpot_ms_mean"].tolist() == pytest.approx(rows["tpot_ms_mean"].astype(float).tolist(), rel=1e-12)
