@@ -226,6 +226,7 @@ def test_bad_spec_values_are_one_line_input_errors(tmp_path, traces, axes, messa
     (b'title = "x"\n[axes]\nprofile = ["wearable"]', "'title' is not a known key"),
     (b'name = "x"\n', "axes: expected a non-empty"),
     (b'[axes]\npolicy = ["lru"]', "axes.profile: required"),
+    (b'[axes]\nprofile = ["wearable"]', "axes: give an arch axis, or a trace axis"),
     (b'[axes]\nprofile = ["wearable"]\narch = ["wearable-moe"]', "axes.trace: required"),
 ])
 def test_unreadable_or_incomplete_specs_are_input_errors(tmp_path, text, message):
@@ -278,3 +279,11 @@ def test_export_csv_round_trips_the_rows(tmp_path, spec_path):
     back = pd.read_csv(export_csv(rows, tmp_path / "rows.csv"))
     assert list(back.columns) == list(rows.columns)
     assert back["tpot_ms_mean"].tolist() == pytest.approx(rows["tpot_ms_mean"].astype(float).tolist(), rel=1e-12)
+
+
+def test_a_trace_without_target_arch_needs_an_arch_axis(tmp_path):
+    save_trace(sticky_trace(n_tokens=256, n_layers=4, seq_len=64), tmp_path / "anonymous.npz")
+    with pytest.raises(InputError, match="'anonymous.npz' names no target architecture.*add an arch axis"):
+        load_spec(write_spec(tmp_path, profile=["wearable"], trace=["anonymous.npz"]))
+    spec = load_spec(write_spec(tmp_path, profile=["wearable"], arch=["wearable-moe"], trace=["anonymous.npz"]))
+    assert len(grid(spec)) == 1

@@ -68,8 +68,10 @@ def _process_pool(parts: list[list[Point]], engine: str, workers: int) -> Iterat
 
 def connect_scheduler(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
     """A Dask client of the scheduler at `address`, or an InputError after `timeout_s`."""
-    from distributed import Client  # deferred: only a Dask sweep needs it
-
+    try:
+        from distributed import Client  # deferred: only a Dask sweep needs it
+    except ImportError:
+        raise InputError("--scheduler: needs Dask's distributed package (pip install 'dask[distributed]')") from None
     try:
         return Client(address, timeout=timeout_s, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError) as error:

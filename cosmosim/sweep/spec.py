@@ -211,6 +211,8 @@ def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, T
     if len(given_cache_axes) > 1:
         raise InputError(f"{source}: axes.{given_cache_axes[1]}: give one cache-size axis of "
                          f"{', '.join(CACHE_AXES)}, not {' and '.join(given_cache_axes)}")
+    if "arch" not in axes and not traces:
+        raise InputError(f"{source}: axes: give an arch axis, or a trace axis whose traces name their architecture")
     archs = [get_arch(name) for name in axes.get("arch", ())]
     if "arch" not in axes:
         for value, facts in traces.items():
