@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cosmosim.cli import app
+from cosmosim.errors import InputError
 from cosmosim.io import atomic_write_json
 from cosmosim.runner import run as run_scenario
 from cosmosim.scenario import RunConfig
@@ -73,6 +74,7 @@ def run(
     json_path: Path = typer.Option(None, "--json", help="Also write the full result as JSON to this path."),
     timeline_path: Path = typer.Option(None, "--timeline", help=f"Also write a Chrome-trace/Perfetto timeline (JSON) of the first {DEFAULT_MAX_PASSES} passes: flash reads, compute, by layer. Open it at https://ui.perfetto.dev."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
+    engine: str = typer.Option("des", help="des: the discrete-event simulation; analytic: the closed-form model (same JSON keys; no prefetch; lru, belady or kactive; docs/analytic-model.md)."),
 ) -> None:
     """Replay a routing trace through the discrete-event simulation of flash -> DRAM expert cache -> compute.
 
@@ -84,7 +86,9 @@ def run(
                        per_layer_cache=per_layer_cache, weight_bits=weight_bits, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)
     if timeline_path is None:
-        result = run_scenario(profile, trace, arch, config)
+        result = run_scenario(profile, trace, arch, config, engine)
+    elif engine != "des":
+        raise InputError(f"--timeline: only --engine des has a timeline (the analytic model has no clock), got --engine {engine}")
     else:
         result, timeline = run_with_timeline(profile, trace, arch, config)
         write_timeline(timeline_path, timeline, result)
