@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -55,9 +57,23 @@ def _in_process(parts: list[list[Point]], engine: str) -> Iterator[pd.DataFrame]
         yield evaluate_part(part, engine)
 
 
+def _exit_with(sweep_pid: int) -> None:
+    """Pool initializer: end this worker once the sweep process is gone (a SIGKILL skips its
+    clean-up), instead of idling forever on a queue nobody will fill."""
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(sweep_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _process_pool(parts: list[list[Point]], engine: str, workers: int) -> Iterator[pd.DataFrame]:
     # forkserver: workers start from a clean interpreter, not a fork of this (possibly threaded) one.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                             initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(evaluate_part, part, engine) for part in parts]
         try:
             for future in as_completed(futures):
