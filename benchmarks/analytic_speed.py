@@ -9,7 +9,7 @@ a grid of {phone, wearable} x {phone-moe, phone-wd, wearable-moe, wearable-wd} x
   every metric but TPOT percentiles recomputed per call;
 - the warm call with TPOT percentiles (one pass over the decode tokens per distinct point).
 
-    python benchmarks/analytic_speed.py [--tokens 32768] [--repeats 3]
+    python benchmarks/analytic_speed.py [--tokens 16384] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def timed(points: pd.DataFrame, cache: StatsCache, percentiles: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=32768, help="trace length in tokens (sequences of 256)")
+    parser.add_argument("--tokens", type=int, default=16384, help="trace length in tokens (sequences of 256)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
