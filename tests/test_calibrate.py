@@ -1,0 +1,112 @@
+"""Calibrate: a quick measurement of this host written as a profile in the shipped schema."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cosmosim.arch import Architecture, get_arch
+from cosmosim.calibrate import (FULL, QUICK, calibrate, load_record, matmul_shapes, profile_data, record_path,
+                                tiny_twin, to_toml)
+from cosmosim.errors import InputError
+from cosmosim.profiles import load_profile, profile_from_dict, profiles_dir
+from cosmosim.replay import host_profile_path, storage
+
+TINY = Architecture(name="tiny", n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
+                    n_experts=8, top_k=2, wd_rank=None)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calibrate")
+    if storage.filesystem_type(folder) in storage.MEMORY_FILESYSTEMS:
+        pytest.skip("the temporary folder is in RAM: cold reads need a disk")
+    messages = []
+    profile, path = calibrate(TINY, quick=True, out=folder / "host.toml", directory=folder, threads=1,
+                              progress=messages.append)
+    return profile, path, messages, folder
+
+
+def test_quick_calibration_writes_a_loadable_cited_profile(calibrated):
+    profile, path, messages, folder = calibrated
+    assert load_profile(path).sha256 == profile.sha256 and profile.name == "host"
+    data = tomllib.loads(path.read_text())
+    for section in ("flash", "dram", "compute"):
+        for key, citation in data[section]["sources"].items():
+            assert "cosmosim calibrate" in citation or key == "max_request_kib", (section, key)
+    assert [size for size, _ in profile.flash.bandwidth_curve] == [4096 * 2**i for i in range(len(profile.flash.bandwidth_curve))]
+    assert profile.flash.max_request_bytes <= 1024**2 and profile.flash.queue_depth in (1, 2, 4, 8, 16, 32)
+    assert profile.dram.app_budget_bytes <= profile.dram.capacity_bytes
+    assert profile.compute.layer_overhead_s > 0 and profile.compute.gemv_flops_per_s > 0
+    assert any(m.startswith("flash:") for m in messages) and any(m.startswith("overhead:") for m in messages)
+    assert list(folder.glob("cosmosim-*")) == []  # the test file and the twin's experts are gone
+
+
+def test_the_record_keeps_what_replay_must_share(calibrated):
+    _, path, _, _ = calibrated
+    record = load_record(path)
+    assert record == json.loads(record_path(path).read_text())
+    assert (record["arch"], record["dtype"], record["threads"], record["effort"]) == ("tiny", "bfloat16", 1, "quick")
+    assert record["flash"]["read_mode"] in ("o_direct", "fadvise")
+    assert {shape["in"] for shape in record["gemv_shapes"]} == {64, 128}
+    # The profile is a pure function of the record: rebuilding it gives the same file.
+    assert to_toml(profile_data(record)) == path.read_text()
+
+
+def test_toml_writer_round_trips_a_shipped_profile():
+    data = tomllib.loads((profiles_dir() / "phone.toml").read_text())
+    assert tomllib.loads(to_toml(data)) == data
+    profile_from_dict(tomllib.loads(to_toml(data)), source="round trip")
+
+
+@pytest.mark.parametrize("arch", [TINY, get_arch("wearable-moe"), get_arch("phone-wd")])
+def test_matmul_shapes_cover_a_decoded_tokens_weight_flops(arch):
+    flops = sum(uses * 2 * out * inp for (out, inp), uses in matmul_shapes(arch).items())
+    attention = arch.n_layers * 2 * 2 * arch.d_model  # one key: decode_flops_per_token(1) counts it
+    assert flops == arch.decode_flops_per_token(1) - attention
+
+
+def test_tiny_twin_keeps_the_sequence_of_calls():
+    for arch in (get_arch("wearable-moe"), get_arch("wearable-wd")):
+        twin = tiny_twin(arch)
+        same = ("n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k")
+        assert all(getattr(twin, field) == getattr(arch, field) for field in same)
+        assert (twin.wd_rank is None) == (arch.wd_rank is None)
+        assert twin.expert_params() < 100 and twin.vocab_size < 100
+
+
+def test_full_effort_reads_every_curve_size():
+    assert FULL.file_bytes // 8 >= 8 * 1024**2 and QUICK.seconds_per_point < FULL.seconds_per_point
+
+
+def test_default_output_is_the_user_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    assert host_profile_path() == tmp_path / "cache" / "profiles" / "host.toml"
+    monkeypatch.delenv(storage.CACHE_DIR_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert host_profile_path() == tmp_path / "xdg" / "cosmosim" / "profiles" / "host.toml"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"out": "profile.txt"}, "expected a .toml path"),
+    ({"threads": 0}, "--threads"),
+    ({"scale": 0}, "--scale"),
+    ({"directory": "missing-folder"}, "not an existing folder"),
+])
+def test_bad_calibration_input(tmp_path, kwargs, message):
+    for key in ("out", "directory"):
+        if key in kwargs:
+            kwargs[key] = tmp_path / kwargs[key]
+    kwargs.setdefault("out", tmp_path / "host.toml")
+    with pytest.raises(InputError, match=message):
+        calibrate(TINY, quick=True, **kwargs)
+
+
+def test_calibration_refuses_a_filesystem_in_ram(tmp_path):
+    shm = Path("/dev/shm")
+    if storage.filesystem_type(shm) not in storage.MEMORY_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    with pytest.raises(InputError, match="filesystem in RAM"):
+        calibrate(TINY, quick=True, out=tmp_path / "host.toml", directory=shm)
+    assert not (tmp_path / "host.toml").exists() and list(shm.glob("cosmosim-*")) == []
