@@ -1,0 +1,127 @@
+"""Validate: the case matrix, the error statistics, and a whole (tiny, quick) validation run."""
+
+import json
+
+import pytest
+
+import cosmosim.runner
+import cosmosim.validate
+from cosmosim import runner
+from cosmosim.arch import Architecture, get_arch
+from cosmosim.calibrate import load_record
+from cosmosim.cli import main
+from cosmosim.errors import InputError
+from cosmosim.replay import storage
+from cosmosim.trace import save_trace
+from cosmosim.validate import (GOAL, MIN_CASES, ValidationTrace, case_matrix, error_summary, synthetic_traces,
+                               validate, validation_traces)
+from trace_factory import sticky_trace
+
+import cosmosim.cli.host  # noqa: F401  (registers the commands until cosmosim/cli/__init__.py imports it)
+
+TINY = Architecture(name="tiny", n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
+                    n_experts=8, top_k=2, wd_rank=None)
+
+
+def fixture_traces(count: int) -> list[ValidationTrace]:
+    return [ValidationTrace(f"t{i}", sticky_trace(n_tokens=256, n_layers=4, seq_len=64, seed=i), False) for i in range(count)]
+
+
+@pytest.mark.parametrize("n_traces", [1, 2, 3, 5])
+def test_case_matrix_has_at_least_40_cases_with_every_policy(n_traces):
+    arch = get_arch("wearable-moe")
+    cases = case_matrix(fixture_traces(n_traces), arch)
+    assert len(cases) >= MIN_CASES
+    for label in {case.trace.label for case in cases}:
+        mine = [case for case in cases if case.trace.label == label]
+        assert [case.policy for case in mine].count("kactive") == 1
+        lru = sorted(case.cache_experts for case in mine if case.policy == "lru")
+        assert lru == sorted(case.cache_experts for case in mine if case.policy == "belady")
+        assert len(set(lru)) == len(lru) and arch.top_k <= lru[0] and lru[-1] < arch.n_layers * arch.n_experts
+
+
+def test_error_summary_by_hand():
+    summary = error_summary([-5.0, 2.0, 30.0, -1.0, 4.0])  # |e| sorted: 1 2 4 5 30
+    assert summary["median_abs_error_pct"] == 4.0
+    assert summary["p95_abs_error_pct"] == pytest.approx(5 + 0.8 * 25)  # numpy linear interpolation
+    assert summary["max_abs_error_pct"] == 30.0 and not summary["meets_goal"]
+    assert error_summary([9.0, -9.5, 3.0])["meets_goal"]
+    assert GOAL == {"median_abs_error_pct": 10.0, "p95_abs_error_pct": 20.0}
+
+
+def test_synthetic_traces_are_labelled_and_fit_the_architecture():
+    arch = get_arch("wearable-moe")
+    traces = synthetic_traces(arch)
+    assert len(traces) == 3 and all(t.synthetic and t.label.startswith("synthetic") for t in traces)
+    assert all(t.trace.n_layers == arch.n_layers and t.trace.n_experts == arch.n_experts for t in traces)
+
+
+def test_validation_traces_prefers_the_given_paths(tmp_path):
+    path = save_trace(sticky_trace(n_tokens=256, n_layers=4, seq_len=64), tmp_path / "given.npz")
+    (traces,) = validation_traces([path], TINY)
+    assert traces.label == str(path) and not traces.synthetic
+    with pytest.raises(InputError, match="no such trace file"):
+        validation_traces([tmp_path / "missing.npz"], TINY)
+
+
+def test_a_quick_validation_end_to_end(tmp_path):
+    if storage.filesystem_type(tmp_path) in storage.MEMORY_FILESYSTEMS:
+        pytest.skip("the temporary folder is in RAM: cold reads need a disk")
+    path = save_trace(sticky_trace(n_tokens=640, n_layers=4, seq_len=64, seed=1), tmp_path / "t.npz")
+    profile = tmp_path / "profiles" / "host.toml"
+    messages = []
+    report = validate(traces=[path], arch=TINY, min_cases=4, tokens=40, quick=True, profile=profile,
+                      directory=tmp_path, progress=messages.append)
+    assert report["calibrated_now"] and load_record(profile)["arch"] == "tiny"
+    assert report["engines"] == [engine for engine in ("des", "analytic") if engine in runner.ENGINES]
+    assert len(report["cases"]) == 5 and report["repeats"] == 3 and report["decode_tokens_per_replay"] == 24
+    for case in report["cases"]:
+        assert len(case["measured_tpot_ms_runs"]) == 3
+        assert case["measured_tpot_ms"] == sorted(case["measured_tpot_ms_runs"])[1]
+        for engine in report["engines"]:
+            predicted = case["predicted"][engine]
+            assert predicted["hit_rate"] == pytest.approx(case["hit_rate"])  # same cache decisions
+            expected = 100 * (predicted["tpot_ms"] - case["measured_tpot_ms"]) / case["measured_tpot_ms"]
+            assert predicted["error_pct"] == pytest.approx(expected)
+    for engine, summary in report["summary"].items():
+        assert summary == error_summary([case["predicted"][engine]["error_pct"] for case in report["cases"]])
+    assert sum(m.startswith("replay ") for m in messages) == 15 and list(tmp_path.glob("cosmosim-*")) == []
+    # A fitting profile is reused, not measured again.
+    again = validate(traces=[path], arch=TINY, min_cases=1, tokens=40, quick=True, profile=profile, directory=tmp_path)
+    assert not again["calibrated_now"] and len(again["cases"]) == 3
+
+
+def test_validate_refuses_fewer_than_three_repeats():
+    with pytest.raises(InputError, match="--repeats"):
+        validate(repeats=2)
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path))
+    for args, expected in [(["calibrate", "--quick", "--out", str(tmp_path / "x.txt")], "expected a .toml path"),
+                           (["calibrate", "--quick", "--arch", "laptop"], "unknown architecture"),
+                           (["replay", "--trace", str(tmp_path / "missing.npz")], "no such trace file"),
+                           (["validate", "--repeats", "1"], "--repeats")]:
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1, args
+
+
+def test_cli_replay_and_validate_end_to_end(tmp_path, capsys, monkeypatch):
+    if storage.filesystem_type(tmp_path) in storage.MEMORY_FILESYSTEMS:
+        pytest.skip("the temporary folder is in RAM: cold reads need a disk")
+    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    for module in (cosmosim.runner, cosmosim.validate):  # the tiny architecture by name
+        monkeypatch.setattr(module, "get_arch", lambda name: TINY if name == "tiny" else get_arch(name))
+    trace = save_trace(sticky_trace(n_tokens=640, n_layers=4, seq_len=64, seed=1), tmp_path / "t.npz")
+    common = ["--trace", str(trace), "--arch", "tiny", "--dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        main(["validate", *common, "--quick", "--min-cases", "2", "--tokens", "40", "--json", str(tmp_path / "v.json")])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "des:" in out and "median" in out
+    assert json.loads((tmp_path / "v.json").read_text())["arch"] == "tiny"
+    with pytest.raises(SystemExit) as stop:  # `host` is now the profile validate calibrated
+        main(["replay", *common, "--cache-experts", "8", "--tokens", "40", "--json", str(tmp_path / "r.json")])
+    assert stop.value.code == 0 and "TPOT" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["engine"] == "replay"
