@@ -52,10 +52,8 @@ METRIC_COLUMNS = (
 PERCENTILE_COLUMNS = tuple(f"tpot_ms_p{q}" for q in PERCENTILES)
 
 _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
-_INTEGER_COLUMNS = ("cache_experts", "weight_bits", "tokens", "prompt_tokens", "context_len", "dense_tokens",
-                    "dense_sequence_len")
-_NUMBER_COLUMNS = ("cache_mb", "warmup_fraction")
 _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch")
+_COLUMN_KINDS = {"per_layer_cache": "flag", "cache_mb": "number", "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
 DEFAULT_CACHE = StatsCache()
 
 
@@ -112,7 +110,7 @@ class _Rows:
             raise InputError(f"points: column {missing[0]!r} is missing (required: profile, arch)")
         self.labels = points.index.tolist()
         self.values: dict[str, list] = {}
-        for name in (*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS):
+        for name in dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)):
             if name not in points.columns:
                 continue
             column = points[name].astype(object)
@@ -122,30 +120,28 @@ class _Rows:
         self._archs: dict[tuple, Architecture] = {}
         self._costs: dict[tuple, StepCosts] = {}
         self._traces: dict[str, tuple] = {}
-        self.nonexpert_memo: dict = {}  # shared by every pair of this call: (id(costs), context) -> OpCost
+        self.nonexpert_memo: dict = {}  # shared by every pair of this call: (id(costs), kind, context) -> OpCost
 
     def _fail(self, i: int, message: str) -> InputError:
         return InputError(f"points row {self.labels[i]!r}: {message}")
 
     def _typed(self, name: str, value, i: int):
-        if value is None:
-            return None
-        if name in _TEXT_COLUMNS:
-            return str(value)
-        if name == "per_layer_cache":
-            if isinstance(value, (bool, np.bool_)):
-                return bool(value)
-        elif name == "wd_rank" and value == FULL_RANK:
+        """A cell as the type RunConfig expects (None when empty); InputError naming row and column."""
+        if value is None or name in _TEXT_COLUMNS:
+            return None if value is None else str(value)
+        kind = _COLUMN_KINDS.get(name, "integer")
+        is_flag = isinstance(value, (bool, np.bool_))
+        is_number = isinstance(value, (int, float, np.integer, np.floating)) and not is_flag
+        if kind == "flag" and is_flag:
+            return bool(value)
+        if kind == "number" and is_number:
+            return float(value)
+        if kind == "rank" and value == FULL_RANK:
             return value
-        elif name in _NUMBER_COLUMNS:
-            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
-                return float(value)
-        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
-            if float(value).is_integer():
-                return int(value)
-        expected = {"per_layer_cache": "true or false", "wd_rank": f"an integer rank or {FULL_RANK!r}"}.get(
-            name, "a number" if name in _NUMBER_COLUMNS else "an integer")
-        raise self._fail(i, f"column {name}: expected {expected}, got {value!r}")
+        if kind in ("integer", "rank") and is_number and float(value).is_integer():
+            return int(value)
+        expected = {"flag": "true or false", "number": "a number", "rank": f"an integer rank or {FULL_RANK!r}"}
+        raise self._fail(i, f"column {name}: expected {expected.get(kind, 'an integer')}, got {value!r}")
 
     def _value(self, name: str, i: int):
         column = self.values.get(name)
@@ -196,6 +192,7 @@ class _Rows:
             layout = cache_layout(config.policy, config.prefetch, config.per_layer_cache, capacity, arch.n_layers,
                                   arch.top_k)
             mode = (layout.rule, layout.per_layer)
+
         def scenario() -> Scenario:
             return Scenario(arch, profile, config, stats.workload, costs, capacity,
                             capacity >= arch.n_layers * arch.n_experts, trace)
@@ -212,7 +209,9 @@ class _Prices:
         nonexpert = nonexpert_ops(costs, DECODE, stats.context_values, nonexpert_memo)
         counts = stats.context_counts
         self.nonexpert_s = float(nonexpert.time_s @ counts)  # summed over every decode step
-        self.nonexpert_dram_bound_s = float(nonexpert.time_s[nonexpert.memory_bound] @ counts[nonexpert.memory_bound])
+        bound = nonexpert.memory_bound
+        self.nonexpert_dram_bound_s = float(nonexpert.time_s[bound] @ counts[bound])
+        self.nonexpert_compute_bound_s = float(nonexpert.time_s[~bound] @ counts[~bound])
         self.nonexpert_flops = float(nonexpert.flops @ counts)
         self.nonexpert_dram_bytes = float(nonexpert.dram_bytes @ counts)
         self.prefill_step_s = costs.nonexpert_prefill(steps.prefill_context).time_s + costs.layer_overhead_s
@@ -234,7 +233,7 @@ class _Prices:
 def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: np.ndarray, percentiles: bool) -> dict:
     """Every metric for the rows of one group (same workload and prices), vectorised over cache sizes."""
     stats, costs, scenario = prices.stats, prices.costs, prices.scenario
-    steps, profile, energy = stats.steps, scenario.profile, scenario.profile.energy
+    steps, energy = stats.steps, scenario.profile.energy
     n, top_k, n_layers = capacities.size, steps.top_k, steps.n_layers
     n_tokens, n_requests = steps.n_tokens, steps.n_requests
     decode_steps, expert, lm_head = n_tokens * n_layers, costs.expert_decode, costs.lm_head
@@ -263,7 +262,7 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
     simulated_s = n_requests * ttft_s + n_tokens * tpot_s
     energy_j = {"flash": flash_bytes * energy.flash_j_per_byte, "dram": (dram_bytes + flash_bytes) * energy.dram_j_per_byte,
                 "compute": flops * energy.j_per_flop + zeros, "static": tpot_s * energy.idle_w}
-    time_s = {"nonexpert_compute": prices.nonexpert_s - prices.nonexpert_dram_bound_s,
+    time_s = {"nonexpert_compute": prices.nonexpert_compute_bound_s,
               "nonexpert_dram": prices.nonexpert_dram_bound_s,
               "expert_compute": 0.0 if expert.memory_bound else expert_s, "expert_dram": expert_s if expert.memory_bound else 0.0,
               "flash_stall": expert_phase_s - expert_s if mode else zeros,

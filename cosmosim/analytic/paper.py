@@ -83,26 +83,25 @@ OVERHEADS = {
 
 
 def synthetic_routing(exrep_target: float, *, n_sequences: int = 100, generated_tokens: int = GENERATED_TOKENS,
-                      n_layers: int = 24, n_experts: int = 8, top_k: int = 2, seed: int = 0) -> Trace:
-    """Routing with a given ExRep: from one token to the next, each of a layer's top_k experts is
+                      seed: int = 0) -> Trace:
+    """Phone-MoE routing with a given ExRep: from one token to the next, each of a layer's top_k experts is
     replaced, independently with probability `exrep_target`, by an expert the layer did not use;
     so E|S_t \\ S_t-1| / top_k = exrep_target. Each sequence is the 1-token prompt + the generated
     tokens. Synthetic, labelled so in its meta, and never written to disk here."""
     if not 0 <= exrep_target <= 1:
         raise InputError(f"exrep: expected a fraction in [0, 1], got {exrep_target}")
-    rng = np.random.default_rng(seed)
+    arch, rng = get_arch(ARCH), np.random.default_rng(seed)
+    n_layers, n_experts, top_k = arch.n_layers, arch.n_experts, arch.top_k
     seq_len = PROMPT_TOKENS + generated_tokens
     shape = (n_sequences, n_layers)
     experts = np.empty((n_sequences, seq_len, n_layers, top_k), dtype=np.int16)
-    current = np.argsort(rng.random((*shape, n_experts)), axis=2)[:, :, :top_k]
-    for t in range(seq_len):
-        if t:
-            # Candidates: the layer's unused experts in random order (used ones sorted last).
-            keys = rng.random((*shape, n_experts))
-            np.put_along_axis(keys, current, 2.0, axis=2)
-            unused = np.argsort(keys, axis=2)[:, :, :top_k]
-            current = np.where(rng.random((*shape, top_k)) < exrep_target, unused, current)
-        experts[:, t] = current
+    experts[:, 0] = current = np.argsort(rng.random((*shape, n_experts)), axis=2)[:, :, :top_k]
+    for t in range(1, seq_len):
+        # Candidates: the layer's unused experts in random order (the used ones sort last).
+        keys = rng.random((*shape, n_experts))
+        np.put_along_axis(keys, current, 2.0, axis=2)
+        unused = np.argsort(keys, axis=2)[:, :, :top_k]
+        experts[:, t] = current = np.where(rng.random((*shape, top_k)) < exrep_target, unused, current)
     positions = np.tile(np.arange(seq_len, dtype=np.int32), n_sequences)
     meta = {"schema_version": SCHEMA_VERSION, "model": {"n_layers": n_layers, "n_experts": n_experts, "top_k": top_k},
             "training": None, "target_arch": ARCH,
