@@ -29,7 +29,6 @@ import os
 import platform
 import time
 import tomllib
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -44,9 +43,9 @@ from cosmosim.errors import InputError
 from cosmosim.io import atomic_write_json, atomic_write_text
 from cosmosim.locality import random_routing
 from cosmosim.profiles import DeviceProfile, load_profile, profile_from_dict
-from cosmosim.replay import HostModel, host_profile_path, scaled_arch
-from cosmosim.replay.storage import ColdReader, aligned_buffer, available_memory_bytes, scratch_folder, write_durably
+from cosmosim.replay import HostModel, Progress, host_profile_path, scaled_arch
 from cosmosim.replay.compute import default_threads, torch_threads
+from cosmosim.replay.storage import ColdReader, aligned_buffer, available_memory_bytes, scratch_folder, write_durably
 from cosmosim.replay.weights import DTYPE, DTYPE_NAME, expert_shapes
 from cosmosim.runner import prepare
 from cosmosim.scenario import RunConfig
@@ -58,8 +57,6 @@ QUEUE_DEPTHS = (1, 2, 4, 8, 16, 32)
 REQUEST_BYTES = MIB  # replay splits an expert read into requests of this size: the profile's max_request_kib
 KNEE = 0.9  # a queue depth "reaches" the device when it gives this share of the best throughput
 TINY = 8  # matrix side whose F.linear costs only the call
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -217,7 +214,7 @@ def profile_data(record: dict) -> dict:
     """The profile in its TOML layout (human units), each number citing how it was measured."""
     flash, when = record["flash"], f"cosmosim calibrate, {record['date']}"
     on = f"{flash['filesystem']}, {flash['read_mode']} reads from {flash['queue_depth']} threads"
-    shapes = f"{record['arch']} shapes in {record['dtype']}, {record['threads']} torch threads"
+    shapes = f"{record['arch']} shapes in {record['dtype']}, torch threads: {record['threads']}"
     return {
         "name": "host",
         "description": f"this host, measured by cosmosim calibrate ({record['effort']}): {record['cpu']}; {on}; {shapes}",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from cosmosim.arch import Architecture, get_arch
 from cosmosim.calibrate import calibrate, load_record
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile, load_profile
-from cosmosim.replay import HostModel, host_profile_path, scaled_arch
+from cosmosim.replay import HostModel, Progress, host_profile_path, scaled_arch
 from cosmosim.replay.compute import torch_threads
 from cosmosim.replay.weights import DTYPE_NAME
 from cosmosim.scenario import RunConfig
@@ -45,8 +44,6 @@ SYNTHETIC_STAYS = (0.3, 0.6, 0.9)  # the fixture traces' chance of keeping the l
 SYNTHETIC_SEQUENCE, SYNTHETIC_SEQUENCES = 256, 10
 REPLAY_SETUP_S = 0.5  # per replay beyond its decode time: cache allocation and page faults (planning only)
 REPOSITORY = Path(__file__).resolve().parent.parent
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ from cosmosim.runner import prepare, resolve_arch
 from cosmosim.scenario import RunConfig, Scenario
 from cosmosim.trace import Trace, load_trace
 
-__all__ = ["HOST", "HostModel", "host_profile_path", "replay", "resolve_profile", "scaled_arch", "summarize_replay"]
+__all__ = ["HOST", "HostModel", "Progress", "host_profile_path", "replay", "resolve_profile", "scaled_arch",
+           "summarize_replay"]
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # receives one line per stage, for the command line to show
 
 
 class HostModel:
