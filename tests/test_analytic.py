@@ -244,6 +244,15 @@ def test_evaluate_points_bad_input_names_the_row(trace_file, row, expected):
         evaluate_points(pd.DataFrame([dict(profile="wearable")]))
 
 
+def test_evaluate_points_can_record_errors_per_row(trace_file):
+    points = pd.DataFrame([dict(profile="wearable", arch="wearable-moe", trace=str(trace_file), cache_experts=size)
+                           for size in (40, 1)])
+    out = evaluate_points(points, on_error="record", cache=StatsCache())
+    assert pd.isna(out.loc[0, "error"]) and out.loc[0, "tpot_ms_mean"] > 0
+    assert "smaller than top_k=2" in out.loc[1, "error"] and pd.isna(out.loc[1, "tpot_ms_mean"])
+    assert pd.isna(out.loc[1, "offloading_idle"]) and pd.isna(out.loc[1, "cache_experts_used"])
+
+
 # -- command line ---------------------------------------------------------------------------------------
 
 def cli(capsys, *args) -> tuple[int, str, str]:

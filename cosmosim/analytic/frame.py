@@ -57,20 +57,35 @@ _COLUMN_KINDS = {"per_layer_cache": "flag", "cache_mb": "number", "warmup_fracti
 DEFAULT_CACHE = StatsCache()
 
 
-def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, cache: StatsCache | None = None) -> pd.DataFrame:
+def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, on_error: str = "raise",
+                    cache: StatsCache | None = None) -> pd.DataFrame:
     """`points` with the analytic metrics of each row added (columns METRIC_COLUMNS, and
     PERCENTILE_COLUMNS when `percentiles`: those cost a pass over the decode tokens per point).
 
-    Bad input raises InputError naming the row (by index label) and the column.
+    A row that `cosmosim run` would reject raises InputError naming the row (by index label) and
+    the column; with on_error="record" it gets the message in an `error` column and no metrics
+    instead (a sweep's infeasible corners). A malformed frame raises either way.
     """
+    if on_error not in ("raise", "record"):
+        raise InputError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
     cache = DEFAULT_CACHE if cache is None else cache
     rows = _Rows(points)
-    plans = [rows.plan(i, cache) for i in range(len(points))]
     columns = (*METRIC_COLUMNS, *(PERCENTILE_COLUMNS if percentiles else ()))
     metrics = {name: np.full(len(points), np.nan) for name in columns}
+    plans: list[_Plan | None] = []
+    errors: list[str | None] = [None] * len(points)
+    for i in range(len(points)):
+        try:
+            plans.append(rows.plan(i, cache))
+        except InputError as error:
+            if on_error == "raise":
+                raise rows.fail(i, str(error)) from None
+            plans.append(None)
+            errors[i] = str(error)
     groups: dict[tuple, list[int]] = {}
     for i, plan in enumerate(plans):
-        groups.setdefault((plan.stats_key, plan.cost_key, plan.mode), []).append(i)
+        if plan is not None:
+            groups.setdefault((plan.stats_key, plan.cost_key, plan.mode), []).append(i)
     prices: dict[tuple, _Prices] = {}
     for (stats_key, cost_key, mode), members in groups.items():
         first = plans[members[0]]
@@ -85,7 +100,9 @@ def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, cache: S
         out[name] = metrics[name]
     for name in ("cache_experts_used", "total_experts", "requests", "decode_tokens", "prefetch_issued"):
         out[name] = out[name].astype("Int64")
-    out["offloading_idle"] = out["offloading_idle"].astype(bool)
+    out["offloading_idle"] = out["offloading_idle"].astype("boolean")
+    if on_error == "record":
+        out["error"] = pd.array(errors, dtype="string")
     return out
 
 
@@ -122,7 +139,7 @@ class _Rows:
         self._traces: dict[str, tuple] = {}
         self.nonexpert_memo: dict = {}  # shared by every pair of this call: (id(costs), kind, context) -> OpCost
 
-    def _fail(self, i: int, message: str) -> InputError:
+    def fail(self, i: int, message: str) -> InputError:
         return InputError(f"points row {self.labels[i]!r}: {message}")
 
     def _typed(self, name: str, value, i: int):
@@ -141,7 +158,7 @@ class _Rows:
         if kind in ("integer", "rank") and is_number and float(value).is_integer():
             return int(value)
         expected = {"flag": "true or false", "number": "a number", "rank": f"an integer rank or {FULL_RANK!r}"}
-        raise self._fail(i, f"column {name}: expected {expected.get(kind, 'an integer')}, got {value!r}")
+        raise self.fail(i, f"column {name}: expected {expected.get(kind, 'an integer')}, got {value!r}")
 
     def _value(self, name: str, i: int):
         column = self.values.get(name)
@@ -157,12 +174,6 @@ class _Rows:
         return self._archs[key]
 
     def plan(self, i: int, cache: StatsCache) -> _Plan:
-        try:
-            return self._plan(i, cache)
-        except InputError as error:
-            raise self._fail(i, str(error)) from None
-
-    def _plan(self, i: int, cache: StatsCache) -> _Plan:
         profile_name = self._value("profile", i)
         if profile_name not in self._profiles:
             self._profiles[profile_name] = load_profile(profile_name)
