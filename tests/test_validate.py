@@ -17,7 +17,6 @@ from cosmosim.validate import (GOAL, MIN_CASES, ValidationTrace, case_matrix, er
                                validate, validation_traces)
 from trace_factory import sticky_trace
 
-import cosmosim.cli.host  # noqa: F401  (registers the commands until cosmosim/cli/__init__.py imports it)
 
 TINY = Architecture(name="tiny", n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)
