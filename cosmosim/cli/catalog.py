@@ -14,31 +14,52 @@ from cosmosim.profiles import load_profile, shipped_profiles
 @app.command()
 def profiles() -> None:
     """List the shipped device profiles (device_profiles/*.toml) with their key figures."""
-    table = Table(title="Device profiles")
-    for column in ("name", "flash GB/s (1 MiB)", "flash latency µs", "queue", "DRAM GB/s", "app budget MB",
-                   "GEMV GFLOP/s", "description"):
-        table.add_column(column)
-    for name in shipped_profiles():
-        p = load_profile(name)
-        table.add_row(name, f"{p.flash.bandwidth_bytes_per_s(1 << 20) / 1e9:.2f}", f"{p.flash.latency_s * 1e6:.0f}",
+    console = Console()
+    table = Table(title="Device profiles (sources: in each file)")
+    for column in ("name", "flash GB/s\n@1 MiB", "flash\nlatency µs", "queue", "DRAM\nGB/s", "app budget\nMB",
+                   "GEMV\nGFLOP/s", "GEMM\nGFLOP/s"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    loaded = [load_profile(name) for name in shipped_profiles()]
+    for p in loaded:
+        table.add_row(p.name, f"{p.flash.bandwidth_bytes_per_s(1 << 20) / 1e9:.2f}", f"{p.flash.latency_s * 1e6:.0f}",
                       str(p.flash.queue_depth), f"{p.dram.bandwidth_bytes_per_s / 1e9:.1f}",
-                      f"{p.dram.app_budget_bytes / 1e6:.0f}", f"{p.compute.gemv_flops_per_s / 1e9:.1f}", p.description)
-    Console().print(table)
+                      f"{p.dram.app_budget_bytes / 1e6:.0f}", f"{p.compute.gemv_flops_per_s / 1e9:.1f}",
+                      f"{p.compute.gemm_flops_per_s / 1e9:.1f}")
+    console.print(table)
+    for p in loaded:
+        console.print(f"[bold]{p.name}[/]: {p.description} ({p.path})")
+
+
+_ARCH_COLUMNS = {  # arch_table column -> (header, format)
+    "name": ("name", "{}"), "layers": ("L", "{}"), "d_model": ("d", "{}"), "heads": ("H", "{}"),
+    "kv_heads": ("KV", "{}"), "ffn_hidden": ("FFN", "{}"), "experts": ("E", "{}"), "top_k": ("k", "{}"),
+    "wd_rank": ("rank", "{}"), "active_params_m": ("active M\n(paper)", "{:.0f}"),
+    "total_params_m": ("total M\n(paper)", "{:.0f}"), "active_error_pct": ("err\n%", "{:+.1f}"),
+    "expert_mb": ("expert\nMB", "{:.2f}"), "resident_mb": ("resident\nMB", "{:.0f}"),
+}
 
 
 @app.command()
 def arch(
     weight_bits: int = typer.Option(16, help="Weight bit-width for the byte columns: 16, 8 or 4."),
-    csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    csv: bool = typer.Option(False, "--csv", help="Print every column as CSV instead of a table."),
 ) -> None:
-    """List the target architectures (CoSMoEs Table 1) with parameter counts against the paper."""
+    """List the target architectures (CoSMoEs Table 1) with parameter counts against the paper's."""
     frame = arch_table(weight_bits)
     if csv:
         typer.echo(frame.to_csv(index=False), nl=False)
         return
-    table = Table(title=f"Target architectures ({weight_bits}-bit weights)")
-    for column in frame.columns:
-        table.add_column(str(column))
-    for row in frame.itertuples(index=False):
-        table.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row])
+    table = Table(title=f"CoSMoEs Table 1 architectures, {weight_bits}-bit weights (all columns: --csv)")
+    for header, _ in _ARCH_COLUMNS.values():
+        table.add_column(header, justify="left" if header == "name" else "right")
+    for row in frame.to_dict("records"):
+        cells = []
+        for column, (_, fmt) in _ARCH_COLUMNS.items():
+            value = row[column]
+            cell = "–" if value is None or value != value or str(value) == "<NA>" else fmt.format(value)
+            if column in ("active_params_m", "total_params_m"):
+                paper = row["paper_" + column]
+                cell += f"\n({paper:.0f})"
+            cells.append(cell)
+        table.add_row(*cells)
     Console().print(table)
