@@ -93,3 +93,12 @@ def test_trace_stats_json_and_markdown(capsys, fixture_trace):
     assert 0 <= stats["exrep"]["value"] < stats["exrep"]["random"]  # the fixture is sticky by construction
     code, out, _ = cli(capsys, "trace", "stats", str(fixture_trace), "--markdown")
     assert code == 0 and "| fixture |" in out and "| random top-2 of 8 |" in out
+
+
+def test_catalog_commands(capsys):
+    code, out, _ = cli(capsys, "arch")
+    assert code == 0 and "wearable-wd" in out and "(377)" in out
+    code, out, _ = cli(capsys, "arch", "--csv", "--weight-bits", "4")
+    assert code == 0 and out.splitlines()[0].startswith("name,") and len(out.splitlines()) == 9
+    code, out, _ = cli(capsys, "profiles")
+    assert code == 0 and "phone" in out and "wearable" in out
