@@ -97,7 +97,7 @@ def test_trace_stats_json_and_markdown(capsys, fixture_trace):
 
 def test_catalog_commands(capsys):
     code, out, _ = cli(capsys, "arch")
-    assert code == 0 and "wearable-wd" in out and "(377)" in out
+    assert code == 0 and "wearable-wd" in out and "377/377" in out
     code, out, _ = cli(capsys, "arch", "--csv", "--weight-bits", "4")
     assert code == 0 and out.splitlines()[0].startswith("name,") and len(out.splitlines()) == 9
     code, out, _ = cli(capsys, "profiles")

@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Each module adds its commands to `app` (imported for that side effect).
-from cosmosim.cli import catalog, host, models, run, sweep, trace  # noqa: E402,F401
+from cosmosim.cli import catalog, host, models, paper, run, sweep, trace  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

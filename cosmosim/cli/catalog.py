@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -15,7 +16,7 @@ from cosmosim.profiles import load_profile, shipped_profiles
 def profiles() -> None:
     """List the shipped device profiles (device_profiles/*.toml) with their key figures."""
     console = Console()
-    table = Table(title="Device profiles (sources: in each file)")
+    table = Table(title="Device profiles (sources: in each file)", box=box.SIMPLE_HEAD)
     for column in ("name", "flash GB/s\n@1 MiB", "flash\nlatency µs", "queue", "DRAM\nGB/s", "app budget\nMB",
                    "GEMV\nGFLOP/s", "GEMM\nGFLOP/s"):
         table.add_column(column, justify="left" if column == "name" else "right")
@@ -31,11 +32,9 @@ def profiles() -> None:
 
 
 _ARCH_COLUMNS = {  # arch_table column -> (header, format)
-    "name": ("name", "{}"), "layers": ("L", "{}"), "d_model": ("d", "{}"), "heads": ("H", "{}"),
-    "kv_heads": ("KV", "{}"), "ffn_hidden": ("FFN", "{}"), "experts": ("E", "{}"), "top_k": ("k", "{}"),
-    "wd_rank": ("rank", "{}"), "active_params_m": ("active M\n(paper)", "{:.0f}"),
-    "total_params_m": ("total M\n(paper)", "{:.0f}"), "active_error_pct": ("err\n%", "{:+.1f}"),
-    "expert_mb": ("expert\nMB", "{:.2f}"), "resident_mb": ("resident\nMB", "{:.0f}"),
+    "name": ("name", "{}"), "layers": ("L", "{}"), "wd_rank": ("rank", "{}"),
+    "active_params_m": ("active M", "{:.0f}"), "total_params_m": ("total M", "{:.0f}"),
+    "expert_mb": ("expert MB", "{:.2f}"), "resident_mb": ("resident MB", "{:.0f}"),
 }
 
 
@@ -49,9 +48,10 @@ def arch(
     if csv:
         typer.echo(frame.to_csv(index=False), nl=False)
         return
-    table = Table(title=f"CoSMoEs Table 1 architectures, {weight_bits}-bit weights (all columns: --csv)")
+    table = Table(title=f"CoSMoEs Table 1 architectures, {weight_bits}-bit weights; params ours/paper (all: --csv)",
+                  box=box.SIMPLE_HEAD)
     for header, _ in _ARCH_COLUMNS.values():
-        table.add_column(header, justify="left" if header == "name" else "right")
+        table.add_column(header, justify="left" if header == "name" else "right", no_wrap=header == "name")
     for row in frame.to_dict("records"):
         cells = []
         for column, (_, fmt) in _ARCH_COLUMNS.items():
@@ -59,7 +59,7 @@ def arch(
             cell = "–" if value is None or value != value or str(value) == "<NA>" else fmt.format(value)
             if column in ("active_params_m", "total_params_m"):
                 paper = row["paper_" + column]
-                cell += f"\n({paper:.0f})"
+                cell += f"/{paper:.0f}"
             cells.append(cell)
         table.add_row(*cells)
     Console().print(table)
