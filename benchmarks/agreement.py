@@ -18,14 +18,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from cosmosim.runner import run
+from cosmosim.scenario import RunConfig
+from cosmosim.synthetic import sticky_trace
+from cosmosim.trace import Trace, load_trace
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from trace_factory import sticky_trace  # noqa: E402
-
-from cosmosim.runner import run  # noqa: E402
-from cosmosim.scenario import RunConfig  # noqa: E402
-from cosmosim.trace import Trace, load_trace  # noqa: E402
 
 PROFILES = ("phone", "wearable")
 CACHE_FRACTIONS = (0.125, 0.25, 0.5, 0.75)  # of all the architecture's experts

@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from trace_factory import sticky_trace  # noqa: E402
-
-from cosmosim.analytic.frame import evaluate_points  # noqa: E402
-from cosmosim.analytic.outcomes import StatsCache  # noqa: E402
-from cosmosim.arch import get_arch  # noqa: E402
-from cosmosim.trace import save_trace  # noqa: E402
+from cosmosim.analytic.frame import evaluate_points
+from cosmosim.analytic.outcomes import StatsCache
+from cosmosim.arch import get_arch
+from cosmosim.synthetic import sticky_trace
+from cosmosim.trace import save_trace
 
 ARCHS = ("phone-moe", "phone-wd", "wearable-moe", "wearable-wd")
 

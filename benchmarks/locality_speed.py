@@ -12,7 +12,15 @@ import time
 import numpy as np
 
 from cosmosim.locality import (
-    delta_uniform, exrep, format_summary, locality_summary, random_routing, reuse_distances, reuse_histogram, sch, srp,
+    delta_uniform,
+    exrep,
+    format_summary,
+    locality_summary,
+    random_routing,
+    reuse_distances,
+    reuse_histogram,
+    sch,
+    srp,
 )
 
 

@@ -10,17 +10,12 @@ alone (the workload is built first, outside the timer) and of the whole `run` ca
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from trace_factory import sticky_trace  # noqa: E402
-
-from cosmosim.runner import prepare, run  # noqa: E402
-from cosmosim.scenario import RunConfig  # noqa: E402
-from cosmosim.sim.engine import simulate  # noqa: E402
+from cosmosim.runner import prepare, run
+from cosmosim.scenario import RunConfig
+from cosmosim.sim.engine import simulate
+from cosmosim.synthetic import sticky_trace
 
 
 def main() -> None:

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
 
+from cosmosim.sweep import run_sweep, spec_from_dict
+from cosmosim.synthetic import sticky_trace
+from cosmosim.trace import save_trace
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from trace_factory import sticky_trace  # noqa: E402
-
-from cosmosim.sweep import run_sweep, spec_from_dict  # noqa: E402
-from cosmosim.trace import save_trace  # noqa: E402
 
 EXAMPLES = [ROOT / "examples" / "wearable_analytic.toml", ROOT / "examples" / "wearable_des.toml"]
 

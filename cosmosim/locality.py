@@ -22,7 +22,6 @@ from scipy.stats import binom
 
 from cosmosim.errors import InputError
 
-
 # --- input checks --------------------------------------------------------------------------------
 
 def _check_trace(experts, positions, n_experts: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ import numpy as np
 
 import cosmosim
 from cosmosim.provenance import repository_commit, sha256_file
-from cosmosim.scenario import MB, Scenario
 from cosmosim.records import Records
+from cosmosim.scenario import MB, Scenario
 
 OUTCOMES = ("hit", "late_hit", "miss")
 

@@ -19,8 +19,8 @@ from cosmosim.data import load_split, sequential_windows
 from cosmosim.data.corpus import MANIFEST_FILE
 from cosmosim.errors import InputError
 from cosmosim.model import Decoder
-from cosmosim.trace import SCHEMA_VERSION, Trace, save_trace
 from cosmosim.provenance import repository_commit, sha256_file
+from cosmosim.trace import SCHEMA_VERSION, Trace, save_trace
 from cosmosim.train import CONFIG_FILE, load_checkpoint
 
 MODEL_META_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "n_experts", "top_k", "ffn_hidden",

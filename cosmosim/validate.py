@@ -12,7 +12,6 @@ measured. Goal: median |error| <= 10 %, p95 <= 20 % (GOAL). The schema is in doc
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from cosmosim.replay.compute import torch_threads
 from cosmosim.replay.weights import DTYPE_NAME
 from cosmosim.scenario import RunConfig
 from cosmosim.sim.policies import POLICIES
+from cosmosim.synthetic import sticky_trace
 from cosmosim.trace import Trace, load_trace
 
 GOAL = {"median_abs_error_pct": 10.0, "p95_abs_error_pct": 20.0}
@@ -68,18 +68,12 @@ class Case:
 
 # ----------------------------------------------------------------------------- the matrix
 def synthetic_traces(arch: Architecture) -> list[ValidationTrace]:
-    """Sticky Markov routing from the test fixtures (tests/trace_factory.py), one trace per
-    SYNTHETIC_STAYS value: from poor to strong locality."""
-    factory = REPOSITORY / "tests" / "trace_factory.py"
-    if not factory.is_file():
-        raise InputError(f"validate: no traces/*.npz and no {factory} to make synthetic ones; give --trace PATH")
-    spec = importlib.util.spec_from_file_location("cosmosim_validation_traces", factory)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Sticky Markov routing (`cosmosim.synthetic`), one trace per SYNTHETIC_STAYS value: from poor
+    to strong locality."""
     return [ValidationTrace(f"synthetic sticky stay={stay}",
-                            module.sticky_trace(n_tokens=SYNTHETIC_SEQUENCE * SYNTHETIC_SEQUENCES, n_layers=arch.n_layers,
-                                                n_experts=arch.n_experts, top_k=arch.top_k, seq_len=SYNTHETIC_SEQUENCE,
-                                                stay=stay, seed=index), synthetic=True)
+                            sticky_trace(n_tokens=SYNTHETIC_SEQUENCE * SYNTHETIC_SEQUENCES, n_layers=arch.n_layers,
+                                         n_experts=arch.n_experts, top_k=arch.top_k, seq_len=SYNTHETIC_SEQUENCE,
+                                         stay=stay, seed=index), synthetic=True)
             for index, stay in enumerate(SYNTHETIC_STAYS)]
 
 
@@ -185,7 +179,7 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     notes = [f"engine {engine!r} is not in cosmosim.runner.ENGINES yet: not compared"
              for engine in ENGINES if engine not in engines]
     if any(trace.synthetic for trace in validation):
-        notes.append("no traces/*.npz: the traces are synthetic (tests/trace_factory.py sticky_trace)")
+        notes.append("no traces/*.npz: the traces are synthetic (cosmosim.synthetic.sticky_trace)")
     return {
         "goal": GOAL,
         "summary": {engine: error_summary([row["predicted"][engine]["error_pct"] for row in rows]) for engine in engines},

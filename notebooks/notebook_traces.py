@@ -2,22 +2,22 @@
 
 The notebooks run on any checkout. When traces/ holds recorded traces (scripts/make_traces.sh),
 they use those. When it does not, they fall back to Markov-routing traces from
-tests/trace_factory.py: no trained model is behind them (no validation loss, no λ), and every
+cosmosim.synthetic: no trained model is behind them (no validation loss, no λ), and every
 table and figure built on them says SYNTHETIC.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cosmosim.synthetic import sticky_trace
 from cosmosim.trace import load_trace, save_trace
 
 ROOT = next(folder for folder in (Path.cwd(), *Path.cwd().parents) if (folder / "pyproject.toml").is_file())
-SYNTHETIC_LABEL = "SYNTHETIC fixture trace (tests/trace_factory.py: Markov routing, no trained model)"
+SYNTHETIC_LABEL = "SYNTHETIC fixture trace (cosmosim.synthetic: Markov routing, no trained model)"
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,6 @@ class TraceSet:
 def synthetic_traces(stays: tuple[float, ...], n_tokens: int = 4096) -> list[Path]:
     """Sticky synthetic traces (19 layers, top-2 of 8, for wearable-moe) in a temporary folder;
     `stay` is the chance a token keeps the previous token's experts: higher routes more locally."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from trace_factory import sticky_trace
-
     folder = Path(tempfile.mkdtemp(prefix="cosmosim-notebook-"))
     paths = []
     for index, stay in enumerate(stays):

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_sim import tiny_arch, tiny_profile
 
 from cosmosim.analytic import analyze
 from cosmosim.analytic.frame import METRIC_COLUMNS, PERCENTILE_COLUMNS, evaluate_points
@@ -15,10 +16,9 @@ from cosmosim.errors import InputError
 from cosmosim.runner import prepare, run
 from cosmosim.scenario import RunConfig
 from cosmosim.sim.engine import simulate
+from cosmosim.synthetic import sticky_trace, trace_from_experts
 from cosmosim.trace import save_trace
 from cosmosim.workload import DECODE
-from test_sim import tiny_arch, tiny_profile
-from trace_factory import sticky_trace, trace_from_experts
 
 
 def assert_same_records(des, analytic):

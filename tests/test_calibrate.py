@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from cosmosim.arch import Architecture, get_arch
-from cosmosim.calibrate import (FULL, QUICK, calibrate, load_record, matmul_shapes, profile_data, record_path,
-                                tiny_twin, to_toml)
+from cosmosim.calibrate import FULL, QUICK, calibrate, load_record, matmul_shapes, profile_data, record_path, tiny_twin, to_toml
 from cosmosim.errors import InputError
 from cosmosim.profiles import load_profile, profile_from_dict, profiles_dir
 from cosmosim.replay import host_profile_path, storage

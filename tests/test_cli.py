@@ -6,8 +6,8 @@ import pytest
 
 from cosmosim.cli import main
 from cosmosim.profiles import profiles_dir
+from cosmosim.synthetic import sticky_trace
 from cosmosim.trace import save_trace
-from trace_factory import sticky_trace
 
 REQUIRED_KEYS = {"ttft_ms", "tpot_ms", "tokens_per_s", "hit_rate", "flash_mb_per_token", "peak_dram_mb",
                  "energy_mj_per_token", "breakdown", "inputs", "provenance"}

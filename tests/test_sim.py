@@ -1,6 +1,5 @@
 """The discrete-event simulator on tiny cases worked by hand, and its invariants."""
 
-import numpy as np
 import pytest
 
 from cosmosim.arch import Architecture
@@ -10,7 +9,7 @@ from cosmosim.profiles import profile_from_dict
 from cosmosim.runner import prepare, run
 from cosmosim.scenario import RunConfig
 from cosmosim.sim.engine import simulate
-from trace_factory import sticky_trace, trace_from_experts
+from cosmosim.synthetic import sticky_trace, trace_from_experts
 
 MIB = 1 << 20
 

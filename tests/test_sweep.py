@@ -13,8 +13,8 @@ from cosmosim.runner import run
 from cosmosim.scenario import RunConfig
 from cosmosim.sweep import export_csv, grid, load_spec, read_results, run_sweep, spec_from_dict
 from cosmosim.sweep.dataset import MANIFEST
+from cosmosim.synthetic import sticky_trace
 from cosmosim.trace import save_trace
-from trace_factory import sticky_trace
 
 TOKENS = 300  # per point: a few requests of the 128-token fixture sequences
 

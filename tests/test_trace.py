@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
+from cosmosim.synthetic import sticky_trace, trace_from_experts, trace_meta
 from cosmosim.trace import load_trace, save_trace
-from trace_factory import sticky_trace, trace_from_experts, trace_meta
 
 
 def write_npz(path, **arrays):

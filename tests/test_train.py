@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from cosmosim.errors import InputError
 from cosmosim.model import ModelConfig
 from cosmosim.record import record
-from cosmosim.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
 from cosmosim.trace import load_trace
+from cosmosim.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
 
 TINY = ModelConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, seq_len=32, ffn_hidden=64, n_experts=4,
                    top_k=2, bles_lambda=0.5, bles_tau=4.0)

@@ -12,11 +12,18 @@ from cosmosim.calibrate import load_record
 from cosmosim.cli import main
 from cosmosim.errors import InputError
 from cosmosim.replay import storage
+from cosmosim.synthetic import sticky_trace
 from cosmosim.trace import save_trace
-from cosmosim.validate import (GOAL, MIN_CASES, ValidationTrace, case_matrix, error_summary, synthetic_traces,
-                               validate, validation_traces)
-from trace_factory import sticky_trace
-
+from cosmosim.validate import (
+    GOAL,
+    MIN_CASES,
+    ValidationTrace,
+    case_matrix,
+    error_summary,
+    synthetic_traces,
+    validate,
+    validation_traces,
+)
 
 TINY = Architecture(name="tiny", n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)

@@ -13,15 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cosmosim.analytic.latency import (
+    busy_s_per_read,
+    decode_phase_s,
+    expert_phase_s,
+    nonexpert_ops,
+    prefill_compute_s,
+    read_done_s,
+)
+from cosmosim.analytic.reuse import belady_hits, distinct_keys, lru_depths
+from cosmosim.analytic.steps import StepArrays, step_arrays
 from cosmosim.errors import InputError
 from cosmosim.records import Records
 from cosmosim.scenario import Scenario
 from cosmosim.sim.policies import POLICIES
 from cosmosim.workload import DECODE, PREFILL, Workload
-from cosmosim.analytic.latency import (busy_s_per_read, decode_phase_s, expert_phase_s, nonexpert_ops,
-                                       prefill_compute_s, read_done_s)
-from cosmosim.analytic.reuse import belady_hits, distinct_keys, lru_depths
-from cosmosim.analytic.steps import StepArrays, step_arrays
 
 EVICTION_RULES = {"lru": "lru", "kactive": "lru", "belady": "belady"}  # policy -> how hits are found
 

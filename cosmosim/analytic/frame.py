@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cosmosim.analytic.engine import cache_layout
-from cosmosim.analytic.latency import (busy_s_per_read, decode_phase_s, nonexpert_ops, prefill_compute_s,
-                                       read_done_s)
+from cosmosim.analytic.latency import busy_s_per_read, decode_phase_s, nonexpert_ops, prefill_compute_s, read_done_s
 from cosmosim.analytic.outcomes import StatsCache, TraceStats
 from cosmosim.arch import Architecture, get_arch
 from cosmosim.costs import StepCosts

@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.analytic.paper import (BLES, LINKS, NO_OFFLOAD_TOKENS_PER_S, OFFLOAD, OVERHEADS, Prediction, predict,
-                                     sensitivity)
+from cosmosim.analytic.paper import BLES, LINKS, NO_OFFLOAD_TOKENS_PER_S, OFFLOAD, OVERHEADS, Prediction, predict, sensitivity
 from cosmosim.cli import app
 from cosmosim.io import atomic_write_json
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 import simpy
 
 from cosmosim.costs import OpCost
+from cosmosim.records import Records
 from cosmosim.scenario import Scenario
 from cosmosim.sim.cache import ExpertCache
 from cosmosim.sim.hardware import ComputeUnit, Flash
 from cosmosim.sim.policies import POLICIES, PolicyContext
 from cosmosim.sim.prefetch import PREFETCHERS
-from cosmosim.records import Records
 from cosmosim.workload import DECODE
 
 

@@ -1,6 +1,7 @@
-"""Small routing traces with known patterns, built in memory for tests and benchmarks.
+"""Synthetic routing traces with known patterns, built in memory: for tests, benchmarks, and as a
+clearly labelled fallback in notebooks and `cosmosim validate` when no recorded trace exists.
 
-These are synthetic on purpose and never written under traces/ (which holds only recorded traces).
+Never written under traces/, which holds only traces recorded from trained models.
 """
 
 from __future__ import annotations
