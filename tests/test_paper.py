@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-import cosmosim.cli.paper  # noqa: F401  (registers `cosmosim paper`)
 from cosmosim.analytic.paper import (
     BLES,
     LINKS,

@@ -6,7 +6,6 @@ import time
 import pandas as pd
 import pytest
 
-import cosmosim.cli.sweep  # noqa: F401  (registers `sweep` and `report` on the app)
 from cosmosim.cli import main
 from cosmosim.errors import InputError
 from cosmosim.runner import run
@@ -287,3 +286,16 @@ def test_a_trace_without_target_arch_needs_an_arch_axis(tmp_path):
         load_spec(write_spec(tmp_path, profile=["wearable"], trace=["anonymous.npz"]))
     spec = load_spec(write_spec(tmp_path, profile=["wearable"], arch=["wearable-moe"], trace=["anonymous.npz"]))
     assert len(grid(spec)) == 1
+
+
+def test_analytic_parts_are_vectorised_and_equal_to_single_runs(traces):
+    """The analytic engine evaluates a whole part at once; every row equals the per-point path."""
+    from cosmosim.sweep.evaluate import as_frame, evaluate_part, evaluate_point
+
+    spec = spec_from_dict({"axes": {"profile": ["wearable", "phone"], "trace": ["bles0.npz"],
+                                    "arch": ["wearable-moe", "wearable-dense-fa"], "policy": ["lru", "belady", "kactive"],
+                                    "cache_fraction": [0.25, 0.5], "tokens": [TOKENS]}}, base_dir=traces)
+    points = grid(spec)
+    fast = evaluate_part(points, "analytic").drop(columns=["warnings"])
+    one_by_one = as_frame([evaluate_point(point, "analytic") for point in points]).drop(columns=["warnings"])
+    pd.testing.assert_frame_equal(fast, one_by_one, rtol=1e-9)

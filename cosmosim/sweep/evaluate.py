@@ -8,11 +8,12 @@ any other exception is a bug and stops the sweep (finished parts are kept).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import lru_cache
 
 import pandas as pd
 
+from cosmosim.analytic.frame import evaluate_points
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile, load_profile
 from cosmosim.provenance import sha256_file
@@ -92,8 +93,8 @@ def _lookup(result: dict, path: tuple[str, ...]):
     return result
 
 
-def evaluate_point(point: Point, engine: str) -> dict:
-    """The row of one point: its inputs, its trace's facts, and the run's metrics (or its error)."""
+def _resolve(point: Point, engine: str):
+    """A point's input columns, and the trace, architecture and config it runs with."""
     facts = point.trace_facts
     trace = None if facts is None else _trace(facts.path, facts.sha256)
     arch = resolve_arch(point.arch, trace)
@@ -113,12 +114,43 @@ def evaluate_point(point: Point, engine: str) -> dict:
         "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
         "engine": engine, **_trace_columns(facts),
     }
+    return row, trace, arch, config
+
+
+def evaluate_point(point: Point, engine: str) -> dict:
+    """The row of one point: its inputs, its trace's facts, and the run's metrics (or its error)."""
+    row, trace, arch, config = _resolve(point, engine)
     try:
         result = run(_profile(point.profile_path), trace, arch, config, engine)
     except InputError as error:
         return {**row, "error": str(error)}
     metrics = {name: _lookup(result, path) for name, path in RESULT_PATHS.items()}
     return {**row, **metrics, "warnings": "; ".join(result["warnings"]) or None}
+
+
+# The vectorised analytic model names two resolved inputs differently from `run`'s JSON.
+_ANALYTIC_NAMES = {"cache_experts": "cache_experts_used", "cache_mb": "cache_mb_used"}
+
+
+def _analytic_rows(points: list[Point]) -> list[dict]:
+    """Every point of a part through `evaluate_points` at once: a trace's statistics are computed
+    once per worker, then each point is a table lookup (the numbers `run --engine analytic` gives)."""
+    resolved = [_resolve(point, "analytic") for point in points]
+    frame = pd.DataFrame([{
+        "profile": point.profile_path, "arch": arch.name,
+        "wd_rank": (arch.wd_rank or FULL_RANK) if arch.is_moe else None,
+        "trace": point.trace_facts.path if point.trace_facts else None, **asdict(config),
+    } for point, (_, _, arch, config) in zip(points, resolved)])
+    evaluated = evaluate_points(frame, percentiles=True, on_error="record")
+    rows = []
+    for (row, _, _, _), metrics in zip(resolved, evaluated.to_dict("records")):
+        error = metrics.get("error")
+        if isinstance(error, str):
+            rows.append({**row, "error": error})
+            continue
+        values = {name: metrics[_ANALYTIC_NAMES.get(name, name)] for name in RESULT_PATHS}
+        rows.append({**row, **values})
+    return rows
 
 
 def as_frame(rows: list[dict]) -> pd.DataFrame:
@@ -129,4 +161,6 @@ def as_frame(rows: list[dict]) -> pd.DataFrame:
 
 def evaluate_part(points: list[Point], engine: str) -> pd.DataFrame:
     """The rows of a batch of points: the unit of work a worker runs and a part file holds."""
+    if engine == "analytic":
+        return as_frame(_analytic_rows(points))
     return as_frame([evaluate_point(point, engine) for point in points])
