@@ -9,13 +9,13 @@ import numpy as np
 
 import cosmosim
 from cosmosim.provenance import repository_commit, sha256_file
-from cosmosim.records import Records
+from cosmosim.records import ENERGY_PARTS, Records
 from cosmosim.scenario import MB, Scenario
 
 OUTCOMES = ("hit", "late_hit", "miss")
 
 
-def _percentiles_ms(values_s: np.ndarray) -> dict[str, float]:
+def percentiles_ms(values_s: np.ndarray) -> dict[str, float]:
     if values_s.size == 0:
         return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
     p50, p95, p99 = np.percentile(values_s, [50, 95, 99]) * 1e3
@@ -44,7 +44,7 @@ def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
     token_j = flash_j + dram_j + compute_j + static_j
 
     memory = scenario.memory(records.peak_cache_entries if scenario.arch.is_moe else 0)
-    tpot = _percentiles_ms(records.latency_s)
+    tpot = percentiles_ms(records.latency_s)
     prefetch = records.prefetch
     return {
         "engine": engine,
@@ -64,8 +64,8 @@ def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
         "energy_mj_per_token": float(token_j.mean() * 1e3) if token_j.size else None,
         "breakdown": {
             "time_ms_per_token": {part: s / n_tokens * 1e3 for part, s in records.breakdown_s.items()},
-            "energy_mj_per_token": {"flash": float(flash_j.mean() * 1e3), "dram": float(dram_j.mean() * 1e3),
-                                    "compute": float(compute_j.mean() * 1e3), "static": float(static_j.mean() * 1e3)},
+            "energy_mj_per_token": {part: float(joules.mean() * 1e3) for part, joules in
+                                    zip(ENERGY_PARTS, (flash_j, dram_j, compute_j, static_j))},
         },
         "prefetch": {
             "issued": int(prefetch.get("issued", 0)),

@@ -14,6 +14,7 @@ import numpy as np
 from cosmosim.costs import OpCost
 from cosmosim.workload import DECODE, Workload
 
+ENERGY_PARTS = ("flash", "dram", "compute", "static")  # breakdown.energy_mj_per_token (cosmosim.metrics)
 BREAKDOWN_PARTS = ("nonexpert_compute", "nonexpert_dram", "expert_compute", "expert_dram",
                    "flash_stall", "layer_overhead", "lm_head")
 

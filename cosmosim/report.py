@@ -27,8 +27,8 @@ from cosmosim.analysis import DRAM, TPOT, feasible, pareto_front
 from cosmosim.errors import InputError
 from cosmosim.io import atomic_write_bytes, atomic_write_text
 from cosmosim.records import BREAKDOWN_PARTS
+from cosmosim.scenario import MEMORY_PARTS
 from cosmosim.sweep.dataset import read_results
-from cosmosim.sweep.evaluate import MEMORY_PARTS
 
 TEMPLATE = "plotly_white"
 MAX_BREAKDOWN_BARS = 40

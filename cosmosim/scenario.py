@@ -8,7 +8,7 @@ resolved inputs are echoed in every result.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -54,6 +54,9 @@ class Memory:
     @property
     def peak(self) -> int:
         return self.resident_weights + self.expert_cache + self.kv_cache + self.activations
+
+
+MEMORY_PARTS = tuple(part.name for part in fields(Memory))
 
 
 @dataclass
@@ -121,7 +124,7 @@ def dense_workload(n_layers: int, config: RunConfig) -> Workload:
     )
 
 
-def _check_flags(config: RunConfig) -> None:
+def check_flags(config: RunConfig) -> None:
     if config.policy not in POLICIES:
         raise InputError(f"--policy: expected one of {', '.join(POLICIES)}, got {config.policy!r}")
     if config.prefetch not in PREFETCHERS:
@@ -140,7 +143,7 @@ def _check_flags(config: RunConfig) -> None:
                          "drop --cache-mb/--cache-experts/--per-layer-cache")
 
 
-def _cache_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
+def cache_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
                     warnings: list[str]) -> int:
     if not POLICIES[config.policy].needs_cache_size:
         return arch.n_layers * arch.top_k
@@ -163,7 +166,7 @@ def _cache_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfi
 
 
 def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | None, config: RunConfig) -> Scenario:
-    _check_flags(config)
+    check_flags(config)
     warnings: list[str] = []
     costs = StepCosts.build(arch, profile, config.weight_bits)
     if not arch.is_moe:
@@ -178,7 +181,7 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     if trace.n_layers != arch.n_layers:
         warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "
                         f"target layer i replays trace layer floor(i * {trace.n_layers} / {arch.n_layers})")
-    capacity = _cache_capacity(arch, profile, config, costs, warnings)
+    capacity = cache_capacity(arch, profile, config, costs, warnings)
     total = arch.n_layers * arch.n_experts
     offloading_idle = capacity >= total
     if offloading_idle:

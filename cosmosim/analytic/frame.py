@@ -32,20 +32,17 @@ from cosmosim.arch import Architecture, get_arch
 from cosmosim.costs import StepCosts
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile, load_profile
-from cosmosim.scenario import MB, RunConfig, Scenario, _cache_capacity, _check_flags, build_scenario
+from cosmosim.records import BREAKDOWN_PARTS, ENERGY_PARTS
+from cosmosim.scenario import MB, MEMORY_PARTS, RunConfig, Scenario, cache_capacity, check_flags, build_scenario
 from cosmosim.workload import DECODE
 
 FULL_RANK = "full"
-MEMORY_PARTS = ("resident_weights", "expert_cache", "kv_cache", "activations")
-TIME_PARTS = ("nonexpert_compute", "nonexpert_dram", "expert_compute", "expert_dram", "flash_stall",
-              "layer_overhead", "lm_head")
-ENERGY_PARTS = ("flash", "dram", "compute", "static")
 PERCENTILES = (50, 95, 99)
 METRIC_COLUMNS = (
     "cache_experts_used", "cache_mb_used", "expert_mb", "total_experts", "offloading_idle", "requests",
     "decode_tokens", "ttft_ms", "tpot_ms_mean", "tokens_per_s", "hit_rate", "late_hit_rate", "prefill_hit_rate",
     "flash_mb_per_token", "flash_utilisation", "peak_dram_mb", *(f"memory_{part}_mb" for part in MEMORY_PARTS),
-    "energy_mj_per_token", *(f"time_{part}_ms" for part in TIME_PARTS), *(f"energy_{part}_mj" for part in ENERGY_PARTS),
+    "energy_mj_per_token", *(f"time_{part}_ms" for part in BREAKDOWN_PARTS), *(f"energy_{part}_mj" for part in ENERGY_PARTS),
     "prefetch_issued", "prefetch_accuracy", "prefetch_wasted_mb", "simulated_s",
 )
 PERCENTILE_COLUMNS = tuple(f"tpot_ms_p{q}" for q in PERCENTILES)
@@ -178,7 +175,7 @@ class _Rows:
             self._profiles[profile_name] = load_profile(profile_name)
         profile, arch = self._profiles[profile_name], self._arch(i)
         config = RunConfig(**{name: self._value(name, i) for name in _CONFIG_DEFAULTS})
-        _check_flags(config)
+        check_flags(config)
         cost_key = (profile_name, arch, config.weight_bits)
         if cost_key not in self._costs:
             self._costs[cost_key] = StepCosts.build(arch, profile, config.weight_bits)
@@ -198,7 +195,7 @@ class _Rows:
 
         mode, capacity = None, 0
         if arch.is_moe:
-            capacity = min(_cache_capacity(arch, profile, config, costs, []), arch.n_layers * arch.n_experts)
+            capacity = min(cache_capacity(arch, profile, config, costs, []), arch.n_layers * arch.n_experts)
             layout = cache_layout(config.policy, config.prefetch, config.per_layer_cache, capacity, arch.n_layers,
                                   arch.top_k)
             mode = (layout.rule, layout.per_layer)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cosmosim.arch import Architecture
-from cosmosim.metrics import _percentiles_ms  # the simulator's TPOT statistics, same formula
+from cosmosim.metrics import percentiles_ms  # the simulator's TPOT statistics, same formula
 from cosmosim.profiles import DeviceProfile
 from cosmosim.replay.compute import default_threads, torch_threads
 from cosmosim.replay.engine import ReplayEngine, ReplayRecords
@@ -82,7 +82,7 @@ def summarize_replay(scenario: Scenario, records: ReplayRecords, layout: ExpertL
     outcomes = records.outcomes
     decode_accesses = outcomes["hit"] + outcomes["miss"]
     prefill_accesses = outcomes["prefill_hit"] + outcomes["prefill_miss"]
-    tpot = _percentiles_ms(np.asarray(records.decode_latency_s))
+    tpot = percentiles_ms(np.asarray(records.decode_latency_s))
     return {
         "engine": "replay",
         "ttft_ms": float(np.mean(records.ttft_s) * 1e3) if records.ttft_s else None,

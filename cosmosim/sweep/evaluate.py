@@ -17,14 +17,12 @@ from cosmosim.analytic.frame import evaluate_points
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile, load_profile
 from cosmosim.provenance import sha256_file
-from cosmosim.records import BREAKDOWN_PARTS
+from cosmosim.records import BREAKDOWN_PARTS, ENERGY_PARTS
 from cosmosim.runner import resolve_arch, run
+from cosmosim.scenario import MEMORY_PARTS
 from cosmosim.sweep.grid import Point
 from cosmosim.sweep.spec import FULL_RANK, TraceFacts
 from cosmosim.trace import Trace, load_trace
-
-ENERGY_PARTS = ("flash", "dram", "compute", "static")
-MEMORY_PARTS = ("resident_weights", "expert_cache", "kv_cache", "activations")
 
 # column -> pandas dtype; nullable dtypes, because a column may be empty for some points.
 INPUT_COLUMNS = {
