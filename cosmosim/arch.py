@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 LLAMA3_VOCAB_SIZE = 128_256
 WEIGHT_BITS = (16, 8, 4)
 SWIGLU_MATRICES = 3  # gate, up, down
+FULL_RANK = "full"  # a wd_rank value (sweeps, design points): experts not decomposed
 
 
 def _is_int(value: object) -> bool:

@@ -1,6 +1,6 @@
 """Routing-locality statistics of a routing trace: ExRep, ΔUni, usage, reuse distance, SRP, SCH.
 
-Every function takes plain arrays (formulas, units and worked examples: docs/metrics-locality.md):
+Every function takes plain arrays (formulas, units and worked examples: docs/metrics.md (part 2)):
 
     experts    int [T, L, K]  expert ids per token and layer, by descending gate
     positions  int [T]        position of each token in its sequence; 0 starts a new sequence

@@ -17,10 +17,10 @@ from cosmosim.costs import StepCosts
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile
 from cosmosim.sim.policies import POLICIES
+from cosmosim.sim.prefetch import PREFETCHERS
 from cosmosim.trace import Trace
 from cosmosim.workload import DECODE, PREFILL, Workload, build_workload, next_use_of
 
-PREFETCHERS = ("none", "next-layer", "oracle")
 MB = 1e6
 
 
@@ -104,7 +104,8 @@ def dense_workload(n_layers: int, config: RunConfig) -> Workload:
     if config.dense_sequence_len <= config.prompt_tokens:
         raise InputError(f"--prompt-tokens: expected < {config.dense_sequence_len} (the dense request length), "
                          f"got {config.prompt_tokens}")
-    n_requests = math.ceil((config.tokens or config.dense_tokens) / config.dense_sequence_len)
+    tokens = config.dense_tokens if config.tokens is None else config.tokens
+    n_requests = math.ceil(tokens / config.dense_sequence_len)  # whole requests: rounds up
     positions = np.arange(config.prompt_tokens, config.dense_sequence_len)
     one_request_kinds = np.concatenate([np.full(n_layers, PREFILL), np.full(positions.size * n_layers, DECODE)])
     one_request_context = np.concatenate([np.full(n_layers, min(config.prompt_tokens, config.context_len)),
@@ -125,6 +126,13 @@ def dense_workload(n_layers: int, config: RunConfig) -> Workload:
 
 
 def check_flags(config: RunConfig) -> None:
+    """Every flag on its own and against the others; the same checks for MoE and dense runs."""
+    for name in ("prompt_tokens", "context_len", "tokens"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
+    if config.prompt_tokens > config.context_len:
+        raise InputError(f"--prompt-tokens: expected <= --context-len ({config.context_len}), got {config.prompt_tokens}")
     if config.policy not in POLICIES:
         raise InputError(f"--policy: expected one of {', '.join(POLICIES)}, got {config.policy!r}")
     if config.prefetch not in PREFETCHERS:
@@ -133,8 +141,8 @@ def check_flags(config: RunConfig) -> None:
         raise InputError(f"--weight-bits: expected 16, 8 or 4, got {config.weight_bits}")
     if config.cache_mb is not None and config.cache_experts is not None:
         raise InputError("--cache-mb and --cache-experts: give one cache size, not both")
-    if config.cache_mb is not None and config.cache_mb <= 0:
-        raise InputError(f"--cache-mb: expected > 0, got {config.cache_mb}")
+    if config.cache_mb is not None and not (math.isfinite(config.cache_mb) and config.cache_mb > 0):
+        raise InputError(f"--cache-mb: expected a finite number > 0, got {config.cache_mb}")
     if config.cache_experts is not None and config.cache_experts < 1:
         raise InputError(f"--cache-experts: expected >= 1, got {config.cache_experts}")
     sized = config.cache_mb is not None or config.cache_experts is not None
@@ -182,6 +190,11 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
         warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "
                         f"target layer i replays trace layer floor(i * {trace.n_layers} / {arch.n_layers})")
     capacity = cache_capacity(arch, profile, config, costs, warnings)
+    if config.per_layer_cache and capacity % arch.n_layers:
+        floored = capacity - capacity % arch.n_layers
+        warnings.append(f"cache: {capacity} experts split into {arch.n_layers} equal per-layer partitions "
+                        f"hold {floored} ({floored // arch.n_layers} per layer)")
+        capacity = floored
     total = arch.n_layers * arch.n_experts
     offloading_idle = capacity >= total
     if offloading_idle:

@@ -70,12 +70,6 @@ class Trace:
         stops = np.append(starts[1:], self.n_tokens)
         return [(int(a), int(b)) for a, b in zip(starts, stops)]
 
-    def select_tokens(self, start: int, stop: int) -> "Trace":
-        """The tokens [start, stop) as a new trace; `start` must begin a sequence."""
-        cut = slice(start, stop)
-        optional = {name: None if getattr(self, name) is None else getattr(self, name)[cut] for name in _OPTIONAL_ARRAYS}
-        return Trace(self.experts[cut], self.gates[cut], self.positions[cut], self.meta, path=self.path, **optional)
-
 
 def _fail(source: str, field_name: str, expected: str) -> InputError:
     return InputError(f"{source}: {field_name}: {expected}")
@@ -177,7 +171,10 @@ def load_trace(path: str | Path) -> Trace:
     if not path.is_file():
         raise InputError(f"{source}: no such trace file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputError(f"{source}: a single array (.npy), not a .npz trace archive")
+        with loaded as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         raise InputError(f"{source}: not a readable .npz trace ({error.__class__.__name__}: {error})") from None

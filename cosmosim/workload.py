@@ -81,10 +81,6 @@ def _prefill_keys(experts: np.ndarray, layer: int, n_experts: int) -> tuple[list
 
 def build_workload(trace: Trace, target_layers: int, *, prompt_tokens: int, context_len: int,
                    max_tokens: int | None = None, warmup_fraction: float = 0.1) -> Workload:
-    if prompt_tokens < 1:
-        raise InputError(f"--prompt-tokens: expected >= 1, got {prompt_tokens}")
-    if context_len < 1:
-        raise InputError(f"--context-len: expected >= 1, got {context_len}")
     n_experts, top_k = trace.n_experts, trace.top_k
     mapping = layer_map(trace.n_layers, target_layers)
     experts = trace.experts[:, mapping, :].astype(np.int64)  # [T, L_target, K]
@@ -95,8 +91,6 @@ def build_workload(trace: Trace, target_layers: int, *, prompt_tokens: int, cont
         raise InputError(f"{trace.path or 'trace'}: no sequence after the warm-up part is longer than "
                          f"--prompt-tokens={prompt_tokens}; use fewer prompt tokens or a longer trace")
     if max_tokens is not None:
-        if max_tokens < 1:
-            raise InputError(f"--tokens: expected >= 1, got {max_tokens}")
         kept, total = [], 0
         for a, b in replay:
             if total >= max_tokens:

@@ -102,3 +102,28 @@ def test_catalog_commands(capsys):
     assert code == 0 and out.splitlines()[0].startswith("name,") and len(out.splitlines()) == 9
     code, out, _ = cli(capsys, "profiles")
     assert code == 0 and "phone" in out and "wearable" in out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--context-len", "0"], "--context-len: expected >= 1, got 0"),
+    (["--tokens", "-5", "--engine", "analytic"], "--tokens: expected >= 1, got -5"),
+    (["--tokens", "0"], "--tokens: expected >= 1, got 0"),
+    (["--prompt-tokens", "64", "--context-len", "32"], "--prompt-tokens: expected <= --context-len (32)"),
+    (["--cache-mb", "nan", "--arch", "wearable-moe"], "--cache-mb: expected a finite number > 0"),
+])
+def test_dense_and_shared_flags_are_checked(capsys, args, expected):
+    arch = [] if "--arch" in args else ["--arch", "wearable-dense-fa"]
+    code, out, err = cli(capsys, "run", "--profile", "wearable", *arch, *args)
+    assert code == 2 and expected in err and "Traceback" not in err + out
+
+
+def test_npy_file_and_unwritable_output(capsys, tmp_path, fixture_trace):
+    import numpy as np
+
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    code, _, err = cli(capsys, "trace", "validate", str(tmp_path / "one.npy"))
+    assert code == 2 and "a single array (.npy)" in err
+    (tmp_path / "file").write_text("not a folder")
+    code, out, err = cli(capsys, "run", "--profile", "wearable", "--trace", str(fixture_trace), "--tokens", "200",
+                         "--json", str(tmp_path / "file" / "out.json"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out

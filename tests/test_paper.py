@@ -84,3 +84,10 @@ def test_cli_bles_speedup_bad_input(capsys, args, expected):
         main(["paper", "bles-speedup", *args])
     out, err = capsys.readouterr()
     assert stop.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_documented_prediction():
+    """The figures quoted in docs/analytic-model.md and the README (PCIe 4.0, per-layer overhead)."""
+    prediction = predict("pcie4", "layer")
+    assert prediction.overhead_ms_per_layer == pytest.approx(0.825, abs=0.0005)
+    assert prediction.bles_tokens_per_s == pytest.approx(20.94, abs=0.005)

@@ -85,3 +85,17 @@ def test_belady_never_misses_more_than_lru_or_lfu(keys, capacity):
 @given(keys=sequences, capacity=st.integers(1, 7))
 def test_more_cache_never_hurts_belady(keys, capacity):
     assert replay("belady", keys, capacity + 1, n_experts=8).count("M") <= replay("belady", keys, capacity, n_experts=8).count("M")
+
+
+def test_belady_prices_a_wrong_prefetch_by_its_true_next_use():
+    # Stream A B D B A, cache of 3. After A and B, a prefetch brings C, which is never used: at D's
+    # miss Belady must evict C (never needed), not A (needed at clock 4).
+    keys = np.array([A, B, D, B, A])
+    context = PolicyContext(capacity=3, n_experts=4, top_k=1, next_use=next_use_of(keys),
+                            warmup_usage=np.zeros(4, dtype=np.int64), access_key=keys)
+    cache = ExpertCache(POLICIES["belady"], 3, 1, context)
+    for clock in (0, 1):
+        cache.insert(int(keys[clock]), clock, 0.0, {int(keys[clock])})
+        cache.touch(int(keys[clock]), clock)
+    cache.insert(C, 2, 0.0, set(), prefetch=True)
+    assert cache.insert(D, 2, 0.0, {D}) == C

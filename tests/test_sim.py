@@ -135,3 +135,11 @@ def test_whole_cache_means_offloading_idle():
     result = run(tiny_profile(), trace, tiny_arch(n_layers=2, n_experts=8, top_k=2), RunConfig(cache_experts=100))
     assert result["inputs"]["offloading_idle"] and result["accesses"]["miss"] + result["accesses"]["prefill_miss"] <= 16
     assert any("offloading is idle" in w for w in result["warnings"])
+
+
+def test_per_layer_partitions_report_the_cache_they_simulate():
+    trace = sticky_trace(n_tokens=1024, n_layers=4, seq_len=128)
+    result = run(tiny_profile(), trace, tiny_arch(n_layers=4, n_experts=8, top_k=2),
+                 RunConfig(cache_experts=10, per_layer_cache=True))
+    assert result["inputs"]["cache_experts"] == 8
+    assert any("hold 8 (2 per layer)" in w for w in result["warnings"])

@@ -28,15 +28,14 @@ import pandas as pd
 from cosmosim.analytic.engine import cache_layout
 from cosmosim.analytic.latency import busy_s_per_read, decode_phase_s, nonexpert_ops, prefill_compute_s, read_done_s
 from cosmosim.analytic.outcomes import StatsCache, TraceStats
-from cosmosim.arch import Architecture, get_arch
+from cosmosim.arch import FULL_RANK, Architecture, get_arch
 from cosmosim.costs import StepCosts
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile, load_profile
 from cosmosim.records import BREAKDOWN_PARTS, ENERGY_PARTS
-from cosmosim.scenario import MB, MEMORY_PARTS, RunConfig, Scenario, cache_capacity, check_flags, build_scenario
+from cosmosim.scenario import MB, MEMORY_PARTS, RunConfig, Scenario, build_scenario, cache_capacity, check_flags
 from cosmosim.workload import DECODE
 
-FULL_RANK = "full"
 PERCENTILES = (50, 95, 99)
 METRIC_COLUMNS = (
     "cache_experts_used", "cache_mb_used", "expert_mb", "total_experts", "offloading_idle", "requests",

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         typer.echo(f"cosmosim: error: {error}", err=True)
         sys.exit(2)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
-        typer.echo(f"cosmosim: error: {error.filename}: {error.strerror}", err=True)
+    except OSError as error:  # an output path that cannot be written, a file that cannot be read
+        where = f"{error.filename}: " if error.filename else ""
+        typer.echo(f"cosmosim: error: {where}{error.strerror or error}", err=True)
         sys.exit(2)

@@ -68,7 +68,7 @@ def run(
     policy: str = typer.Option(_DEFAULTS.policy, help="Eviction policy: lru, lfu, belady, pinned or kactive (the CoSMoEs paper's: only the current k experts per layer)."),
     prefetch: str = typer.Option(_DEFAULTS.prefetch, help="Prefetcher: none, next-layer (learned co-occurrence) or oracle (upper bound)."),
     weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help="Weight bit-width: 16, 8 or 4."),
-    tokens: int = typer.Option(None, help="Simulate at most this many tokens (whole requests, the last cut). Default: the whole trace after warm-up."),
+    tokens: int = typer.Option(None, help="Simulate about this many tokens: whole requests, the last cut short but kept to its prompt + 1 token (dense: rounded up to whole 256-token requests). Default: the whole trace after warm-up (dense: 4096)."),
     prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request (prefilled at once; gives TTFT)."),
     context_len: int = typer.Option(_DEFAULTS.context_len, help="KV-cache length bound (tokens); also sizes the KV cache in peak DRAM."),
     json_path: Path = typer.Option(None, "--json", help="Also write the full result as JSON to this path."),

@@ -106,7 +106,10 @@ def load_split(corpus_dir: Path, split: str) -> TokenSplit:
 def _read_cache(path: Path, manifest_sha256: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The cached (tokens, domains), or None when missing, unreadable or from another manifest."""
     try:
-        with np.load(path, allow_pickle=False) as cache:
+        cache = np.load(path, allow_pickle=False)
+        if not isinstance(cache, np.lib.npyio.NpzFile):
+            return None
+        with cache:
             if str(cache["manifest_sha256"]) != manifest_sha256:
                 return None
             return cache["tokens"], cache["domains"]

@@ -78,8 +78,6 @@ class ReplayEngine:
             raise InputError(f"--prefetch {config.prefetch}: replay runs demand reads only; use --prefetch none")
         if config.weight_bits != WEIGHT_BITS:
             raise InputError(f"--weight-bits {config.weight_bits}: replay runs bfloat16 weights; use --weight-bits 16")
-        if config.prompt_tokens > config.context_len:
-            raise InputError(f"--prompt-tokens {config.prompt_tokens}: replay needs it <= --context-len {config.context_len}")
         self.scenario, self.weights, self.layout, self.reader = scenario, weights, layout, reader
         policy = POLICIES[config.policy]
         context = PolicyContext(capacity=scenario.cache_capacity, n_experts=workload.n_experts, top_k=workload.top_k,

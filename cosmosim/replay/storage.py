@@ -26,9 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cosmosim.errors import InputError
+from cosmosim.scenario import MB
 
 ALIGN = 4096  # O_DIRECT alignment: a page, a multiple of every common logical block size
-MB = 1e6
+
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 DISK_MARGIN_BYTES = 64 * 2**20  # left free for everyone else when we check free space
 CACHE_DIR_ENV = "COSMOSIM_CACHE_DIR"

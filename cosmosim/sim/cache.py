@@ -18,9 +18,6 @@ from cosmosim.sim.policies import CachePolicy, PolicyContext
 
 @dataclass
 class CacheStats:
-    hits: int = 0
-    late_hits: int = 0
-    misses: int = 0
     evictions: int = 0
     peak_entries: int = 0
 
@@ -61,8 +58,9 @@ class ExpertCache:
         """A demand access to a resident key."""
         self._policies[self._partition(key)].on_access(key, clock)
 
-    def insert(self, key: int, clock: int, ready_s: float, pinned: set[int]) -> int | None:
-        """Make room if needed and add `key`; return the evicted key, if any.
+    def insert(self, key: int, clock: int, ready_s: float, pinned: set[int], prefetch: bool = False) -> int | None:
+        """Make room if needed and add `key` (on a demand miss, or by a prefetch for the step starting
+        at `clock`); return the evicted key, if any.
 
         Raises RuntimeError when every entry is pinned: the engine pins at most top_k entries per
         partition and checks capacity >= top_k, so this would be a bug, not bad input.
@@ -78,7 +76,10 @@ class ExpertCache:
             del self.ready_s[evicted]
             self._sizes[partition] -= 1
             self.stats.evictions += 1
-        policy.on_insert(key, clock)
+        if prefetch:
+            policy.on_prefetch(key, clock)
+        else:
+            policy.on_insert(key, clock)
         self.ready_s[key] = ready_s
         self._sizes[partition] += 1
         entries = len(self.ready_s)

@@ -46,7 +46,8 @@ class Simulation:
         if scenario.arch.is_moe:
             policy = POLICIES[config.policy]
             context = PolicyContext(capacity=scenario.cache_capacity, n_experts=workload.n_experts, top_k=workload.top_k,
-                                    next_use=workload.next_use, warmup_usage=workload.warmup_usage)
+                                    next_use=workload.next_use, warmup_usage=workload.warmup_usage,
+                                    access_key=workload.access_key)
             self.cache = ExpertCache(policy, scenario.cache_capacity, workload.n_layers, context,
                                      per_layer=policy.per_layer_partitions or config.per_layer_cache)
         self.prefetcher = None if config.prefetch == "none" else PREFETCHERS[config.prefetch](workload)
@@ -182,7 +183,7 @@ class Simulation:
             if key in cache or not cache.can_insert_without(key, protected):
                 continue
             ready = self.flash.read(expert_bytes, issue_s)
-            cache.insert(key, step_clock, ready, protected)
+            cache.insert(key, step_clock, ready, protected, prefetch=True)
             self.records.add_prefetch_issue(expert_bytes)
             if self.timeline is not None:
                 self.timeline.append((f"prefetch expert {key % self.scenario.workload.n_experts}", layer + 1,

@@ -28,6 +28,7 @@ class PolicyContext:
     top_k: int
     next_use: np.ndarray  # [accesses] clock of the next demand access to the same key (len = never)
     warmup_usage: np.ndarray  # [layers * n_experts] accesses per key in the warm-up sequences
+    access_key: np.ndarray | None = None  # [accesses] the demand stream; needed only to prefetch under belady
 
 
 def _lazy_heap_victim(heap: list[tuple], is_current, pinned: set[int]) -> int | None:
@@ -62,7 +63,11 @@ class CachePolicy:
         """A demand access to a cached key (a hit, or right after the miss inserted it)."""
 
     def on_insert(self, key: int, clock: int) -> None:
-        """`key` entered the cache (a miss or a prefetch)."""
+        """`key` entered the cache on a demand miss at `clock` (an `on_access` follows)."""
+
+    def on_prefetch(self, key: int, clock: int) -> None:
+        """`key` entered the cache by a prefetch for the step whose first access is `clock`."""
+        self.on_insert(key, clock)
 
     def on_evict(self, key: int) -> None:
         """`key` left the cache."""
@@ -144,6 +149,7 @@ class Belady(CachePolicy):
         super().__init__(context)
         self._next: dict[int, int] = {}
         self._heap: list[tuple[int, int]] = []  # (-next use, key), stale entries allowed
+        self._clocks_by_key: dict[int, np.ndarray] | None = None  # built on the first prefetch
 
     def on_access(self, key: int, clock: int) -> None:
         next_use = int(self.context.next_use[clock])
@@ -151,9 +157,20 @@ class Belady(CachePolicy):
         heapq.heappush(self._heap, (-next_use, key))
 
     def on_insert(self, key: int, clock: int) -> None:
-        # A prefetched key is inserted before its access; until then it is due "now".
-        self._next[key] = clock
-        heapq.heappush(self._heap, (-clock, key))
+        self._next[key] = clock  # the demand access at `clock` follows and sets the real next use
+
+    def on_prefetch(self, key: int, clock: int) -> None:
+        # A guess may be wrong: its priority is the key's true next demand access from `clock` on.
+        if self._clocks_by_key is None:
+            keys = self.context.access_key
+            order = np.argsort(keys, kind="stable")
+            bounds = np.searchsorted(keys[order], np.arange(keys.max(initial=-1) + 2))
+            self._clocks_by_key = {key: order[a:b] for key, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))}
+        clocks = self._clocks_by_key.get(key, ())
+        index = int(np.searchsorted(clocks, clock)) if len(clocks) else 0
+        next_use = int(clocks[index]) if index < len(clocks) else len(self.context.next_use)
+        self._next[key] = next_use
+        heapq.heappush(self._heap, (-next_use, key))
 
     def on_evict(self, key: int) -> None:
         del self._next[key]

@@ -14,6 +14,7 @@ from functools import lru_cache
 import pandas as pd
 
 from cosmosim.analytic.frame import evaluate_points
+from cosmosim.arch import FULL_RANK
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile, load_profile
 from cosmosim.provenance import sha256_file
@@ -21,7 +22,7 @@ from cosmosim.records import BREAKDOWN_PARTS, ENERGY_PARTS
 from cosmosim.runner import resolve_arch, run
 from cosmosim.scenario import MEMORY_PARTS
 from cosmosim.sweep.grid import Point
-from cosmosim.sweep.spec import FULL_RANK, TraceFacts
+from cosmosim.sweep.spec import TraceFacts
 from cosmosim.trace import Trace, load_trace
 
 # column -> pandas dtype; nullable dtypes, because a column may be empty for some points.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cosmosim.arch import WEIGHT_BITS, catalog, get_arch
+from cosmosim.arch import FULL_RANK, WEIGHT_BITS, catalog, get_arch
 from cosmosim.errors import InputError
 from cosmosim.locality import exrep
 from cosmosim.profiles import load_profile
@@ -36,7 +36,6 @@ from cosmosim.trace import load_trace
 
 TOP_LEVEL_KEYS = ("name", "description", "engine", "axes")
 CACHE_AXES = ("cache_mb", "cache_experts", "cache_fraction")
-FULL_RANK = "full"  # wd_rank value: experts not decomposed
 
 
 @dataclass(frozen=True)
