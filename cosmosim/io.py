@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from cosmosim.errors import InputError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -34,6 +36,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path, *, hint: str) -> object:
+    """A JSON file's content; a missing or malformed file is an InputError naming it, with `hint`
+    (what the user should do) appended."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing; {hint}")
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error}); {hint}") from None
 
 
 def atomic_write_json(path: str | Path, data) -> Path:

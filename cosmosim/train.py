@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cosmosim.data import TokenSplit, load_split, sample_batch, sequential_windows
 from cosmosim.data.corpus import MANIFEST_FILE
 from cosmosim.errors import InputError
-from cosmosim.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cosmosim.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from cosmosim.model import Decoder, ModelConfig, get_config, moe_aux_losses
 from cosmosim.model.config import MINI_TARGET_ARCH
 from cosmosim.provenance import repository_commit, sha256_file
@@ -103,12 +103,7 @@ class Checkpoint:
 
 def read_header(checkpoint_dir: Path) -> dict:
     path = Path(checkpoint_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: missing; expected a checkpoint folder written by `train`")
-    try:
-        header = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
+    header = read_json(path, hint="expected a checkpoint folder written by `cosmosim train`")
     if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: format: expected {CHECKPOINT_FORMAT!r}")
     for key in ("model", "training", "state"):

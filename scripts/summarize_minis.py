@@ -15,11 +15,11 @@ from pathlib import Path
 
 from cosmosim.io import atomic_write_json
 from cosmosim.model import ModelConfig
-from cosmosim.train import CONFIG_FILE, LOG_FILE
+from cosmosim.train import CONFIG_FILE, LOG_FILE, read_header
 
 
 def summarize(run_dir: Path) -> dict:
-    header = json.loads((run_dir / CONFIG_FILE).read_text())
+    header = read_header(run_dir)
     config = ModelConfig.from_dict(header["model"], source=str(run_dir / CONFIG_FILE))
     state = header["state"]
     evaluations = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines() if '"val"' in line]

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from cosmosim.cli import app
 from cosmosim.errors import InputError
+from cosmosim.io import read_json
 from cosmosim.locality import format_summary, locality_summary
 from cosmosim.trace import load_trace, trace_info
 
@@ -89,10 +90,7 @@ def _markdown_table(rows: list[tuple[str, dict, dict]], minis: dict) -> str:
 def _read_minis(path: Path | None) -> dict:
     if path is None:
         return {}
-    try:
-        minis = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: expected a minis.json written by scripts/summarize_minis.py ({error})") from None
+    minis = read_json(path, hint="expected a minis.json written by scripts/summarize_minis.py")
     if not isinstance(minis, dict):
         raise InputError(f"{path}: expected a JSON object of runs")
     return minis

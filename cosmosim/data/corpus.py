@@ -10,7 +10,6 @@ pure Python), so the split and tokenizer logic is tested on a small committed sa
 
 import datetime
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from cosmosim.data.markup import normalize_whitespace
 from cosmosim.data.sources import SOURCES
 from cosmosim.errors import InputError
-from cosmosim.io import atomic_write_bytes, atomic_write_json
+from cosmosim.io import atomic_write_bytes, atomic_write_json, read_json
 from cosmosim.provenance import sha256_file
 
 SPLITS = ("train", "val", "trace")
@@ -226,12 +225,7 @@ def _write_hashed(path: Path, data: bytes) -> str:
 def read_manifest(corpus_dir: Path) -> dict:
     """The corpus manifest, checked for the fields the loaders rely on."""
     path = Path(corpus_dir) / MANIFEST_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: missing; expected a corpus folder (run `cosmosim corpus build`)")
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error}); rebuild with `cosmosim corpus build`") from None
+    manifest = read_json(path, hint="expected a corpus folder (run `cosmosim corpus build`)")
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise InputError(
             f"{path}: field 'format' is not {MANIFEST_FORMAT!r}; rebuild with `cosmosim corpus build`"
