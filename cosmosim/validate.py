@@ -44,6 +44,15 @@ SYNTHETIC_STAYS = (0.3, 0.6, 0.9)  # the fixture traces' chance of keeping the l
 SYNTHETIC_SEQUENCE, SYNTHETIC_SEQUENCES = 256, 10
 REPLAY_SETUP_S = 0.5  # per replay beyond its decode time: cache allocation and page faults (planning only)
 REPOSITORY = Path(__file__).resolve().parent.parent
+# Where the time goes, measured (replay's breakdown) against predicted (the engines' breakdown):
+# part -> (replay parts, engine parts). Python and torch dispatch is the engines' layer_overhead; in
+# the replay it falls partly in each measured part, mostly in attention_router and bookkeeping.
+PART_MAP = {
+    "attention_router_overhead": (("attention_router", "bookkeeping"), ("nonexpert_compute", "nonexpert_dram", "layer_overhead")),
+    "expert_compute": (("expert_compute",), ("expert_compute", "expert_dram")),
+    "flash_wait": (("flash_wait",), ("flash_stall",)),
+    "lm_head": (("lm_head",), ("lm_head",)),
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,20 @@ def error_summary(errors_pct: list[float]) -> dict:
     median, p95 = (float(v) for v in np.percentile(absolute, [50, 95]))
     return {"median_abs_error_pct": median, "p95_abs_error_pct": p95, "max_abs_error_pct": float(absolute.max()),
             "meets_goal": median <= GOAL["median_abs_error_pct"] and p95 <= GOAL["p95_abs_error_pct"]}
+
+
+def part_summary(rows: list[dict], engine: str) -> dict[str, dict]:
+    """Per part of a token's time: the median measured and predicted ms per token over the cases,
+    and the median of (predicted - measured) / measured TPOT, in percent: each part's share of the
+    TPOT error. The shares of one case add up to its TPOT error."""
+    summary = {}
+    for part in PART_MAP:
+        measured = np.array([row["parts_ms"][part]["measured"] for row in rows])
+        predicted = np.array([row["parts_ms"][part][engine] for row in rows])
+        tpot = np.array([row["measured_tpot_ms"] for row in rows])
+        summary[part] = {"measured_ms": float(np.median(measured)), "predicted_ms": float(np.median(predicted)),
+                         "error_share_pct": float(np.median(100 * (predicted - measured) / tpot))}
+    return summary
 
 
 def _predict(profile: DeviceProfile, cases: list[Case], arch: Architecture, tokens: int,
@@ -182,6 +205,7 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     return {
         "goal": GOAL,
         "summary": {engine: error_summary([row["predicted"][engine]["error_pct"] for row in rows]) for engine in engines},
+        "parts": {engine: part_summary(rows, engine) for engine in engines},
         "cases": rows,
         "engines": engines,
         "arch": target.name, "scale": scale, "repeats": repeats, "tokens_per_replay": planned,
@@ -194,6 +218,19 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     }
 
 
+def _parts_ms(runs: list[dict], predictions: dict[str, dict]) -> dict[str, dict]:
+    """Each PART_MAP part in ms per decode token: measured in the median replay (the one whose mean
+    TPOT is the case's, with an odd number of repeats) and predicted by each engine."""
+    def total(breakdown: dict, names: tuple[str, ...]) -> float:
+        return sum(breakdown["time_ms_per_token"][name] for name in names)
+
+    means = [run["tpot_ms"]["mean"] for run in runs]
+    median_run = runs[int(np.argsort(means)[len(means) // 2])]
+    return {part: {"measured": total(median_run["breakdown"], measured),
+                   **{engine: total(result["breakdown"], predicted) for engine, result in predictions.items()}}
+            for part, (measured, predicted) in PART_MAP.items()}
+
+
 def _case_row(case: Case, runs: list[dict], predictions: dict[str, dict]) -> dict:
     means = [run["tpot_ms"]["mean"] for run in runs]
     measured = float(np.median(means))
@@ -204,6 +241,7 @@ def _case_row(case: Case, runs: list[dict], predictions: dict[str, dict]) -> dic
         "hit_rate": runs[0]["hit_rate"], "flash_mb_per_token": runs[0]["flash_mb_per_token"],
         "measured_tpot_ms": measured, "measured_tpot_ms_runs": means,
         "measured_ttft_ms": float(np.median([run["ttft_ms"] for run in runs])),
+        "parts_ms": _parts_ms(runs, predictions),
         "predicted": {engine: {"tpot_ms": result["tpot_ms"]["mean"], "ttft_ms": result["ttft_ms"],
                                "hit_rate": result["hit_rate"],
                                "error_pct": 100 * (result["tpot_ms"]["mean"] - measured) / measured}

@@ -224,6 +224,11 @@ def test_replay_summary_and_cleanup(disk, trace):
     assert result["tpot_ms"]["mean"] > 0 and len(result["tpot_ms_per_token"]) == result["inputs"]["decode_tokens"]
     assert 0 <= result["hit_rate"] <= 1 and result["threads"] == 1 and result["dtype"] == "bfloat16"
     assert any("writing" in m for m in messages) and list(disk.glob("cosmosim-*")) == []
+    # The measured parts are disjoint intervals of each token's pass, so they add up to its latency.
+    parts = result["breakdown"]["time_ms_per_token"]
+    assert set(parts) == {"attention_router", "expert_compute", "flash_wait", "lm_head", "bookkeeping"}
+    assert all(value >= 0 for value in parts.values()) and parts["expert_compute"] > 0
+    assert sum(parts.values()) == pytest.approx(result["tpot_ms"]["mean"], rel=1e-9)
 
 
 @pytest.mark.parametrize("config, message", [

@@ -17,6 +17,7 @@ from cosmosim.trace import save_trace
 from cosmosim.validate import (
     GOAL,
     MIN_CASES,
+    PART_MAP,
     ValidationTrace,
     case_matrix,
     error_summary,
@@ -89,8 +90,13 @@ def test_a_quick_validation_end_to_end(tmp_path):
             assert predicted["hit_rate"] == pytest.approx(case["hit_rate"])  # same cache decisions
             expected = 100 * (predicted["tpot_ms"] - case["measured_tpot_ms"]) / case["measured_tpot_ms"]
             assert predicted["error_pct"] == pytest.approx(expected)
+            # The parts cover the whole token on both sides, so their errors add up to the TPOT error.
+            parts = case["parts_ms"].values()
+            assert sum(part["measured"] for part in parts) == pytest.approx(case["measured_tpot_ms"])
+            assert sum(part[engine] for part in parts) == pytest.approx(predicted["tpot_ms"])
     for engine, summary in report["summary"].items():
         assert summary == error_summary([case["predicted"][engine]["error_pct"] for case in report["cases"]])
+        assert set(report["parts"][engine]) == set(PART_MAP)
     assert sum(m.startswith("replay ") for m in messages) == 15 and list(tmp_path.glob("cosmosim-*")) == []
     # A fitting profile is reused, not measured again.
     again = validate(traces=[path], arch=TINY, min_cases=1, tokens=40, quick=True, profile=profile, directory=tmp_path)

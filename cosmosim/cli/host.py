@@ -152,6 +152,15 @@ def validate(
         verdict = "[green]met[/]" if summary["meets_goal"] else "[red]missed[/]"
         console.print(f"{engine}: |error| median {summary['median_abs_error_pct']:.1f} %, p95 {summary['p95_abs_error_pct']:.1f} %, "
                       f"max {summary['max_abs_error_pct']:.1f} % ({goal}: {verdict})")
+    parts = Table(title="where the time goes: median ms per decode token over the cases, measured vs predicted, "
+                        "and each part's median share of the TPOT error")
+    for column in ("part", "measured", *[f"{e}, share of error" for e in engines]):
+        parts.add_column(column, justify="left" if column == "part" else "right")
+    for part in next(iter(report["parts"].values())):
+        cells = [f"{report['parts'][e][part]['predicted_ms']:.3g}, {report['parts'][e][part]['error_share_pct']:+.1f}%"
+                 for e in engines]
+        parts.add_row(part, f"{report['parts'][engines[0]][part]['measured_ms']:.3g}", *cells)
+    console.print(parts)
     for note in report["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"{len(report['cases'])} cases in {report['wall_s']:.0f} s")

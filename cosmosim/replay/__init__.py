@@ -83,12 +83,14 @@ def summarize_replay(scenario: Scenario, records: ReplayRecords, layout: ExpertL
     decode_accesses = outcomes["hit"] + outcomes["miss"]
     prefill_accesses = outcomes["prefill_hit"] + outcomes["prefill_miss"]
     tpot = percentiles_ms(np.asarray(records.decode_latency_s))
+    n_decode = max(len(records.decode_latency_s), 1)
     return {
         "engine": "replay",
         "ttft_ms": float(np.mean(records.ttft_s) * 1e3) if records.ttft_s else None,
         "tpot_ms": tpot,
         "tpot_ms_per_token": [s * 1e3 for s in records.decode_latency_s],
         "tokens_per_s": 1e3 / tpot["mean"],
+        "breakdown": {"time_ms_per_token": {part: s / n_decode * 1e3 for part, s in records.decode_parts_s.items()}},
         "hit_rate": outcomes["hit"] / decode_accesses if decode_accesses else None,
         "prefill_hit_rate": outcomes["prefill_hit"] / prefill_accesses if prefill_accesses else None,
         "accesses": {"decode": decode_accesses, "hit": outcomes["hit"], "miss": outcomes["miss"],

@@ -37,9 +37,17 @@ from cosmosim.sim.policies import POLICIES, PolicyContext
 from cosmosim.workload import DECODE, PREFILL
 
 
+# Where a decode token's measured time goes, summed over decode tokens (docs/validation.md):
+# attention_router (norms, attention, router), expert_compute (the expert FFNs and their gates),
+# flash_wait (blocked on a read), lm_head (final norm, LM head, argmax), and bookkeeping: the rest
+# (cache decisions, issuing reads, summing expert outputs, the loop itself).
+MEASURED_PARTS = ("attention_router", "expert_compute", "flash_wait", "lm_head", "bookkeeping")
+
+
 @dataclass
 class ReplayRecords:
     decode_latency_s: list[float] = field(default_factory=list)  # per decode token, first layer to logits
+    decode_parts_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MEASURED_PARTS, 0.0))
     decode_read_bytes: list[int] = field(default_factory=list)  # per decode token
     ttft_s: list[float] = field(default_factory=list)  # per request: prefill pass + LM head
     outcomes: dict[str, int] = field(default_factory=lambda: {"hit": 0, "miss": 0, "prefill_hit": 0, "prefill_miss": 0})
@@ -95,6 +103,7 @@ class ReplayEngine:
         longest = config.prompt_tokens + workload.n_decode_tokens  # bound on any position
         self.rope = rope_tables(scenario.arch.head_dim, longest)
         self.keys, self.tokens = workload.access_key.tolist(), workload.access_tokens.tolist()
+        self.step_wait_s = self.step_compute_s = 0.0  # the current step's, added to by _compute
 
     # -- reads ------------------------------------------------------------------------------------
     def _read_request(self, view: memoryview, offset: int) -> None:
@@ -110,13 +119,19 @@ class ReplayEngine:
     # -- one step ---------------------------------------------------------------------------------
     def _compute(self, h_Pd: torch.Tensor, pending: list[_Pending]) -> None:
         """Compute the experts not computed yet in the simulator's order: hits (no reads) first,
-        then misses in issue order, each once its reads are done."""
+        then misses in issue order, each once its reads are done. Adds the time blocked on reads
+        and the time in expert arithmetic to `self.step_wait_s` and `self.step_compute_s`."""
+        clock = time.perf_counter
         for expert in sorted(pending, key=lambda p: bool(p.reads)):  # stable: issue order kept
             if expert.output is None:
+                waited = clock()
                 for read in expert.reads:
                     read.result()
+                started = clock()
                 rows = expert.rows
                 expert.output = expert.gate * expert_ffn(h_Pd[:rows], self.slot_matrices[expert.slot])
+                self.step_wait_s += started - waited
+                self.step_compute_s += clock() - started
 
     def _experts(self, pool: ThreadPoolExecutor, kind: int, h_Pd: torch.Tensor, logits_PE: torch.Tensor,
                  lo: int, hi: int) -> tuple[torch.Tensor, int, int]:
@@ -167,12 +182,13 @@ class ReplayEngine:
         last_layer, prompt, vocab = workload.n_layers - 1, config.prompt_tokens, scenario.arch.vocab_size
         stride = self.layout.stride
         position, next_token = 0, 0
-        started = time.perf_counter()
+        clock, parts = time.perf_counter, records.decode_parts_s
+        started = clock()
         with ThreadPoolExecutor(scenario.profile.flash.queue_depth) as pool, torch.inference_mode(), _gc_paused():
             for step, kind in enumerate(kinds):
                 layer = layers[step]
                 if layer == 0:
-                    pass_start, pass_misses = time.perf_counter(), 0
+                    pass_start, pass_misses = clock(), 0
                     if kind == PREFILL:
                         position = 0
                         positions = torch.arange(prompt)
@@ -181,25 +197,37 @@ class ReplayEngine:
                         positions = torch.tensor([position])
                         x_Pd = weights.embedding[next_token][None]
                 layer_weights = weights.layers[layer]
+                step_start = clock()
                 x_Pd = attention(layer_weights, layer, x_Pd, self.kv, positions, contexts[step], self.rope)
                 h_Pd = rms_norm(x_Pd, layer_weights.ffn_norm)
                 logits_PE = F.linear(h_Pd, layer_weights.router)
+                router_s = clock() - step_start
+                self.step_wait_s = self.step_compute_s = 0.0
                 out_Pd, hits, misses = self._experts(pool, kind, h_Pd, logits_PE, offsets[step], offsets[step + 1])
                 x_Pd = x_Pd + out_Pd
+                if kind == DECODE:
+                    parts["attention_router"] += router_s
+                    parts["flash_wait"] += self.step_wait_s
+                    parts["expert_compute"] += self.step_compute_s
                 pass_misses += misses
                 prefix = "" if kind == DECODE else "prefill_"
                 records.outcomes[prefix + "hit"] += hits
                 records.outcomes[prefix + "miss"] += misses
                 if layer == last_layer:
+                    head_start = clock()
                     next_token = int(lm_head(x_Pd, weights.final_norm, weights.lm_head).argmax())  # greedy decode
-                    latency = time.perf_counter() - pass_start
+                    end = clock()
+                    latency = end - pass_start
                     records.generated.append(next_token)
                     if kind == DECODE:
+                        parts["lm_head"] += end - head_start
                         records.decode_latency_s.append(latency)
                         records.decode_read_bytes.append(pass_misses * stride)
                     else:
                         records.ttft_s.append(latency)
                     records.read_bytes += pass_misses * stride
                     position += prompt if kind == PREFILL else 1
-        records.wall_s = time.perf_counter() - started
+        records.wall_s = clock() - started
+        measured = sum(parts[part] for part in MEASURED_PARTS if part != "bookkeeping")
+        parts["bookkeeping"] = sum(records.decode_latency_s) - measured
         return records
