@@ -15,8 +15,8 @@ What is measured, in order:
 3. compute: `F.linear` at every matrix shape of one decoded token (GEMV) and of a prompt (GEMM),
    in bfloat16, over enough distinct weights to defeat the CPU caches, net of the per-call cost
    of a tiny matrix (that cost is part of the per-layer overhead instead);
-4. the per-layer overhead of a Python/torch decode step: replay itself, on a twin of the
-   architecture with every matrix tiny, whose decode time is therefore all overhead.
+4. the per-layer overhead of a Python/torch decode step: replay of the architecture with every
+   expert cached; what its tokens take beyond the arithmetic the engines price, per layer.
 
 Energy cannot be measured without a power meter: that section carries cited estimates.
 """
@@ -30,7 +30,7 @@ import platform
 import time
 import tomllib
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from cosmosim.replay.storage import ColdReader, aligned_buffer, available_memory
 from cosmosim.replay.weights import DTYPE, DTYPE_NAME, expert_shapes
 from cosmosim.runner import prepare
 from cosmosim.scenario import RunConfig
+from cosmosim.sim.engine import simulate
 from cosmosim.trace import SCHEMA_VERSION, Trace
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
@@ -57,6 +58,7 @@ QUEUE_DEPTHS = (1, 2, 4, 8, 16, 32)
 REQUEST_BYTES = MIB  # replay splits an expert read into requests of this size: the profile's max_request_kib
 KNEE = 0.9  # a queue depth "reaches" the device when it gives this share of the best throughput
 TINY = 8  # matrix side whose F.linear costs only the call
+DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,12 @@ class Effort:
     seconds_per_point: float  # each throughput figure
     dram_bytes: int  # the copied buffer
     working_set_bytes: int  # distinct weights per matrix shape: more than the CPU's last-level cache
-    overhead_tokens: int  # decoded tokens of the overhead twin
+    overhead_tokens: int  # decoded tokens per sequence of the overhead replay
+    overhead_sequences: int  # its sequences; the first is the workload's warm-up, not replayed
 
 
-FULL = Effort("full", 1 * GIB, 0.5, 256 * MIB, 128 * MIB, 64)
-QUICK = Effort("quick", 16 * MIB, 0.02, 8 * MIB, 2 * MIB, 12)
+FULL = Effort("full", 1 * GIB, 0.5, 256 * MIB, 128 * MIB, 64, 4)
+QUICK = Effort("quick", 16 * MIB, 0.02, 8 * MIB, 2 * MIB, 12, 2)
 
 
 # ----------------------------------------------------------------------------- flash
@@ -180,34 +183,53 @@ def measure_matmul(arch: Architecture, rows: int, effort: Effort, progress: Prog
 
 
 # ----------------------------------------------------------------------------- per-layer overhead
-def tiny_twin(arch: Architecture) -> Architecture:
-    """`arch` with every matrix tiny but the same layers, heads, experts and top-k: the same
-    sequence of torch calls per token at almost no arithmetic."""
-    return replace(arch, name=f"{arch.name}-twin", d_model=2 * arch.n_heads, vocab_size=TINY, ffn_hidden=2,
-                   wd_rank=None if arch.wd_rank is None else 1, paper_active_params=None, paper_total_params=None)
-
-
 def measure_layer_overhead(arch: Architecture, draft: DeviceProfile, directory: Path | None, effort: Effort,
-                           prompt_tokens: int) -> float:
-    """Seconds per layer of replay's decode step when the arithmetic is negligible: the median
-    decode time of the twin's tokens that read nothing, over its layers."""
-    twin = tiny_twin(arch)
+                           prompt_tokens: int) -> dict:
+    """What a real decode step costs beyond the arithmetic the engines price, per layer.
+
+    Replay decodes `arch` itself with every expert cached (random routing); on the tokens that read
+    nothing, the measured latency less the simulator's prediction for the same tokens under the
+    `draft` profile (which has every figure but a negligible overhead) is what the time model does
+    not price: Python and torch dispatch, the element-wise operations, the bookkeeping of the loop.
+    An all-hit token is thereby reproduced exactly; validation's cases (partial caches, misses) are
+    not fitted. Returns the overhead and the figures it came from.
+    """
     sequence = prompt_tokens + effort.overhead_tokens
-    experts = random_routing((10 * sequence, twin.n_layers, twin.top_k), twin.n_experts, seed=0)
-    positions = np.tile(np.arange(sequence, dtype=np.int32), 10)
+    n_tokens = effort.overhead_sequences * sequence
+    experts = random_routing((n_tokens, arch.n_layers, arch.top_k), arch.n_experts, seed=0)
+    positions = np.tile(np.arange(sequence, dtype=np.int32), effort.overhead_sequences)
     meta = {"schema_version": SCHEMA_VERSION, "source": "calibrate: random routing",
-            "model": {"n_layers": twin.n_layers, "n_experts": twin.n_experts, "top_k": twin.top_k}}
-    trace = Trace(experts.astype(np.int16), np.full(experts.shape, 1 / twin.top_k, dtype=np.float16), positions, meta)
-    config = RunConfig(cache_experts=twin.n_layers * twin.n_experts, tokens=sequence, prompt_tokens=prompt_tokens)
-    with HostModel(twin, directory) as model:
-        records = model.run(prepare(draft, trace, twin, config))
-    quiet = [s for s, nbytes in zip(records.decode_latency_s, records.decode_read_bytes) if nbytes == 0]
-    return float(np.median(quiet or records.decode_latency_s)) / twin.n_layers  # all tokens read: still mostly overhead
+            "model": {"n_layers": arch.n_layers, "n_experts": arch.n_experts, "top_k": arch.top_k}}
+    trace = Trace(experts.astype(np.int16), np.full(experts.shape, 1 / arch.top_k, dtype=np.float16), positions, meta)
+    config = RunConfig(cache_experts=arch.n_layers * arch.n_experts, tokens=n_tokens, prompt_tokens=prompt_tokens)
+    scenario = prepare(draft, trace, arch, config)
+    with HostModel(arch, directory) as model:
+        records = model.run(scenario)
+    predicted = simulate(scenario).latency_s
+    quiet = [(measured, priced) for measured, priced, nbytes
+             in zip(records.decode_latency_s, predicted, records.decode_read_bytes) if nbytes == 0]
+    if not quiet:
+        raise RuntimeError("calibrate: every decode token of the overhead replay read an expert; the cache should hold all")
+    measured_s, priced_s = (float(np.median(column)) for column in zip(*quiet))
+    residual_s = float(np.median([m - p for m, p in quiet])) / arch.n_layers
+    return {"layer_overhead_s": max(draft.compute.layer_overhead_s + residual_s, DRAFT_OVERHEAD_S),
+            "overhead_quiet_tokens": len(quiet), "overhead_measured_token_s": measured_s,
+            "overhead_priced_token_s": priced_s}
 
 
 # ----------------------------------------------------------------------------- the profile
 def _sig(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
+
+
+def _overhead_source(record: dict, when: str) -> str:
+    if "overhead_quiet_tokens" not in record:  # the draft that prices the overhead replay
+        return f"{when}: draft, a negligible placeholder"
+    return (f"{when}: replay of {record['arch']} with every expert cached: median over "
+            f"{record['overhead_quiet_tokens']} tokens that read nothing of measured "
+            f"({record['overhead_measured_token_s'] * 1e3:.2f} ms) less priced "
+            f"({record['overhead_priced_token_s'] * 1e3:.2f} ms) time, per layer; "
+            "Python and torch dispatch, element-wise operations")
 
 
 def profile_data(record: dict) -> dict:
@@ -251,8 +273,7 @@ def profile_data(record: dict) -> dict:
                 "gemv_gflops": f"{when}: F.linear of one row at every matrix shape of a decoded token, weighted by "
                                f"use, distinct weights beyond the CPU caches, net of a {TINY}x{TINY} call; {shapes}",
                 "gemm_gflops": f"{when}: the same with {record['prompt_tokens']} rows (a prompt); {shapes}",
-                "layer_overhead_us": f"{when}: replay's decode step on a twin of {record['arch']} with tiny matrices "
-                                     "(median over tokens that read nothing, per layer); Python and torch dispatch",
+                "layer_overhead_us": _overhead_source(record, when),
             },
         },
         "energy": {
@@ -336,10 +357,10 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
         record["dram_bytes_per_s"] = measure_dram(effort)
         record["gemv_flops_per_s"], record["gemv_shapes"] = measure_matmul(target, 1, effort, say)
         record["gemm_flops_per_s"], record["gemm_shapes"] = measure_matmul(target, record["prompt_tokens"], effort, say)
-        say("overhead: replay of a tiny twin")
-        record["layer_overhead_s"] = 1e-6  # placeholder: the draft profile only sets how the twin's reads go
+        say(f"overhead: replay of {target.name} with every expert cached")
+        record["layer_overhead_s"] = DRAFT_OVERHEAD_S
         draft = profile_from_dict(profile_data(record), source="calibration draft")
-        record["layer_overhead_s"] = measure_layer_overhead(target, draft, directory, effort, record["prompt_tokens"])
+        record.update(measure_layer_overhead(target, draft, directory, effort, record["prompt_tokens"]))
     record["wall_s"] = time.perf_counter() - started
     text = to_toml(profile_data(record))
     profile_from_dict(tomllib.loads(text), source=str(out))  # never write what would not load

@@ -1,16 +1,19 @@
 """Calibrate: a quick measurement of this host written as a profile in the shipped schema."""
 
 import json
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from cosmosim.arch import Architecture, get_arch
-from cosmosim.calibrate import FULL, QUICK, calibrate, load_record, matmul_shapes, profile_data, record_path, tiny_twin, to_toml
+from cosmosim.calibrate import (FULL, QUICK, calibrate, load_record, matmul_shapes, measure_layer_overhead, profile_data,
+                                record_path, to_toml)
 from cosmosim.errors import InputError
 from cosmosim.profiles import load_profile, profile_from_dict, profiles_dir
-from cosmosim.replay import host_profile_path, storage
+from cosmosim.replay import engine, host_profile_path, storage
+from cosmosim.replay.compute import torch_threads
 
 TINY = Architecture(name="tiny", n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)
@@ -39,7 +42,7 @@ def test_quick_calibration_writes_a_loadable_cited_profile(calibrated):
     assert profile.dram.app_budget_bytes <= profile.dram.capacity_bytes
     assert profile.compute.layer_overhead_s > 0 and profile.compute.gemv_flops_per_s > 0
     assert any(m.startswith("flash:") for m in messages) and any(m.startswith("overhead:") for m in messages)
-    assert list(folder.glob("cosmosim-*")) == []  # the test file and the twin's experts are gone
+    assert list(folder.glob("cosmosim-*")) == []  # the test file and the overhead replay's experts are gone
 
 
 def test_the_record_keeps_what_replay_must_share(calibrated):
@@ -66,13 +69,24 @@ def test_matmul_shapes_cover_a_decoded_tokens_weight_flops(arch):
     assert flops == arch.decode_flops_per_token(1) - attention
 
 
-def test_tiny_twin_keeps_the_sequence_of_calls():
-    for arch in (get_arch("wearable-moe"), get_arch("wearable-wd")):
-        twin = tiny_twin(arch)
-        same = ("n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k")
-        assert all(getattr(twin, field) == getattr(arch, field) for field in same)
-        assert (twin.wd_rank is None) == (arch.wd_rank is None)
-        assert twin.expert_params() < 100 and twin.vocab_size < 100
+def test_the_overhead_is_what_a_step_takes_beyond_its_priced_arithmetic(calibrated, monkeypatch):
+    """A delay the time model does not price, added to every layer of the replay, shows up whole in
+    the measured per-layer overhead."""
+    profile, _, _, folder = calibrated
+    record = load_record(folder / "host.toml")
+    assert record["overhead_quiet_tokens"] > 0 and record["overhead_measured_token_s"] > 0
+    with torch_threads(1):
+        base = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
+    delay_s, norm = 0.005, engine.rms_norm  # the engine calls rms_norm once per layer (the FFN's norm)
+
+    def slow_norm(*args):
+        time.sleep(delay_s)
+        return norm(*args)
+
+    monkeypatch.setattr(engine, "rms_norm", slow_norm)
+    with torch_threads(1):
+        slowed = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
+    assert slowed - base == pytest.approx(delay_s, rel=0.25)
 
 
 def test_full_effort_reads_every_curve_size():
