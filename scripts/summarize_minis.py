@@ -4,7 +4,9 @@
 
 One entry per run folder (written by `cosmosim train`): config, parameter counts, steps, tokens seen,
 training time, final train/validation loss (nats/token) and the validation ExRep of its last
-evaluation. The README's model table is generated from this file and the traces.
+evaluation. Entries already in --out whose run folder is not given are kept: runs trained in an
+earlier session (on another machine) stay summarised. The README's model table is generated from
+this file and the traces.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cosmosim.io import atomic_write_json
+from cosmosim.io import atomic_write_json, read_json
 from cosmosim.model import ModelConfig
 from cosmosim.train import CONFIG_FILE, LOG_FILE, read_header
 
@@ -44,9 +46,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("traces/minis.json"))
     args = parser.parse_args()
-    minis = {run.name: summarize(run) for run in sorted(args.runs) if (run / CONFIG_FILE).is_file()}
+    new = {run.name: summarize(run) for run in sorted(args.runs) if (run / CONFIG_FILE).is_file()}
+    kept = read_json(args.out, hint="delete it to start afresh") if args.out.is_file() else {}
+    minis = dict(sorted({**kept, **new}.items()))
     atomic_write_json(args.out, minis)
-    print(f"wrote {args.out} ({len(minis)} runs)")
+    print(f"wrote {args.out} ({len(new)} runs summarised, {len(minis) - len(new)} kept from before)")
 
 
 if __name__ == "__main__":
