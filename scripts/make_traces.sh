@@ -28,7 +28,9 @@ side_by_side() {  # two train commands (as strings of arguments) at 1 thread eac
   wait "$first" && wait "$second"
 }
 
-stage_corpus() { [[ -f corpus/manifest.json ]] || "$cosmosim" corpus build --out corpus; }
+# The committed tokenizer: BPE training is not reproducible run to run, and minis compared with each
+# other must share token ids (traces/tokenizer.json is the one the WD minis and later were trained on).
+stage_corpus() { [[ -f corpus/manifest.json ]] || "$cosmosim" corpus build --out corpus --tokenizer traces/tokenizer.json; }
 stage_moe() {
   train wearable-moe-mini wearable-moe-mini 2
   record wearable-moe-mini moe.npz

@@ -247,6 +247,22 @@ def test_splits_are_disjoint_and_reproducible(sample_corpus, tmp_path):
     assert again["files"] == read_manifest(sample_corpus)["files"]  # tokenizer included
 
 
+def test_a_given_tokenizer_is_reused_as_it_is(sample_corpus, tmp_path):
+    given = sample_corpus / "tokenizer.json"
+    out = tmp_path / "reused"
+    manifest = read_manifest(Path(assemble_corpus(read_text_folder(SAMPLE_DIR), out, seed=0, tokenizer_file=given,
+                                                  **SMALL)).parent)
+    assert (out / "tokenizer.json").read_bytes() == given.read_bytes()
+    assert manifest["tokenizer"]["trained_on"].startswith(f"given: {given}")
+    with pytest.raises(InputError, match="vocabulary of 512 tokens, expected --vocab-size 600"):
+        assemble_corpus(read_text_folder(SAMPLE_DIR), tmp_path / "x", seed=0, tokenizer_file=given,
+                        **{**SMALL, "vocab_size": 600})
+    (tmp_path / "bad.json").write_text("{not json")
+    for path, message in ((tmp_path / "none.json", "missing"), (tmp_path / "bad.json", "not a tokenizers JSON")):
+        with pytest.raises(InputError, match=message):
+            assemble_corpus(read_text_folder(SAMPLE_DIR), tmp_path / "y", seed=0, tokenizer_file=path, **SMALL)
+
+
 def test_assemble_rejects_bad_input(tmp_path):
     docs = read_text_folder(SAMPLE_DIR)
     bad_calls = {

