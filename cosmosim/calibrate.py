@@ -30,7 +30,7 @@ import platform
 import time
 import tomllib
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,14 +42,15 @@ from cosmosim.arch import Architecture, get_arch
 from cosmosim.errors import InputError
 from cosmosim.io import atomic_write_json, atomic_write_text
 from cosmosim.locality import random_routing
-from cosmosim.profiles import DeviceProfile, load_profile, profile_from_dict
+from cosmosim.profiles import DeviceProfile, FlashSpec, load_profile, profile_from_dict
 from cosmosim.replay import HostModel, Progress, host_profile_path, scaled_arch
 from cosmosim.replay.compute import default_threads, torch_threads
-from cosmosim.replay.storage import ColdReader, aligned_buffer, available_memory_bytes, scratch_folder, write_durably
-from cosmosim.replay.weights import DTYPE, DTYPE_NAME, expert_shapes
+from cosmosim.replay.storage import ALIGN, ColdReader, aligned_buffer, available_memory_bytes, scratch_folder, write_durably
+from cosmosim.replay.weights import DTYPE, DTYPE_NAME, ExpertLayout, expert_shapes
 from cosmosim.runner import prepare
 from cosmosim.scenario import RunConfig
 from cosmosim.sim.engine import simulate
+from cosmosim.sim.hardware import Flash
 from cosmosim.trace import SCHEMA_VERSION, Trace
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
@@ -59,6 +60,8 @@ REQUEST_BYTES = MIB  # replay splits an expert read into requests of this size: 
 KNEE = 0.9  # a queue depth "reaches" the device when it gives this share of the best throughput
 TINY = 8  # matrix side whose F.linear costs only the call
 DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
+MIN_LATENCY_S = 1e-6  # the floor of the fitted flash latency (a profile's figures must be > 0)
+IDLE_GAP_S = 0.002  # between isolated reads: the device drains its queue, as during an expert's compute
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,11 @@ class Effort:
     working_set_bytes: int  # distinct weights per matrix shape: more than the CPU's last-level cache
     overhead_tokens: int  # decoded tokens per sequence of the overhead replay
     overhead_sequences: int  # its sequences; the first is the workload's warm-up, not replayed
+    isolated_reads: int  # isolated reads of one expert, for the flash latency
 
 
-FULL = Effort("full", 1 * GIB, 0.5, 256 * MIB, 128 * MIB, 64, 4)
-QUICK = Effort("quick", 16 * MIB, 0.02, 8 * MIB, 2 * MIB, 12, 2)
+FULL = Effort("full", 1 * GIB, 0.5, 256 * MIB, 128 * MIB, 64, 4, 200)
+QUICK = Effort("quick", 16 * MIB, 0.02, 8 * MIB, 2 * MIB, 12, 2, 10)
 
 
 # ----------------------------------------------------------------------------- flash
@@ -101,7 +105,28 @@ def _read_rate(reader: ColdReader, file_bytes: int, read_bytes: int, depth: int,
     return (reads + len(in_flight)) * read_bytes / (time.perf_counter() - start)
 
 
-def measure_flash(directory: Path | None, effort: Effort, progress: Progress, prefer_direct: bool = True) -> dict:
+def _isolated_read_s(reader: ColdReader, file_bytes: int, nbytes: int, request: int, depth: int, n_reads: int,
+                     seed: int) -> float:
+    """Median seconds to read `nbytes` at a random aligned offset from an idle device, in requests of
+    `request` bytes with up to `depth` in flight: how replay reads one missed expert."""
+    buffer = memoryview(aligned_buffer(nbytes))
+    positions, rng, times = (file_bytes - nbytes) // ALIGN, np.random.default_rng(seed), []
+    with ThreadPoolExecutor(depth) as pool:
+        for _ in range(n_reads):
+            offset = int(rng.integers(positions)) * ALIGN
+            start = time.perf_counter()
+            reads = [pool.submit(reader.read_into, buffer[at:at + request], offset + at) for at in range(0, nbytes, request)]
+            for read in reads:
+                read.result()
+            times.append(time.perf_counter() - start)
+            time.sleep(IDLE_GAP_S)
+    return float(np.median(times))
+
+
+def measure_flash(directory: Path | None, effort: Effort, progress: Progress, expert_bytes: int,
+                  prefer_direct: bool = True) -> dict:
+    """The read curve, queue depth and single-read time, and the median time of an isolated read of
+    one expert (`expert_bytes`, 4 KiB aligned), from which calibrate fits the latency."""
     sizes = [size for size in CURVE_SIZES if size <= effort.file_bytes // 8]
     request = min(REQUEST_BYTES, sizes[-1])
     with scratch_folder(directory, effort.file_bytes, "calibrate's flash test file") as folder:
@@ -122,11 +147,31 @@ def measure_flash(directory: Path | None, effort: Effort, progress: Progress, pr
                 curve.append((size, _read_rate(reader, effort.file_bytes, size, depth, effort.seconds_per_point, size)))
             progress("flash: one 4 KiB read at a time")
             single_read_s = sizes[0] / _read_rate(reader, effort.file_bytes, sizes[0], 1, effort.seconds_per_point, 7)
+            expert_bytes = min(expert_bytes, effort.file_bytes // 2)
+            progress(f"flash: isolated reads of one expert ({expert_bytes / MIB:.2f} MiB)")
+            expert_read_s = _isolated_read_s(reader, effort.file_bytes, expert_bytes, request, depth,
+                                             effort.isolated_reads, 11)
             mode, filesystem = reader.mode, reader.filesystem
-    transfer_s = sizes[0] / curve[0][1]
     return {"read_mode": mode, "filesystem": filesystem, "queue_depth": depth, "request_bytes": request,
             "throughput_by_depth": by_depth, "curve": curve, "single_read_s": single_read_s,
-            "latency_s": max(single_read_s - transfer_s, 1e-6)}
+            "expert_read_bytes": expert_bytes, "expert_read_s": expert_read_s, "latency_s": MIN_LATENCY_S}
+
+
+def fit_latency(spec: FlashSpec, nbytes: int, measured_s: float) -> float:
+    """The per-request latency at which the flash model reads `nbytes` from an idle device in
+    `measured_s` (bisection: the model's read time grows with the latency). The curve is measured
+    with requests always in flight, so it hides the wait an isolated read pays; this puts it back.
+    MIN_LATENCY_S when even that is too slow."""
+    def model_s(latency_s: float) -> float:
+        return Flash(replace(spec, latency_s=latency_s)).read(nbytes, 0.0)
+
+    low, high = MIN_LATENCY_S, measured_s
+    if model_s(low) >= measured_s:
+        return MIN_LATENCY_S
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if model_s(middle) < measured_s else (low, middle)
+    return high
 
 
 # ----------------------------------------------------------------------------- DRAM and compute
@@ -247,8 +292,10 @@ def profile_data(record: dict) -> dict:
             "max_request_kib": flash["request_bytes"] // KIB,
             "sources": {
                 "bandwidth_curve": f"{when}: random reads of each size at the measured queue depth, {on}",
-                "latency_us": f"{when}: one 4 KiB read at a time took {flash['single_read_s'] * 1e6:.1f} us, "
-                              "less its transfer time at the curve's 4 KiB rate",
+                "latency_us": f"{when}: isolated reads of one expert ({flash['expert_read_bytes'] / MIB:.2f} MiB in "
+                              f"{flash['request_bytes'] // KIB} KiB requests, {flash['queue_depth']} in flight, "
+                              f"from an idle device) took {flash['expert_read_s'] * 1e3:.3f} ms (median); the latency "
+                              "at which the flash model's read of it takes as long",
                 "queue_depth": f"{when}: the fewest reads in flight reaching {KNEE:.0%} of the best "
                                f"{flash['request_bytes'] // KIB} KiB throughput over depths {list(QUEUE_DEPTHS)}",
                 "max_request_kib": "cosmosim replay issues expert reads in requests of this size (its I/O engine's choice)",
@@ -352,13 +399,15 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
                   "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                   "dram_test_mib": effort.dram_bytes // MIB}
         record["available_bytes"] = min(available_memory_bytes() or record["memory_bytes"], record["memory_bytes"])
-        record["flash"] = measure_flash(directory, effort, say)
+        record["flash"] = measure_flash(directory, effort, say, ExpertLayout.of(target).stride)
         say("dram: copy bandwidth")
         record["dram_bytes_per_s"] = measure_dram(effort)
         record["gemv_flops_per_s"], record["gemv_shapes"] = measure_matmul(target, 1, effort, say)
         record["gemm_flops_per_s"], record["gemm_shapes"] = measure_matmul(target, record["prompt_tokens"], effort, say)
-        say(f"overhead: replay of {target.name} with every expert cached")
         record["layer_overhead_s"] = DRAFT_OVERHEAD_S
+        flash = profile_from_dict(profile_data(record), source="calibration draft").flash
+        record["flash"]["latency_s"] = fit_latency(flash, record["flash"]["expert_read_bytes"], record["flash"]["expert_read_s"])
+        say(f"overhead: replay of {target.name} with every expert cached")
         draft = profile_from_dict(profile_data(record), source="calibration draft")
         record.update(measure_layer_overhead(target, draft, directory, effort, record["prompt_tokens"]))
     record["wall_s"] = time.perf_counter() - started

@@ -3,17 +3,20 @@
 import json
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cosmosim.arch import Architecture, get_arch
-from cosmosim.calibrate import (FULL, QUICK, calibrate, load_record, matmul_shapes, measure_layer_overhead, profile_data,
-                                record_path, to_toml)
+from cosmosim.calibrate import (FULL, MIN_LATENCY_S, QUICK, calibrate, fit_latency, load_record, matmul_shapes,
+                                measure_layer_overhead, profile_data, record_path, to_toml)
 from cosmosim.errors import InputError
 from cosmosim.profiles import load_profile, profile_from_dict, profiles_dir
 from cosmosim.replay import engine, host_profile_path, storage
 from cosmosim.replay.compute import torch_threads
+from cosmosim.sim.hardware import Flash
 
 TINY = Architecture(name="tiny", n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)
@@ -77,16 +80,31 @@ def test_the_overhead_is_what_a_step_takes_beyond_its_priced_arithmetic(calibrat
     assert record["overhead_quiet_tokens"] > 0 and record["overhead_measured_token_s"] > 0
     with torch_threads(1):
         base = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
-    delay_s, norm = 0.005, engine.rms_norm  # the engine calls rms_norm once per layer (the FFN's norm)
+    norm, delays = engine.rms_norm, []  # the engine calls rms_norm once per layer (the FFN's norm)
 
     def slow_norm(*args):
-        time.sleep(delay_s)
+        start = time.perf_counter()
+        time.sleep(0.005)
+        delays.append(time.perf_counter() - start)  # what the sleep really took, on a busy machine too
         return norm(*args)
 
     monkeypatch.setattr(engine, "rms_norm", slow_norm)
     with torch_threads(1):
         slowed = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
-    assert slowed - base == pytest.approx(delay_s, rel=0.25)
+    assert slowed - base == pytest.approx(float(np.median(delays)), rel=0.25)
+
+
+def test_the_fitted_latency_makes_the_model_read_an_expert_as_long_as_measured(calibrated):
+    profile, path, _, _ = calibrated
+    flash = load_record(path)["flash"]
+    assert flash["expert_read_s"] > 0 and flash["expert_read_bytes"] % 4096 == 0
+    spec, nbytes = profile.flash, 3 * 1024**2 + 4096  # four requests of at most 1 MiB
+    no_wait_s = Flash(replace(spec, latency_s=MIN_LATENCY_S)).read(nbytes, 0.0)
+    for measured_s in (1.5 * no_wait_s, 4 * no_wait_s):
+        latency_s = fit_latency(spec, nbytes, measured_s)
+        assert latency_s > MIN_LATENCY_S
+        assert Flash(replace(spec, latency_s=latency_s)).read(nbytes, 0.0) == pytest.approx(measured_s, rel=1e-9)
+    assert fit_latency(spec, nbytes, 0.5 * no_wait_s) == MIN_LATENCY_S  # faster than the curve: no latency to add
 
 
 def test_full_effort_reads_every_curve_size():
