@@ -57,6 +57,7 @@ KIB, MIB, GIB = 1024, 1024**2, 1024**3
 CURVE_SIZES = tuple(4 * KIB * 2**i for i in range(12))  # 4 KiB .. 8 MiB
 QUEUE_DEPTHS = (1, 2, 4, 8, 16, 32)
 REQUEST_BYTES = MIB  # replay splits an expert read into requests of this size: the profile's max_request_kib
+METHOD = 2  # how the figures are measured; a record of another method is calibrated again (validate)
 KNEE = 0.9  # a queue depth "reaches" the device when it gives this share of the best throughput
 TINY = 8  # matrix side whose F.linear costs only the call
 DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
@@ -394,7 +395,7 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
     started = time.perf_counter()
     with torch_threads(threads):
         record = {"arch": target.name, "scale": scale, "dtype": DTYPE_NAME, "threads": threads,
-                  "effort": effort.name, "cpu": _cpu_name(), "prompt_tokens": RunConfig().prompt_tokens,
+                  "effort": effort.name, "method": METHOD, "cpu": _cpu_name(), "prompt_tokens": RunConfig().prompt_tokens,
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                   "dram_test_mib": effort.dram_bytes // MIB}

@@ -21,7 +21,7 @@ import numpy as np
 
 from cosmosim import runner
 from cosmosim.arch import Architecture, get_arch
-from cosmosim.calibrate import calibrate, load_record
+from cosmosim.calibrate import METHOD, calibrate, load_record
 from cosmosim.errors import InputError
 from cosmosim.profiles import DeviceProfile, load_profile
 from cosmosim.replay import HostModel, Progress, host_profile_path, scaled_arch
@@ -147,7 +147,7 @@ def _host_profile(path: Path, arch: Architecture, recalibrate: bool, directory: 
     """The host profile at `path`, calibrated first when missing, asked for, or made for other
     shapes, dtype or effort than this validation's."""
     record = load_record(path)
-    wanted = {"arch": arch.name, "dtype": DTYPE_NAME, "effort": "quick" if quick else "full"}
+    wanted = {"arch": arch.name, "dtype": DTYPE_NAME, "effort": "quick" if quick else "full", "method": METHOD}
     fits = path.is_file() and record is not None and all(record.get(key) == value for key, value in wanted.items())
     if recalibrate or not fits:
         say(f"calibrating this host for {arch.name} ({wanted['effort']})")
