@@ -145,7 +145,7 @@ def _predict(profile: DeviceProfile, cases: list[Case], arch: Architecture, toke
 def _host_profile(path: Path, arch: Architecture, recalibrate: bool, directory: Path | None, quick: bool,
                   say: Progress) -> tuple[DeviceProfile, dict, bool]:
     """The host profile at `path`, calibrated first when missing, asked for, or made for other
-    shapes, dtype or effort than this validation's."""
+    shapes, dtype, effort or calibration method than this validation's."""
     record = load_record(path)
     wanted = {"arch": arch.name, "dtype": DTYPE_NAME, "effort": "quick" if quick else "full", "method": METHOD}
     fits = path.is_file() and record is not None and all(record.get(key) == value for key, value in wanted.items())

@@ -104,6 +104,8 @@ def replay(
                         ("read MB per token", _ms(result["flash_mb_per_token"])), ("read MB in all", _ms(result["read_mb"])),
                         ("decode tokens / requests", f"{inputs['decode_tokens']} / {inputs['requests']}")]:
         table.add_row(name, value)
+    for part, ms in result["breakdown"]["time_ms_per_token"].items():
+        table.add_row(f"  time: {part.replace('_', ' ')} (ms/token)", _ms(ms))
     Console().print(table)
     for warning in result["warnings"]:
         Console().print(f"[yellow]note:[/] {warning}")
