@@ -87,11 +87,14 @@ def synthetic_traces(arch: Architecture) -> list[ValidationTrace]:
 
 
 def validation_traces(paths: list[Path] | None, arch: Architecture) -> list[ValidationTrace]:
-    """The given traces, else the shipped traces/*.npz, else synthetic ones (labelled so)."""
-    paths = list(paths) if paths else sorted((REPOSITORY / "traces").glob("*.npz"))
-    if not paths:
-        return synthetic_traces(arch)
-    return [ValidationTrace(str(path), load_trace(path), synthetic=False) for path in paths]
+    """The given traces, else the shipped traces/*.npz recorded for `arch` (meta.target_arch; all of
+    them when none is), else synthetic ones (labelled so)."""
+    if paths:
+        return [ValidationTrace(str(path), load_trace(path), synthetic=False) for path in paths]
+    shipped = [ValidationTrace(str(path), load_trace(path), synthetic=False)
+               for path in sorted((REPOSITORY / "traces").glob("*.npz"))]
+    own = [trace for trace in shipped if trace.trace.meta.get("target_arch") == arch.name.split("/")[0]]
+    return own or shipped or synthetic_traces(arch)
 
 
 def cache_sizes(arch: Architecture, count: int) -> list[int]:

@@ -1,5 +1,6 @@
 """Validate: the case matrix, the error statistics, and a whole (tiny, quick) validation run."""
 
+import dataclasses
 import json
 
 import pytest
@@ -69,6 +70,18 @@ def test_validation_traces_prefers_the_given_paths(tmp_path):
     assert traces.label == str(path) and not traces.synthetic
     with pytest.raises(InputError, match="no such trace file"):
         validation_traces([tmp_path / "missing.npz"], TINY)
+
+
+def test_the_default_traces_are_the_shipped_ones_recorded_for_the_architecture(tmp_path, monkeypatch):
+    monkeypatch.setattr(cosmosim.validate, "REPOSITORY", tmp_path)
+    assert all(t.synthetic for t in validation_traces(None, TINY))  # nothing shipped: synthetic
+    (tmp_path / "traces").mkdir()
+    for name, target in (("mine.npz", "tiny"), ("other.npz", "wearable-wd")):
+        trace = sticky_trace(n_tokens=256, n_layers=4, seq_len=64)
+        save_trace(dataclasses.replace(trace, meta={**trace.meta, "target_arch": target}), tmp_path / "traces" / name)
+    assert [t.label for t in validation_traces(None, TINY)] == [str(tmp_path / "traces" / "mine.npz")]
+    other = dataclasses.replace(TINY, name="tiny-2")  # no trace recorded for it: every shipped trace
+    assert len(validation_traces(None, other)) == 2
 
 
 def test_a_quick_validation_end_to_end(tmp_path):

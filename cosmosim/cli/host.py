@@ -114,7 +114,7 @@ def replay(
 @app.command()
 def validate(
     json_path: Path = typer.Option(None, "--json", help="Also write the full report as JSON to this path."),
-    trace: list[Path] = typer.Option(None, "--trace", "-t", help="Trace(s) to validate on. Default: traces/*.npz, else synthetic ones."),
+    trace: list[Path] = typer.Option(None, "--trace", "-t", help="Trace(s) to validate on. Default: the traces/*.npz recorded for --arch (all when none is), else synthetic ones."),
     arch: str = typer.Option("wearable-moe", help=_ARCH_HELP),
     scale: int = typer.Option(1, help=_SCALE_HELP),
     repeats: int = typer.Option(MIN_REPEATS, help=f"Replays per case (>= {MIN_REPEATS}); the median is compared."),
