@@ -17,7 +17,7 @@ import numpy as np
 from cosmosim.calibrate.effort import KIB, MIB, Effort
 from cosmosim.profiles import FlashSpec
 from cosmosim.replay import Progress
-from cosmosim.replay.storage import ALIGN, ColdReader, aligned_buffer, scratch_folder, write_durably
+from cosmosim.replay.storage import ALIGN, ColdReader, aligned_buffer, scratch_folder, submit_read, write_durably
 from cosmosim.sim.hardware import Flash
 
 CURVE_SIZES = tuple(4 * KIB * 2**i for i in range(12))  # 4 KiB .. 8 MiB
@@ -60,8 +60,7 @@ def _isolated_read_s(reader: ColdReader, file_bytes: int, nbytes: int, request: 
         for _ in range(n_reads):
             offset = int(rng.integers(positions)) * ALIGN
             start = time.perf_counter()
-            reads = [pool.submit(reader.read_into, buffer[at:at + request], offset + at) for at in range(0, nbytes, request)]
-            for read in reads:
+            for read in submit_read(pool, reader, buffer, offset, request):
                 read.result()
             times.append(time.perf_counter() - start)
             time.sleep(IDLE_GAP_S)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from cosmosim.errors import InputError
 from cosmosim.replay.compute import KVCache, attention, decode_gates, expert_ffn, lm_head, rms_norm, rope_tables
-from cosmosim.replay.storage import ALIGN, ColdReader, aligned_buffer, check_memory
+from cosmosim.replay.storage import ALIGN, ColdReader, aligned_buffer, check_memory, submit_read
 from cosmosim.replay.weights import WEIGHT_BITS, ExpertLayout, ResidentWeights
 from cosmosim.scenario import Scenario
 from cosmosim.sim.cache import ExpertCache
@@ -106,15 +106,10 @@ class ReplayEngine:
         self.step_wait_s = self.step_compute_s = 0.0  # the current step's, added to by _compute
 
     # -- reads ------------------------------------------------------------------------------------
-    def _read_request(self, view: memoryview, offset: int) -> None:
-        if self.reader.read_into(view, offset) != len(view):
-            raise RuntimeError(f"{self.reader.path}: short read at offset {offset}: the expert file is truncated")
-
     def _issue_read(self, pool: ThreadPoolExecutor, key: int, slot: int) -> list[Future]:
         stride = self.layout.stride
         slot_bytes = memoryview(self.slots)[slot * stride:(slot + 1) * stride]
-        return [pool.submit(self._read_request, slot_bytes[start:start + self.request_bytes], key * stride + start)
-                for start in range(0, stride, self.request_bytes)]
+        return submit_read(pool, self.reader, slot_bytes, key * stride, self.request_bytes)
 
     # -- one step ---------------------------------------------------------------------------------
     def _compute(self, h_Pd: torch.Tensor, pending: list[_Pending]) -> None:

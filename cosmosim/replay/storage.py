@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -220,3 +221,16 @@ class ColdReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _read_exactly(reader: ColdReader, view: memoryview, offset: int) -> None:
+    if reader.read_into(view, offset) != len(view):
+        raise RuntimeError(f"{reader.path}: short read at offset {offset}: the file is truncated")
+
+
+def submit_read(pool: Executor, reader: ColdReader, view: memoryview, offset: int, request_bytes: int) -> list[Future]:
+    """Read len(view) bytes at `offset` into `view`, submitted to `pool` as requests of at most
+    `request_bytes`: how replay reads a missed expert, and how calibrate times one. Each future
+    raises if its request comes back short."""
+    return [pool.submit(_read_exactly, reader, view[start:start + request_bytes], offset + start)
+            for start in range(0, len(view), request_bytes)]
