@@ -42,7 +42,7 @@ def main() -> None:
     meta = {**trace.meta, "selection": {
         "rule": "largest ExRep cut against the baseline at <= 3% validation-loss cost",
         "chosen": path.name, "baseline": args.baseline.name, "exrep": value, "baseline_exrep": base_exrep,
-        "val_loss_cost": cost, "ladder": [path.name for path in args.ladder],
+        "val_loss_cost": cost, "ladder": [point.name for point in args.ladder],
         "candidates": [c[1].name for c in candidates]}}
     save_trace(dataclasses.replace(trace, meta=meta), args.out)
     print(f"wrote {args.out}: a copy of {path.name}")
