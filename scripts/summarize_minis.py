@@ -4,7 +4,7 @@
 
 One entry per run folder (written by `cosmosim train`): config, parameter counts, steps, tokens seen,
 training time, final train/validation loss (nats/token) and the validation ExRep of its last
-evaluation. Entries already in --out whose run folder is not given are kept: runs trained in an
+evaluation (none for a dense mini). Entries already in --out whose run folder is not given are kept: runs trained in an
 earlier session (on another machine) stay summarised. The README's model table is generated from
 this file and the traces.
 """
@@ -36,7 +36,8 @@ def summarize(run_dir: Path) -> dict:
         "steps": state["step"], "steps_planned": header["training"]["steps"],
         "tokens_seen": state["tokens_seen"], "train_time_s": round(state["train_time_s"], 1),
         "train_loss": state["train_loss"], "val_loss": state["val_loss"],
-        "val_exrep": last_eval.get("val_exrep"),
+        # A dense model has no router: its logged ExRep of 0 would read as perfect locality.
+        "val_exrep": last_eval.get("val_exrep") if config.is_moe else None,
         "seed": header["training"]["seed"], "commit": header["commit"],
     }
 

@@ -1,5 +1,9 @@
+import dataclasses
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +129,21 @@ def test_record_a_prefix_and_refuse_more_than_the_split(trained, sample_corpus, 
     assert load_trace(path).n_tokens == 64  # whole windows of 32
     with pytest.raises(InputError):
         record(trained, tmp_path / "long.npz", corpus_dir=sample_corpus, n_tokens=10**7, progress=False)
+
+
+def test_minis_summary_keeps_earlier_runs_and_gives_a_dense_mini_no_exrep(trained, sample_corpus, tmp_path):
+    dense = train(dataclasses.replace(TINY, n_experts=0, bles_lambda=0.0), corpus_dir=sample_corpus,
+                  out_dir=tmp_path / "dense", steps=5, **FAST)
+    out = tmp_path / "minis.json"
+    out.write_text(json.dumps({"earlier": {"val_loss": 4.0}}))
+    script = Path(__file__).parents[1] / "scripts" / "summarize_minis.py"
+    subprocess.run([sys.executable, str(script), str(trained), str(dense), "--out", str(out)], check=True,
+                   capture_output=True)
+    minis = json.loads(out.read_text())
+    assert list(minis) == ["dense", "earlier", "tiny"]
+    assert minis["earlier"] == {"val_loss": 4.0}
+    assert minis["dense"]["val_exrep"] is None and minis["dense"]["steps"] == 5
+    moe_header = json.loads((trained / CONFIG_FILE).read_text())
+    assert minis["tiny"]["val_loss"] == moe_header["state"]["val_loss"]
+    assert minis["tiny"]["val_exrep"] == read_log(trained, "val")[-1]["val_exrep"]
+    assert minis["tiny"]["tokens_seen"] == 20 * 8 * 32
