@@ -4,9 +4,9 @@
 
 One entry per run folder (written by `cosmosim train`): config, parameter counts, steps, tokens seen,
 training time, final train/validation loss (nats/token) and the validation ExRep of its last
-evaluation (none for a dense mini). Entries already in --out whose run folder is not given are kept: runs trained in an
-earlier session (on another machine) stay summarised. The README's model table is generated from
-this file and the traces.
+evaluation (none for a dense mini). Entries already in --out whose run folder is not given are
+kept: runs trained in an earlier session (on another machine) stay summarised. The README's
+model table is generated from this file and the traces.
 """
 
 from __future__ import annotations
