@@ -16,6 +16,7 @@ from cosmosim.record import record
 from cosmosim.trace import load_trace
 from cosmosim.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
 
+SUMMARIZE_MINIS = Path(__file__).resolve().parent.parent / "scripts" / "summarize_minis.py"
 TINY = ModelConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, seq_len=32, ffn_hidden=64, n_experts=4,
                    top_k=2, bles_lambda=0.5, bles_tau=4.0)
 FAST = dict(batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=2, eval_every=5, eval_windows=16, threads=1,
@@ -136,8 +137,7 @@ def test_minis_summary_keeps_earlier_runs_and_gives_a_dense_mini_no_exrep(traine
                   out_dir=tmp_path / "dense", steps=5, **FAST)
     out = tmp_path / "minis.json"
     out.write_text(json.dumps({"earlier": {"val_loss": 4.0}}))
-    script = Path(__file__).parents[1] / "scripts" / "summarize_minis.py"
-    subprocess.run([sys.executable, str(script), str(trained), str(dense), "--out", str(out)], check=True,
+    subprocess.run([sys.executable, str(SUMMARIZE_MINIS), str(trained), str(dense), "--out", str(out)], check=True,
                    capture_output=True)
     minis = json.loads(out.read_text())
     assert list(minis) == ["dense", "earlier", "tiny"]
