@@ -18,10 +18,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.runner import run
-from cosmosim.scenario import RunConfig
-from cosmosim.synthetic import sticky_trace
-from cosmosim.trace import Trace, load_trace
+from cosmosim.scenario.settings import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ DEFAULT_ARCH = "wearable-moe"  # for a trace that names no target architecture (
 
 def cases(trace: Trace, tokens: int | None) -> list[tuple[str, str, RunConfig]]:
     """(profile, arch, config) of every case for one trace."""
-    from cosmosim.arch import get_arch
+    from cosmosim.inputs.arch import get_arch
 
     arch = get_arch(trace.meta.get("target_arch") or DEFAULT_ARCH)
     all_experts = arch.n_layers * arch.n_experts

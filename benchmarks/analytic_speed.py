@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cosmosim.analytic.frame import evaluate_points
-from cosmosim.analytic.outcomes import StatsCache
-from cosmosim.arch import get_arch
-from cosmosim.synthetic import sticky_trace
-from cosmosim.trace import save_trace
+from cosmosim.engines.analytic.frame import evaluate_points
+from cosmosim.engines.analytic.outcomes import StatsCache
+from cosmosim.inputs.arch import get_arch
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.inputs.trace import save_trace
 
 ARCHS = ("phone-moe", "phone-wd", "wearable-moe", "wearable-wd")
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from cosmosim.locality import (
+from cosmosim.inputs.locality import (
     delta_uniform,
     exrep,
     format_summary,

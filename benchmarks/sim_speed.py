@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from cosmosim.runner import prepare, run
-from cosmosim.scenario import RunConfig
-from cosmosim.sim.engine import simulate
-from cosmosim.synthetic import sticky_trace
+from cosmosim.engines.des import simulate
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.runner import run
+from cosmosim.scenario.build import prepare
+from cosmosim.scenario.settings import RunConfig
 
 
 def main() -> None:

@@ -16,9 +16,10 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from cosmosim.sweep import run_sweep, spec_from_dict
-from cosmosim.synthetic import sticky_trace
-from cosmosim.trace import save_trace
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.inputs.trace import save_trace
+from cosmosim.sweep.execute import run_sweep
+from cosmosim.sweep.spec import spec_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 

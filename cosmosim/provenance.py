@@ -8,10 +8,13 @@ from functools import lru_cache
 from pathlib import Path
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout (or install prefix) holding cosmosim/
+
+
 @lru_cache(maxsize=None)
 def repository_commit() -> str | None:
     """The git commit of the cosmosim checkout in use, or None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = REPOSITORY
     try:
         done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):

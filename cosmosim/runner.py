@@ -1,43 +1,33 @@
 """`run`: the one function behind `cosmosim run`, for notebooks and sweeps too.
 
+    from cosmosim.scenario.settings import RunConfig
+    from cosmosim.runner import run
+    result = run("wearable", "traces/bles.npz", config=RunConfig(policy="kactive"), engine="analytic")
+
 Two engines answer the same question with the same JSON keys: `des`, the discrete-event simulation
-(cosmosim/sim), and `analytic`, the closed-form model (cosmosim/analytic; no prefetch, policies lru,
-belady and kactive). For many design points at once, `cosmosim.analytic.evaluate_points` is faster.
+(cosmosim.engines.des), and `analytic`, the closed-form model (cosmosim.engines.analytic; no
+prefetch, policies lru, belady and kactive). For many design points at once,
+`cosmosim.analytic.evaluate_points` is faster.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cosmosim.analytic.engine import analyze
-from cosmosim.arch import Architecture, get_arch
+from cosmosim.engines.analytic.engine import analyze
+from cosmosim.engines.des import simulate
 from cosmosim.errors import InputError
-from cosmosim.metrics import summarize
-from cosmosim.profiles import DeviceProfile, load_profile
-from cosmosim.scenario import RunConfig, Scenario, build_scenario
-from cosmosim.sim.engine import simulate
-from cosmosim.trace import Trace, load_trace
+from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.profiles import DeviceProfile
+from cosmosim.inputs.trace import Trace
+from cosmosim.results.summary import summarize
+from cosmosim.results.timeline import DEFAULT_MAX_PASSES, Timeline
+from cosmosim.scenario.build import prepare
+from cosmosim.scenario.settings import RunConfig
+
+__all__ = ["ENGINES", "RunConfig", "prepare", "run", "run_with_timeline"]
 
 ENGINES = {"des": simulate, "analytic": analyze}  # name -> scenario -> Records
-
-
-def resolve_arch(arch: str | Architecture | None, trace: Trace | None) -> Architecture:
-    """The named architecture, or the one the trace was recorded for (its meta.target_arch)."""
-    if isinstance(arch, Architecture):
-        return arch
-    if arch is not None:
-        return get_arch(arch)
-    target = trace.meta.get("target_arch") if trace is not None else None
-    if not target:
-        raise InputError("--arch: not given, and the trace's meta.target_arch names none; give --arch NAME (see `cosmosim arch`)")
-    return get_arch(target)
-
-
-def prepare(profile: str | Path | DeviceProfile, trace: str | Path | Trace | None = None,
-            arch: str | Architecture | None = None, config: RunConfig | None = None) -> Scenario:
-    profile = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
-    trace = trace if isinstance(trace, Trace) or trace is None else load_trace(trace)
-    return build_scenario(profile, resolve_arch(arch, trace), trace, config or RunConfig())
 
 
 def run(profile: str | Path | DeviceProfile, trace: str | Path | Trace | None = None,
@@ -47,3 +37,12 @@ def run(profile: str | Path | DeviceProfile, trace: str | Path | Trace | None = 
         raise InputError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     scenario = prepare(profile, trace, arch, config)
     return summarize(scenario, ENGINES[engine](scenario), engine)
+
+
+def run_with_timeline(profile: str | Path | DeviceProfile, trace: str | Path | Trace | None = None,
+                      arch: str | Architecture | None = None, config: RunConfig | None = None,
+                      max_passes: int | None = DEFAULT_MAX_PASSES) -> tuple[dict, Timeline]:
+    """`cosmosim.runner.run` with the discrete-event engine, plus the timeline of its first passes."""
+    scenario = prepare(profile, trace, arch, config)
+    timeline = Timeline(max_passes)
+    return summarize(scenario, simulate(scenario, timeline), "des"), timeline

@@ -2,7 +2,7 @@
 
 The notebooks run on any checkout. When traces/ holds recorded traces (scripts/make_traces.sh),
 they use those. When it does not, they fall back to Markov-routing traces from
-cosmosim.synthetic: no trained model is behind them (no validation loss, no λ), and every
+cosmosim.inputs.synthetic: no trained model is behind them (no validation loss, no λ), and every
 table and figure built on them says SYNTHETIC.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosmosim.synthetic import sticky_trace
-from cosmosim.trace import load_trace, save_trace
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.inputs.trace import load_trace, save_trace
 
 ROOT = next(folder for folder in (Path.cwd(), *Path.cwd().parents) if (folder / "pyproject.toml").is_file())
-SYNTHETIC_LABEL = "SYNTHETIC fixture trace (cosmosim.synthetic: Markov routing, no trained model)"
+SYNTHETIC_LABEL = "SYNTHETIC fixture trace (cosmosim.inputs.synthetic: Markov routing, no trained model)"
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from cosmosim.locality import exrep
-from cosmosim.trace import load_trace, save_trace
+from cosmosim.inputs.locality import exrep
+from cosmosim.inputs.trace import load_trace, save_trace
 
 MAX_LOSS_COST = 0.03  # the bound: at most 3% more validation loss than the baseline
 

@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from cosmosim.io import atomic_write_json, read_json
-from cosmosim.model import ModelConfig
-from cosmosim.train import CONFIG_FILE, LOG_FILE, read_header
+from cosmosim.files import atomic_write_json, read_json
+from cosmosim.model.config import ModelConfig
+from cosmosim.model.train import CONFIG_FILE, LOG_FILE, read_header
 
 
 def summarize(run_dir: Path) -> dict:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cosmosim.data import assemble_corpus, read_text_folder
+from cosmosim.data.corpus import assemble_corpus
+from cosmosim.data.sources import read_text_folder
 
 SAMPLE_DIR = Path(__file__).parent / "data" / "sample"
 

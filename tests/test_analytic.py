@@ -7,18 +7,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sim import tiny_arch, tiny_profile
 
-from cosmosim.analytic import analyze
-from cosmosim.analytic.frame import METRIC_COLUMNS, PERCENTILE_COLUMNS, evaluate_points
-from cosmosim.analytic.latency import expert_phase_s
-from cosmosim.analytic.outcomes import StatsCache, _miss_count_table
-from cosmosim.analytic.reuse import COLD, lru_depths
+from cosmosim.engines.analytic.engine import analyze
+from cosmosim.engines.analytic.frame import METRIC_COLUMNS, PERCENTILE_COLUMNS, evaluate_points
+from cosmosim.engines.analytic.latency import expert_phase_s
+from cosmosim.engines.analytic.outcomes import StatsCache, _miss_count_table
+from cosmosim.engines.analytic.reuse import COLD, lru_depths
+from cosmosim.engines.des import simulate
 from cosmosim.errors import InputError
-from cosmosim.runner import prepare, run
-from cosmosim.scenario import RunConfig
-from cosmosim.sim.engine import simulate
-from cosmosim.synthetic import sticky_trace, trace_from_experts
-from cosmosim.trace import save_trace
-from cosmosim.workload import DECODE
+from cosmosim.inputs.synthetic import sticky_trace, trace_from_experts
+from cosmosim.inputs.trace import save_trace
+from cosmosim.runner import run
+from cosmosim.scenario.build import prepare
+from cosmosim.scenario.settings import RunConfig
+from cosmosim.workload.stream import DECODE
 
 
 def assert_same_records(des, analytic):
@@ -176,7 +177,7 @@ def design_points(trace_file):
 def expected_row(point) -> dict:
     """`run(engine="analytic")` of one point, flattened the way evaluate_points names its columns."""
     value = lambda name: None if pd.isna(point.get(name, None)) else point[name]  # noqa: E731
-    from cosmosim.arch import get_arch
+    from cosmosim.inputs.arch import get_arch
 
     arch = get_arch(point["arch"])
     rank = value("wd_rank")

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cosmosim.arch import LLAMA3_VOCAB_SIZE, Architecture, arch_table, catalog, get_arch
 from cosmosim.errors import InputError
+from cosmosim.inputs.arch import LLAMA3_VOCAB_SIZE, Architecture, arch_table, catalog, get_arch
 
 TABLE_1_NAMES = [
     "phone-dense-fa",

@@ -9,14 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosmosim.arch import Architecture, get_arch
-from cosmosim.calibrate import (FULL, MIN_LATENCY_S, QUICK, calibrate, fit_latency, load_record, matmul_shapes,
-                                measure_layer_overhead, profile_data, record_path, to_toml)
+from cosmosim.device.hardware import Flash
+from cosmosim.engines.replay import engine, storage
+from cosmosim.engines.replay.compute import torch_threads
+from cosmosim.engines.replay.profile import host_profile_path
 from cosmosim.errors import InputError
-from cosmosim.profiles import load_profile, profile_from_dict, profiles_dir
-from cosmosim.replay import engine, host_profile_path, storage
-from cosmosim.replay.compute import torch_threads
-from cosmosim.sim.hardware import Flash
+from cosmosim.host.calibrate import (
+    calibrate,
+    load_record,
+    matmul_shapes,
+    measure_layer_overhead,
+    profile_data,
+    record_path,
+    to_toml,
+)
+from cosmosim.host.effort import FULL, QUICK
+from cosmosim.host.flash_measure import MIN_LATENCY_S, fit_latency
+from cosmosim.inputs.arch import Architecture, get_arch
+from cosmosim.inputs.profiles import load_profile, profile_from_dict, profiles_dir
 
 TINY = Architecture(name="tiny", n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from cosmosim.cli import main
-from cosmosim.profiles import profiles_dir
-from cosmosim.synthetic import sticky_trace
-from cosmosim.trace import save_trace
+from cosmosim.inputs.profiles import profiles_dir
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.inputs.trace import save_trace
 
 REQUIRED_KEYS = {"ttft_ms", "tpot_ms", "tokens_per_s", "hit_rate", "flash_mb_per_token", "peak_dram_mb",
                  "energy_mj_per_token", "breakdown", "inputs", "provenance"}

@@ -16,18 +16,8 @@ from hypothesis import strategies as st
 from rdata.conversion import convert_python_to_r_data
 from rdata.unparser import unparse_data
 
-from cosmosim.data import (
-    TokenSplit,
-    assemble_corpus,
-    load_split,
-    load_tokenizer,
-    read_manifest,
-    read_text_folder,
-    sample_batch,
-    sequential_windows,
-)
-from cosmosim.data.corpus import chunk_document, split_domain
-from cosmosim.data.dataset import encode_text
+from cosmosim.data.corpus import assemble_corpus, chunk_document, read_manifest, split_domain
+from cosmosim.data.dataset import TokenSplit, encode_text, load_split, load_tokenizer, sample_batch, sequential_windows
 from cosmosim.data.markup import (
     imp_to_books,
     normalize_whitespace,
@@ -36,7 +26,7 @@ from cosmosim.data.markup import (
     rst_to_prose,
     strip_gutenberg,
 )
-from cosmosim.data.sources import _run, read_r_lazyload, read_shakespeare_archive
+from cosmosim.data.sources import _run, read_r_lazyload, read_shakespeare_archive, read_text_folder
 from cosmosim.errors import InputError
 from cosmosim.provenance import sha256_file
 

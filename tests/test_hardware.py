@@ -2,8 +2,8 @@
 
 import pytest
 
-from cosmosim.profiles import FlashSpec
-from cosmosim.sim.hardware import ComputeUnit, Flash, idle_flash_read_times
+from cosmosim.device.hardware import ComputeUnit, Flash, idle_flash_read_times
+from cosmosim.inputs.profiles import FlashSpec
 
 MIB = 1 << 20
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
-from cosmosim.locality import (
+from cosmosim.inputs.locality import (
     delta_uniform,
     expert_usage,
     exrep,

@@ -3,10 +3,10 @@ import dataclasses
 import pytest
 import torch
 
-from cosmosim.arch import Architecture
 from cosmosim.errors import InputError
-from cosmosim.model import MINI_CONFIGS, Decoder, ModelConfig, get_config
-from cosmosim.model.llama import FeedForward
+from cosmosim.inputs.arch import Architecture
+from cosmosim.model.config import MINI_CONFIGS, ModelConfig, get_config
+from cosmosim.model.llama import Decoder, FeedForward
 from cosmosim.model.moe import Experts, MoEFeedForward
 
 TINY_MOE = ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=16,
@@ -117,7 +117,7 @@ def test_decoder_rejects_sequences_longer_than_its_rope_table():
 
 @pytest.mark.parametrize("name", MINI_CONFIGS)
 def test_the_cost_model_counts_the_minis_like_torch(name):
-    """cosmosim.arch's calculator (used for the paper-size targets) agrees with the built minis."""
+    """cosmosim.inputs.arch's calculator (used for the paper-size targets) agrees with the built minis."""
     config = get_config(name)
     arch = Architecture(name=name, n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads,
                         n_kv_heads=config.n_kv_heads, vocab_size=config.vocab_size, ffn_hidden=config.ffn_hidden,

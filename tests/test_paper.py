@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from cosmosim.analytic.paper import (
+from cosmosim.cli import main
+from cosmosim.engines.analytic.paper import (
     BLES,
     LINKS,
     NO_OFFLOAD_TOKENS_PER_S,
@@ -15,10 +16,9 @@ from cosmosim.analytic.paper import (
     swaps,
     synthetic_routing,
 )
-from cosmosim.arch import get_arch
-from cosmosim.cli import main
 from cosmosim.errors import InputError
-from cosmosim.locality import exrep
+from cosmosim.inputs.arch import get_arch
+from cosmosim.inputs.locality import exrep
 
 
 def test_synthetic_routing_has_the_asked_exrep_and_says_it_is_synthetic():

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cosmosim.device.cache import ExpertCache
+from cosmosim.device.policies import POLICIES, PolicyContext
 from cosmosim.errors import InputError
-from cosmosim.sim.cache import ExpertCache
-from cosmosim.sim.policies import POLICIES, PolicyContext
-from cosmosim.workload import next_use_of
+from cosmosim.workload.stream import next_use_of
 
 A, B, C, D = 0, 1, 2, 3
 

@@ -9,13 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
-from cosmosim.profiles import (
-    FlashSpec,
-    load_profile,
-    profile_from_dict,
-    profiles_dir,
-    shipped_profiles,
-)
+from cosmosim.inputs.profiles import FlashSpec, load_profile, profile_from_dict, profiles_dir, shipped_profiles
 
 SOURCE = "device_profiles/x.toml"
 

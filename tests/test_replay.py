@@ -11,15 +11,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosmosim.arch import Architecture, get_arch
+from cosmosim.engines.replay.compute import KVCache, attention, expert_ffn, rope_tables, torch_threads
+from cosmosim.engines.replay import storage
+from cosmosim.engines.replay.run import HostModel, replay
+from cosmosim.engines.replay.storage import (
+    ALIGN,
+    ColdReader,
+    aligned_buffer,
+    parse_mountinfo,
+    scratch_folder,
+    write_durably,
+)
+from cosmosim.engines.replay.weights import DTYPE, ExpertLayout, ResidentWeights, scaled_arch, write_expert_file
 from cosmosim.errors import InputError
-from cosmosim.replay import HostModel, replay, scaled_arch, storage
-from cosmosim.replay.compute import KVCache, attention, expert_ffn, rope_tables, torch_threads
-from cosmosim.replay.storage import ALIGN, ColdReader, aligned_buffer, parse_mountinfo, scratch_folder, write_durably
-from cosmosim.replay.weights import DTYPE, ExpertLayout, ResidentWeights, write_expert_file
-from cosmosim.runner import prepare, run
-from cosmosim.scenario import RunConfig
-from cosmosim.synthetic import sticky_trace
+from cosmosim.inputs.arch import Architecture, get_arch
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.runner import run
+from cosmosim.scenario.build import prepare
+from cosmosim.scenario.settings import RunConfig
 
 TINY = Architecture(name="tiny", n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)

@@ -9,17 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosmosim import analysis
+from cosmosim.sweep import analysis
 from cosmosim.cli import main
 from cosmosim.errors import InputError
-from cosmosim.report import FIGURES, figures, report_html, write_report
-from cosmosim.runner import run
-from cosmosim.scenario import RunConfig
-from cosmosim.sweep import read_results, run_sweep, spec_from_dict
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.inputs.trace import save_trace
+from cosmosim.results.timeline import chrome_trace, write_timeline
+from cosmosim.runner import run, run_with_timeline
+from cosmosim.scenario.settings import RunConfig
+from cosmosim.sweep.dataset import read_results
 from cosmosim.sweep.evaluate import as_frame
-from cosmosim.synthetic import sticky_trace
-from cosmosim.timeline import chrome_trace, run_with_timeline, write_timeline
-from cosmosim.trace import save_trace
+from cosmosim.sweep.execute import run_sweep
+from cosmosim.sweep.report import FIGURES, figures, report_html, write_report
+from cosmosim.sweep.spec import spec_from_dict
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

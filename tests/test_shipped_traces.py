@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cosmosim.cli import app
-from cosmosim.trace import load_trace
+from cosmosim.inputs.trace import load_trace
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TRACES = sorted((REPOSITORY / "traces").glob("*.npz"))

@@ -2,14 +2,15 @@
 
 import pytest
 
-from cosmosim.arch import Architecture
+from cosmosim.engines.des import simulate
 from cosmosim.errors import InputError
-from cosmosim.metrics import summarize
-from cosmosim.profiles import profile_from_dict
-from cosmosim.runner import prepare, run
-from cosmosim.scenario import RunConfig
-from cosmosim.sim.engine import simulate
-from cosmosim.synthetic import sticky_trace, trace_from_experts
+from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.profiles import profile_from_dict
+from cosmosim.inputs.synthetic import sticky_trace, trace_from_experts
+from cosmosim.results.summary import summarize
+from cosmosim.runner import run
+from cosmosim.scenario.build import prepare
+from cosmosim.scenario.settings import RunConfig
 
 MIB = 1 << 20
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
-from cosmosim.synthetic import sticky_trace, trace_from_experts, trace_meta
-from cosmosim.trace import load_trace, save_trace
+from cosmosim.inputs.synthetic import sticky_trace, trace_from_experts, trace_meta
+from cosmosim.inputs.trace import load_trace, save_trace
 
 
 def write_npz(path, **arrays):

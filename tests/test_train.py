@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from cosmosim.errors import InputError
-from cosmosim.model import ModelConfig
-from cosmosim.record import record
-from cosmosim.trace import load_trace
-from cosmosim.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
+from cosmosim.inputs.trace import load_trace
+from cosmosim.model.config import ModelConfig
+from cosmosim.model.record import record
+from cosmosim.model.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
 
 SUMMARIZE_MINIS = Path(__file__).resolve().parent.parent / "scripts" / "summarize_minis.py"
 TINY = ModelConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, seq_len=32, ffn_hidden=64, n_experts=4,

@@ -5,17 +5,14 @@ import json
 
 import pytest
 
-import cosmosim.runner
-import cosmosim.validate
+import cosmosim.host.validate
+import cosmosim.scenario.build
 from cosmosim import runner
-from cosmosim.arch import Architecture, get_arch
-from cosmosim.calibrate import load_record
 from cosmosim.cli import main
+from cosmosim.engines.replay import storage
 from cosmosim.errors import InputError
-from cosmosim.replay import storage
-from cosmosim.synthetic import sticky_trace
-from cosmosim.trace import save_trace
-from cosmosim.validate import (
+from cosmosim.host.calibrate import load_record
+from cosmosim.host.validate import (
     GOAL,
     MIN_CASES,
     PART_MAP,
@@ -26,6 +23,9 @@ from cosmosim.validate import (
     validate,
     validation_traces,
 )
+from cosmosim.inputs.arch import Architecture, get_arch
+from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.inputs.trace import save_trace
 
 TINY = Architecture(name="tiny", n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)
@@ -73,7 +73,7 @@ def test_validation_traces_prefers_the_given_paths(tmp_path):
 
 
 def test_the_default_traces_are_the_shipped_ones_recorded_for_the_architecture(tmp_path, monkeypatch):
-    monkeypatch.setattr(cosmosim.validate, "REPOSITORY", tmp_path)
+    monkeypatch.setattr(cosmosim.host.validate, "REPOSITORY", tmp_path)
     assert all(t.synthetic for t in validation_traces(None, TINY))  # nothing shipped: synthetic
     (tmp_path / "traces").mkdir()
     for name, target in (("mine.npz", "tiny"), ("other.npz", "wearable-wd")):
@@ -137,7 +137,7 @@ def test_cli_replay_and_validate_end_to_end(tmp_path, capsys, monkeypatch):
     if storage.filesystem_type(tmp_path) in storage.MEMORY_FILESYSTEMS:
         pytest.skip("the temporary folder is in RAM: cold reads need a disk")
     monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    for module in (cosmosim.runner, cosmosim.validate):  # the tiny architecture by name
+    for module in (cosmosim.scenario.build, cosmosim.host.validate):  # the tiny architecture by name
         monkeypatch.setattr(module, "get_arch", lambda name: TINY if name == "tiny" else get_arch(name))
     trace = save_trace(sticky_trace(n_tokens=640, n_layers=4, seq_len=64, seed=1), tmp_path / "t.npz")
     common = ["--trace", str(trace), "--arch", "tiny", "--dir", str(tmp_path)]

@@ -7,9 +7,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.arch import arch_table
 from cosmosim.cli import app
-from cosmosim.profiles import load_profile, shipped_profiles
+from cosmosim.inputs.arch import arch_table
+from cosmosim.inputs.profiles import load_profile, shipped_profiles
 
 
 @app.command()

@@ -8,13 +8,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.calibrate import calibrate as calibrate_host
 from cosmosim.cli import app
-from cosmosim.io import atomic_write_json
-from cosmosim.replay import replay as replay_trace
-from cosmosim.scenario import RunConfig
-from cosmosim.validate import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
-from cosmosim.validate import validate as validate_host
+from cosmosim.engines.replay.run import replay as replay_trace
+from cosmosim.files import atomic_write_json
+from cosmosim.host.calibrate import calibrate as calibrate_host
+from cosmosim.host.validate import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
+from cosmosim.host.validate import validate as validate_host
+from cosmosim.scenario.settings import RunConfig
 
 _DEFAULTS = RunConfig()
 _ARCH_HELP = "Target architecture whose shapes are measured and replayed (see `cosmosim arch`)."

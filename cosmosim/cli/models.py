@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from cosmosim.cli import app
-from cosmosim.data import build_corpus, default_corpus_dir
+from cosmosim.data.corpus import build_corpus, default_corpus_dir
 from cosmosim.model.config import MINI_CONFIGS
-from cosmosim.record import record as record_trace
-from cosmosim.train import train as train_model
+from cosmosim.model.record import record as record_trace
+from cosmosim.model.train import train as train_model
 
 corpus_app = typer.Typer(help="The real-text corpus the mini models train on (docs/corpus.md).", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")

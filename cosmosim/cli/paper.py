@@ -9,9 +9,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.analytic.paper import BLES, LINKS, NO_OFFLOAD_TOKENS_PER_S, OFFLOAD, OVERHEADS, Prediction, predict, sensitivity
 from cosmosim.cli import app
-from cosmosim.io import atomic_write_json
+from cosmosim.engines.analytic.paper import (
+    BLES,
+    LINKS,
+    NO_OFFLOAD_TOKENS_PER_S,
+    OFFLOAD,
+    OVERHEADS,
+    Prediction,
+    predict,
+    sensitivity,
+)
+from cosmosim.files import atomic_write_json
 
 paper_app = typer.Typer(help="Reproduce published results with cosmosim's models.", no_args_is_help=True)
 app.add_typer(paper_app, name="paper")

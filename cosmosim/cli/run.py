@@ -10,10 +10,11 @@ from rich.table import Table
 
 from cosmosim.cli import app
 from cosmosim.errors import InputError
-from cosmosim.io import atomic_write_json
+from cosmosim.files import atomic_write_json
+from cosmosim.results.timeline import DEFAULT_MAX_PASSES, write_timeline
 from cosmosim.runner import run as run_scenario
-from cosmosim.scenario import RunConfig
-from cosmosim.timeline import DEFAULT_MAX_PASSES, run_with_timeline, write_timeline
+from cosmosim.runner import run_with_timeline
+from cosmosim.scenario.settings import RunConfig
 
 _DEFAULTS = RunConfig()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from cosmosim.cli import app
-from cosmosim.report import static_export_available, write_pngs, write_report
-from cosmosim.sweep import export_csv, read_results, run_sweep
-from cosmosim.sweep.execute import CONNECT_TIMEOUT_S
+from cosmosim.sweep.dataset import export_csv, read_results
+from cosmosim.sweep.execute import CONNECT_TIMEOUT_S, run_sweep
+from cosmosim.sweep.report import static_export_available, write_pngs, write_report
 
 
 @app.command()

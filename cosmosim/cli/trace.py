@@ -10,9 +10,9 @@ from rich.console import Console
 
 from cosmosim.cli import app
 from cosmosim.errors import InputError
-from cosmosim.io import read_json
-from cosmosim.locality import format_summary, locality_summary
-from cosmosim.trace import load_trace, trace_info
+from cosmosim.files import read_json
+from cosmosim.inputs.locality import format_summary, locality_summary
+from cosmosim.inputs.trace import load_trace, trace_info
 
 trace_app = typer.Typer(help="Check, describe and measure routing traces (format v1, docs/trace-format.md).",
                         no_args_is_help=True)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cosmosim.data.markup import normalize_whitespace
 from cosmosim.data.sources import SOURCES
 from cosmosim.errors import InputError
-from cosmosim.io import atomic_write_bytes, atomic_write_json, read_json
+from cosmosim.files import atomic_write_bytes, atomic_write_json, read_json
 from cosmosim.provenance import sha256_file
 
 SPLITS = ("train", "val", "trace")

@@ -16,15 +16,9 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from cosmosim.data.corpus import (
-    MANIFEST_FILE,
-    SPLITS,
-    TOKENIZER_FILE,
-    read_manifest,
-    verify_file,
-)
+from cosmosim.data.corpus import MANIFEST_FILE, SPLITS, TOKENIZER_FILE, read_manifest, verify_file
 from cosmosim.errors import InputError
-from cosmosim.io import atomic_write_bytes
+from cosmosim.files import atomic_write_bytes
 from cosmosim.provenance import sha256_file
 
 

@@ -123,7 +123,7 @@ MINI_CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-# The CoSMoEs Table 1 architecture each mini stands in for (names in cosmosim.arch): BlES changes
+# The CoSMoEs Table 1 architecture each mini stands in for (names in cosmosim.inputs.arch): BlES changes
 # training, not the architecture.
 MINI_TARGET_ARCH: dict[str, str] = {
     "wearable-moe-mini": "wearable-moe",

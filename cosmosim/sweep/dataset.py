@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 import cosmosim
 from cosmosim.errors import InputError
-from cosmosim.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cosmosim.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from cosmosim.sweep.evaluate import as_frame
 from cosmosim.sweep.spec import SweepSpec
 

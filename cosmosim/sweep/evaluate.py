@@ -13,17 +13,17 @@ from functools import lru_cache
 
 import pandas as pd
 
-from cosmosim.analytic.frame import evaluate_points
-from cosmosim.arch import FULL_RANK
+from cosmosim.engines.analytic.frame import evaluate_points
 from cosmosim.errors import InputError
-from cosmosim.profiles import DeviceProfile, load_profile
+from cosmosim.inputs.arch import FULL_RANK
+from cosmosim.inputs.profiles import DeviceProfile, load_profile
+from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.provenance import sha256_file
-from cosmosim.records import BREAKDOWN_PARTS, ENERGY_PARTS
-from cosmosim.runner import resolve_arch, run
-from cosmosim.scenario import MEMORY_PARTS
+from cosmosim.results.records import BREAKDOWN_PARTS, ENERGY_PARTS
+from cosmosim.runner import run
+from cosmosim.scenario.build import MEMORY_PARTS, resolve_arch
 from cosmosim.sweep.grid import Point
 from cosmosim.sweep.spec import TraceFacts
-from cosmosim.trace import Trace, load_trace
 
 # column -> pandas dtype; nullable dtypes, because a column may be empty for some points.
 INPUT_COLUMNS = {

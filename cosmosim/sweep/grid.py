@@ -16,9 +16,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, fields
 
-from cosmosim.arch import get_arch
-from cosmosim.scenario import RunConfig
-from cosmosim.sim.policies import POLICIES
+from cosmosim.device.policies import POLICIES
+from cosmosim.inputs.arch import get_arch
+from cosmosim.scenario.settings import RunConfig
 from cosmosim.sweep.spec import CACHE_AXES, SweepSpec, TraceFacts
 
 ROUTING_ONLY = ("trace", "wd_rank", "policy", "prefetch", *CACHE_AXES, "per_layer_cache")

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cosmosim.arch import FULL_RANK, WEIGHT_BITS, catalog, get_arch
+from cosmosim.device.policies import POLICIES
+from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.errors import InputError
-from cosmosim.locality import exrep
-from cosmosim.profiles import load_profile
+from cosmosim.inputs.arch import FULL_RANK, WEIGHT_BITS, catalog, get_arch
+from cosmosim.inputs.locality import exrep
+from cosmosim.inputs.profiles import load_profile
+from cosmosim.inputs.trace import load_trace
 from cosmosim.provenance import sha256_file
-from cosmosim.scenario import PREFETCHERS
-from cosmosim.sim.policies import POLICIES
-from cosmosim.trace import load_trace
 
 TOP_LEVEL_KEYS = ("name", "description", "engine", "axes")
 CACHE_AXES = ("cache_mb", "cache_experts", "cache_fraction")
@@ -55,7 +55,7 @@ class TraceFacts:
     n_experts: int
     top_k: int
     target_arch: str | None
-    exrep: float  # the trace's expert replacement rate (cosmosim.locality.exrep)
+    exrep: float  # the trace's expert replacement rate (cosmosim.inputs.locality.exrep)
     training: dict  # meta.training: val_loss, bles_lambda, bles_tau, steps, config_name... ({} if none)
     model_wd_rank: int | None  # the recorded mini's own WD rank (meta.model.wd_rank)
 

@@ -1,0 +1,322 @@
+"""Many design points at once: the analytic model vectorised over a pandas DataFrame.
+
+`evaluate_points(points)` returns the points with one column per metric, the numbers
+`cosmosim run --engine analytic` reports for the same point (TPOT percentiles on request). Rows are
+grouped by what they share: a trace's statistics (workload, stack depths; kept across calls in a
+`StatsCache`), a device-architecture pair's prices (computed once per call), and then every cache
+size in a group is a table lookup. Formulas: docs/analytic-model.md.
+
+Input columns (one row per point; other columns pass through untouched):
+
+    profile, arch            required: a shipped profile name or .toml path; a catalog architecture
+    trace                    routing trace path (.npz); empty for a dense architecture
+    wd_rank                  empty: the architecture's own experts; an integer rank; "full": not decomposed
+    policy, prefetch, cache_mb, cache_experts, per_layer_cache, weight_bits, tokens, prompt_tokens,
+    context_len, warmup_fraction
+                             as `cosmosim run` (cosmosim.scenario.settings.RunConfig); empty or absent: its default
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from cosmosim.device.costs import StepCosts
+from cosmosim.engines.analytic.engine import cache_layout
+from cosmosim.engines.analytic.latency import (
+    busy_s_per_read,
+    decode_phase_s,
+    nonexpert_ops,
+    prefill_compute_s,
+    read_done_s,
+)
+from cosmosim.engines.analytic.outcomes import StatsCache, TraceStats
+from cosmosim.errors import InputError
+from cosmosim.inputs.arch import FULL_RANK, Architecture, get_arch
+from cosmosim.inputs.profiles import DeviceProfile, load_profile
+from cosmosim.results.records import BREAKDOWN_PARTS, ENERGY_PARTS
+from cosmosim.scenario.build import MEMORY_PARTS, Scenario, build_scenario, cache_capacity
+from cosmosim.scenario.settings import RunConfig, check_settings
+from cosmosim.units import MB
+from cosmosim.workload.stream import DECODE
+
+PERCENTILES = (50, 95, 99)
+METRIC_COLUMNS = (
+    "cache_experts_used", "cache_mb_used", "expert_mb", "total_experts", "offloading_idle", "requests",
+    "decode_tokens", "ttft_ms", "tpot_ms_mean", "tokens_per_s", "hit_rate", "late_hit_rate", "prefill_hit_rate",
+    "flash_mb_per_token", "flash_utilisation", "peak_dram_mb", *(f"memory_{part}_mb" for part in MEMORY_PARTS),
+    "energy_mj_per_token", *(f"time_{part}_ms" for part in BREAKDOWN_PARTS), *(f"energy_{part}_mj" for part in ENERGY_PARTS),
+    "prefetch_issued", "prefetch_accuracy", "prefetch_wasted_mb", "simulated_s",
+)
+PERCENTILE_COLUMNS = tuple(f"tpot_ms_p{q}" for q in PERCENTILES)
+
+_CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
+_TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch")
+_COLUMN_KINDS = {"per_layer_cache": "flag", "cache_mb": "number", "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
+DEFAULT_CACHE = StatsCache()
+
+
+def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, on_error: str = "raise",
+                    cache: StatsCache | None = None) -> pd.DataFrame:
+    """`points` with the analytic metrics of each row added (columns METRIC_COLUMNS, and
+    PERCENTILE_COLUMNS when `percentiles`: those cost a pass over the decode tokens per point).
+
+    A row that `cosmosim run` would reject raises InputError naming the row (by index label) and
+    the column; with on_error="record" it gets the message in an `error` column and no metrics
+    instead (a sweep's infeasible corners). A malformed frame raises either way.
+    """
+    if on_error not in ("raise", "record"):
+        raise InputError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
+    cache = DEFAULT_CACHE if cache is None else cache
+    rows = _Rows(points)
+    columns = (*METRIC_COLUMNS, *(PERCENTILE_COLUMNS if percentiles else ()))
+    metrics = {name: np.full(len(points), np.nan) for name in columns}
+    plans: list[_Plan | None] = []
+    errors: list[str | None] = [None] * len(points)
+    for i in range(len(points)):
+        try:
+            plans.append(rows.plan(i, cache))
+        except InputError as error:
+            if on_error == "raise":
+                raise rows.fail(i, str(error)) from None
+            plans.append(None)
+            errors[i] = str(error)
+    groups: dict[tuple, list[int]] = {}
+    for i, plan in enumerate(plans):
+        if plan is not None:
+            groups.setdefault((plan.stats_key, plan.cost_key, plan.mode), []).append(i)
+    prices: dict[tuple, _Prices] = {}
+    for (stats_key, cost_key, mode), members in groups.items():
+        first = plans[members[0]]
+        if (stats_key, cost_key) not in prices:
+            prices[stats_key, cost_key] = _Prices(first.stats, first.scenario(), rows.nonexpert_memo)
+        pair = prices[stats_key, cost_key]
+        capacities = np.array([plans[i].capacity for i in members])
+        for name, values in _group_metrics(pair, mode, capacities, percentiles).items():
+            metrics[name][members] = values
+    out = points.copy()
+    for name in columns:
+        out[name] = metrics[name]
+    for name in ("cache_experts_used", "total_experts", "requests", "decode_tokens", "prefetch_issued"):
+        out[name] = out[name].astype("Int64")
+    out["offloading_idle"] = out["offloading_idle"].astype("boolean")
+    if on_error == "record":
+        out["error"] = pd.array(errors, dtype="string")
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one row resolved to."""
+
+    stats_key: tuple
+    cost_key: tuple
+    mode: tuple[str, bool] | None  # (eviction rule, per-layer partitions); None: a dense architecture
+    capacity: int  # experts in the whole cache
+    stats: TraceStats
+    scenario: Callable[[], Scenario]  # the row's resolved scenario, sharing the cached workload
+
+
+class _Rows:
+    """The input frame as typed Python lists, and each row resolved the way `cosmosim run` would."""
+
+    def __init__(self, points: pd.DataFrame) -> None:
+        missing = [name for name in ("profile", "arch") if name not in points.columns]
+        if missing:
+            raise InputError(f"points: column {missing[0]!r} is missing (required: profile, arch)")
+        self.labels = points.index.tolist()
+        self.values: dict[str, list] = {}
+        for name in dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)):
+            if name not in points.columns:
+                continue
+            column = points[name].astype(object)
+            raw = column.where(column.notna(), None).tolist()
+            self.values[name] = [self._typed(name, value, i) for i, value in enumerate(raw)]
+        self._profiles: dict[str, DeviceProfile] = {}
+        self._archs: dict[tuple, Architecture] = {}
+        self._costs: dict[tuple, StepCosts] = {}
+        self._traces: dict[str, tuple] = {}
+        self.nonexpert_memo: dict = {}  # shared by every pair of this call: (id(costs), kind, context) -> OpCost
+
+    def fail(self, i: int, message: str) -> InputError:
+        return InputError(f"points row {self.labels[i]!r}: {message}")
+
+    def _typed(self, name: str, value, i: int):
+        """A cell as the type RunConfig expects (None when empty); InputError naming row and column."""
+        if value is None or name in _TEXT_COLUMNS:
+            return None if value is None else str(value)
+        kind = _COLUMN_KINDS.get(name, "integer")
+        is_flag = isinstance(value, (bool, np.bool_))
+        is_number = isinstance(value, (int, float, np.integer, np.floating)) and not is_flag
+        if kind == "flag" and is_flag:
+            return bool(value)
+        if kind == "number" and is_number:
+            return float(value)
+        if kind == "rank" and value == FULL_RANK:
+            return value
+        if kind in ("integer", "rank") and is_number and float(value).is_integer():
+            return int(value)
+        expected = {"flag": "true or false", "number": "a number", "rank": f"an integer rank or {FULL_RANK!r}"}
+        raise self.fail(i, f"column {name}: expected {expected.get(kind, 'an integer')}, got {value!r}")
+
+    def _value(self, name: str, i: int):
+        column = self.values.get(name)
+        value = None if column is None else column[i]
+        return _CONFIG_DEFAULTS.get(name) if value is None else value
+
+    def _arch(self, i: int) -> Architecture:
+        name, rank = self._value("arch", i), self._value("wd_rank", i)
+        key = (name, rank)
+        if key not in self._archs:
+            arch = get_arch(name)
+            self._archs[key] = arch if rank is None else arch.with_wd_rank(None if rank == FULL_RANK else rank)
+        return self._archs[key]
+
+    def plan(self, i: int, cache: StatsCache) -> _Plan:
+        profile_name = self._value("profile", i)
+        if profile_name not in self._profiles:
+            self._profiles[profile_name] = load_profile(profile_name)
+        profile, arch = self._profiles[profile_name], self._arch(i)
+        config = RunConfig(**{name: self._value(name, i) for name in _CONFIG_DEFAULTS})
+        check_settings(config)
+        cost_key = (profile_name, arch, config.weight_bits)
+        if cost_key not in self._costs:
+            self._costs[cost_key] = StepCosts.build(arch, profile, config.weight_bits)
+        costs = self._costs[cost_key]
+
+        trace_path = self._value("trace", i)
+        if trace_path not in self._traces:
+            self._traces[trace_path] = cache.trace(trace_path) if trace_path is not None else (None, None)
+        trace_key, trace = self._traces[trace_path]
+        shape = (arch.n_layers, arch.n_experts, arch.top_k, arch.is_moe)
+        workload_inputs = (config.prompt_tokens, config.context_len, config.tokens, config.warmup_fraction)
+        dense_inputs = () if arch.is_moe else (config.dense_tokens, config.dense_sequence_len)
+        stats_key = (trace_key, shape, workload_inputs, dense_inputs)
+        # The first row of a workload builds it through build_scenario, which checks the trace
+        # against the architecture; later rows of the same key share its shape, so its verdict.
+        stats = cache.stats(stats_key, lambda: build_scenario(profile, arch, trace, config).workload)
+
+        mode, capacity = None, 0
+        if arch.is_moe:
+            capacity = min(cache_capacity(arch, profile, config, costs, []), arch.n_layers * arch.n_experts)
+            layout = cache_layout(config.policy, config.prefetch, config.per_layer_cache, capacity, arch.n_layers,
+                                  arch.top_k)
+            mode = (layout.rule, layout.per_layer)
+
+        def scenario() -> Scenario:
+            return Scenario(arch, profile, config, stats.workload, costs, capacity,
+                            capacity >= arch.n_layers * arch.n_experts, trace)
+
+        return _Plan(stats_key, cost_key, mode, capacity, stats, scenario)
+
+
+class _Prices:
+    """Everything about one (workload, device, architecture, bit-width) pair that no cache size changes."""
+
+    def __init__(self, stats: TraceStats, scenario: Scenario, nonexpert_memo: dict) -> None:
+        self.stats, self.scenario, self.costs = stats, scenario, scenario.costs
+        costs, steps, flash = scenario.costs, stats.steps, scenario.profile.flash
+        nonexpert = nonexpert_ops(costs, DECODE, stats.context_values, nonexpert_memo)
+        counts = stats.context_counts
+        self.nonexpert_s = float(nonexpert.time_s @ counts)  # summed over every decode step
+        bound = nonexpert.memory_bound
+        self.nonexpert_dram_bound_s = float(nonexpert.time_s[bound] @ counts[bound])
+        self.nonexpert_compute_bound_s = float(nonexpert.time_s[~bound] @ counts[~bound])
+        self.nonexpert_flops = float(nonexpert.flops @ counts)
+        self.nonexpert_dram_bytes = float(nonexpert.dram_bytes @ counts)
+        self.prefill_step_s = costs.nonexpert_prefill(steps.prefill_context).time_s + costs.layer_overhead_s
+        self.memory = scenario.memory(0)
+        if scenario.arch.is_moe:
+            self.decode_phase_s = decode_phase_s(costs, flash, steps.top_k)
+            self.prefill_compute_s = prefill_compute_s(costs, steps.prefill_tokens)
+            self.prefill_read_done = read_done_s(flash, costs.expert_bytes, steps.prefill_clock.shape[1])
+            self.busy_s_per_read = busy_s_per_read(flash, costs.expert_bytes)
+
+    @cached_property
+    def token_base_s(self) -> np.ndarray:
+        """float [tokens]: each decode token's time without its expert phases (percentiles only)."""
+        costs = self.costs
+        nonexpert = nonexpert_ops(costs, DECODE, self.stats.steps.decode_context)
+        return (nonexpert.time_s + costs.layer_overhead_s).sum(axis=1) + costs.lm_head.time_s
+
+
+def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: np.ndarray, percentiles: bool) -> dict:
+    """Every metric for the rows of one group (same workload and prices), vectorised over cache sizes."""
+    stats, costs, scenario = prices.stats, prices.costs, prices.scenario
+    steps, energy = stats.steps, scenario.profile.energy
+    n, top_k, n_layers = capacities.size, steps.top_k, steps.n_layers
+    n_tokens, n_requests = steps.n_tokens, steps.n_requests
+    decode_steps, expert, lm_head = n_tokens * n_layers, costs.expert_decode, costs.lm_head
+    prefill_accesses = int(steps.prefill_valid.sum()) if mode else 0
+    zeros = np.zeros(n)
+    if mode is not None:
+        rule, per_layer = mode
+        outcomes = stats.outcomes(rule, per_layer)
+        partition = capacities // n_layers if per_layer else capacities
+        counts = outcomes.miss_counts(partition)  # [n, top_k + 1]
+        decode_misses = counts @ np.arange(top_k + 1)
+        expert_phase_s = counts @ prices.decode_phase_s
+        prefill_phase_s = outcomes.prefill_phase_total(prices.prefill_compute_s, prices.prefill_read_done, partition)
+        prefill_misses = prefill_accesses - outcomes.prefill_hits(partition)
+        peak_entries = np.minimum(stats.distinct_keys(per_layer)[None, :], partition[:, None]).sum(axis=1)
+        busy_s = (decode_misses + prefill_misses) * prices.busy_s_per_read
+    else:
+        decode_misses = expert_phase_s = prefill_phase_s = prefill_misses = peak_entries = busy_s = zeros
+
+    expert_s = decode_steps * top_k * expert.time_s
+    tpot_s = (prices.nonexpert_s + decode_steps * costs.layer_overhead_s + expert_phase_s) / n_tokens + lm_head.time_s
+    ttft_s = n_layers * prices.prefill_step_s + prefill_phase_s / n_requests + lm_head.time_s
+    flash_bytes = decode_misses * costs.expert_bytes / n_tokens
+    dram_bytes = (prices.nonexpert_dram_bytes + decode_steps * top_k * expert.dram_bytes) / n_tokens + lm_head.dram_bytes
+    flops = (prices.nonexpert_flops + decode_steps * top_k * expert.flops) / n_tokens + lm_head.flops
+    simulated_s = n_requests * ttft_s + n_tokens * tpot_s
+    energy_j = {"flash": flash_bytes * energy.flash_j_per_byte, "dram": (dram_bytes + flash_bytes) * energy.dram_j_per_byte,
+                "compute": flops * energy.j_per_flop + zeros, "static": tpot_s * energy.idle_w}
+    time_s = {"nonexpert_compute": prices.nonexpert_compute_bound_s,
+              "nonexpert_dram": prices.nonexpert_dram_bound_s,
+              "expert_compute": 0.0 if expert.memory_bound else expert_s, "expert_dram": expert_s if expert.memory_bound else 0.0,
+              "flash_stall": expert_phase_s - expert_s if mode else zeros,
+              "layer_overhead": decode_steps * costs.layer_overhead_s, "lm_head": n_tokens * lm_head.time_s}
+    memory = prices.memory
+    memory_bytes = {"resident_weights": memory.resident_weights, "expert_cache": peak_entries * costs.expert_bytes,
+                    "kv_cache": memory.kv_cache, "activations": memory.activations}
+    routed = np.nan if mode is None else 1.0  # rates over accesses do not exist without experts
+    total_experts = n_layers * scenario.arch.n_experts if mode else 0
+    metrics = {
+        "cache_experts_used": capacities, "cache_mb_used": capacities * costs.expert_bytes / MB,
+        "expert_mb": costs.expert_bytes / MB + zeros, "total_experts": total_experts + zeros,
+        "offloading_idle": capacities >= total_experts, "requests": n_requests + zeros, "decode_tokens": n_tokens + zeros,
+        "ttft_ms": ttft_s * 1e3, "tpot_ms_mean": tpot_s * 1e3, "tokens_per_s": 1.0 / tpot_s,
+        "hit_rate": routed * (1 - decode_misses / max(decode_steps * top_k, 1)), "late_hit_rate": routed * zeros,
+        "prefill_hit_rate": routed * (1 - prefill_misses / max(prefill_accesses, 1)),
+        "flash_mb_per_token": flash_bytes / MB, "flash_utilisation": busy_s / simulated_s,
+        "peak_dram_mb": sum(memory_bytes.values()) / MB,
+        **{f"memory_{part}_mb": value / MB + zeros for part, value in memory_bytes.items()},
+        "energy_mj_per_token": sum(energy_j.values()) * 1e3,
+        **{f"time_{part}_ms": value / n_tokens * 1e3 + zeros for part, value in time_s.items()},
+        **{f"energy_{part}_mj": value * 1e3 for part, value in energy_j.items()},
+        "prefetch_issued": zeros, "prefetch_accuracy": zeros + np.nan, "prefetch_wasted_mb": zeros,
+        "simulated_s": simulated_s,
+    }
+    if percentiles:
+        metrics.update(_tpot_percentiles_ms(prices, mode, capacities))
+    return metrics
+
+
+def _tpot_percentiles_ms(prices: _Prices, mode: tuple[str, bool] | None, capacities: np.ndarray) -> dict:
+    """TPOT percentiles need each token's latency: one pass over the tokens per distinct cache size."""
+    stats, n_layers = prices.stats, prices.stats.steps.n_layers
+    by_size = {}
+    for capacity in np.unique(capacities):
+        latency_s = prices.token_base_s
+        if mode is not None:
+            rule, per_layer = mode
+            misses = stats.outcomes(rule, per_layer).token_misses(capacity // n_layers if per_layer else capacity)
+            latency_s = latency_s + prices.decode_phase_s[misses].sum(axis=1)
+        by_size[capacity] = np.percentile(latency_s, PERCENTILES) * 1e3
+    table = np.array([by_size[c] for c in capacities]).reshape(len(capacities), len(PERCENTILES))
+    return {name: table[:, j] for j, name in enumerate(PERCENTILE_COLUMNS)}

@@ -1,0 +1,304 @@
+"""`cosmosim calibrate`: measure this host and write its device profile.
+
+The profile has exactly the schema of the shipped ones (docs/device-profiles.md); where a shipped
+profile cites a spec sheet or a paper, the host's cites the measurement that produced the number.
+Beside it, `host.json` keeps the calibration record: every raw figure, and the settings replay
+must share with it (architecture shapes, dtype, torch threads, read mode).
+
+What is measured, in order:
+
+1. flash (`calibrate.flash`): a scratch file read cold from a pool of threads: the queue depth,
+   the bandwidth curve, and the per-request latency fitted to isolated reads of one expert;
+2. DRAM: torch copy bandwidth, counting bytes read plus bytes written (STREAM's convention);
+3. compute: `F.linear` at every matrix shape of one decoded token (GEMV) and of a prompt (GEMM),
+   in bfloat16, over enough distinct weights to defeat the CPU caches, net of the per-call cost
+   of a tiny matrix (that cost is part of the per-layer overhead instead);
+4. the per-layer overhead of a Python/torch decode step: replay of the architecture with every
+   expert cached; what its tokens take beyond the arithmetic the engines price, per layer.
+
+Energy cannot be measured without a power meter: that section carries cited estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosmosim.engines.des import simulate
+from cosmosim.engines.replay.compute import default_threads, torch_threads
+from cosmosim.engines.replay.profile import host_profile_path
+from cosmosim.engines.replay.run import HostModel, Progress
+from cosmosim.engines.replay.storage import available_memory_bytes
+from cosmosim.engines.replay.weights import DTYPE, DTYPE_NAME, ExpertLayout, expert_shapes, scaled_arch
+from cosmosim.errors import InputError
+from cosmosim.files import atomic_write_json, atomic_write_text
+from cosmosim.host.effort import FULL, QUICK, Effort
+from cosmosim.host.flash_measure import KNEE, MIN_LATENCY_S, QUEUE_DEPTHS, fit_latency, measure_flash
+from cosmosim.inputs.arch import Architecture, get_arch
+from cosmosim.inputs.locality import random_routing
+from cosmosim.inputs.profiles import DeviceProfile, load_profile, profile_from_dict
+from cosmosim.inputs.trace import SCHEMA_VERSION, Trace
+from cosmosim.scenario.build import prepare
+from cosmosim.scenario.settings import RunConfig
+from cosmosim.units import GIB, KIB, MIB
+
+METHOD = 2  # how the figures are measured; a record of another method is calibrated again (validate)
+TINY = 8  # matrix side whose F.linear costs only the call
+DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
+__all__ = ["FULL", "METHOD", "MIN_LATENCY_S", "QUICK", "calibrate", "fit_latency", "load_record", "matmul_shapes",
+           "measure_layer_overhead", "profile_data", "record_path", "to_toml"]
+
+
+# ----------------------------------------------------------------------------- DRAM and compute
+def measure_dram(effort: Effort) -> float:
+    """Copy bandwidth in bytes/s, counting the bytes read and the bytes written."""
+    source = torch.ones(effort.dram_bytes // DTYPE.itemsize, dtype=DTYPE)
+    target = torch.empty_like(source)
+    target.copy_(source)  # first touch: page faults are not bandwidth
+    copies, start = 0, time.perf_counter()
+    while copies < 2 or time.perf_counter() - start < effort.seconds_per_point:
+        target.copy_(source)
+        copies += 1
+    return 2 * effort.dram_bytes * copies / (time.perf_counter() - start)
+
+
+def matmul_shapes(arch: Architecture) -> dict[tuple[int, int], int]:
+    """Every weight matrix [out, in] one decoded token multiplies, with how many times it does."""
+    d, kv, layers = arch.d_model, arch.n_kv_heads * arch.head_dim, arch.n_layers
+    uses: dict[tuple[int, int], int] = {}
+    matrices = [((d, d), layers), ((kv, d), layers), ((kv, d), layers), ((d, d), layers),
+                ((arch.n_experts, d), layers), ((arch.vocab_size, d), 1)]
+    matrices += [(shape, layers * arch.top_k) for shape in expert_shapes(arch)]
+    for shape, count in matrices:
+        uses[shape] = uses.get(shape, 0) + count
+    return uses
+
+
+def _seconds_per_linear(rows: int, shape: tuple[int, int], effort: Effort) -> float:
+    n_copies = max(1, math.ceil(effort.working_set_bytes / (shape[0] * shape[1] * DTYPE.itemsize)))
+    base = torch.randn(shape, dtype=DTYPE)
+    weights = [base.clone() for _ in range(n_copies)]  # distinct memory is what the caches see
+    x = torch.randn(rows, shape[1], dtype=DTYPE)
+    for weight in weights:  # first touch
+        F.linear(x, weight)
+    calls, start = 0, time.perf_counter()
+    while calls < n_copies or time.perf_counter() - start < effort.seconds_per_point:
+        F.linear(x, weights[calls % n_copies])
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def measure_matmul(arch: Architecture, rows: int, effort: Effort, progress: Progress) -> tuple[float, list[dict]]:
+    """FLOP/s of `rows`-row products at the architecture's shapes, weighted by use per token."""
+    call_s = _seconds_per_linear(rows, (TINY, TINY), effort)
+    flops = seconds = 0.0
+    per_shape = []
+    for (out, inp), uses in matmul_shapes(arch).items():
+        progress(f"compute: {rows} x {inp} by {inp} x {out} ({DTYPE_NAME})")
+        net_s = max(_seconds_per_linear(rows, (out, inp), effort) - call_s, 1e-9)
+        flops += uses * 2 * rows * out * inp
+        seconds += uses * net_s
+        per_shape.append({"out": out, "in": inp, "uses_per_token": uses, "flops_per_s": 2 * rows * out * inp / net_s})
+    return flops / seconds, per_shape
+
+
+# ----------------------------------------------------------------------------- per-layer overhead
+def measure_layer_overhead(arch: Architecture, draft: DeviceProfile, directory: Path | None, effort: Effort,
+                           prompt_tokens: int) -> dict:
+    """What a real decode step costs beyond the arithmetic the engines price, per layer.
+
+    Replay decodes `arch` itself with every expert cached (random routing); on the tokens that read
+    nothing, the measured latency less the simulator's prediction for the same tokens under the
+    `draft` profile (which has every figure but a negligible overhead) is what the time model does
+    not price: Python and torch dispatch, the element-wise operations, the bookkeeping of the loop.
+    An all-hit token is thereby reproduced exactly; validation's cases (partial caches, misses) are
+    not fitted. Returns the overhead and the figures it came from.
+    """
+    sequence = prompt_tokens + effort.overhead_tokens
+    n_tokens = effort.overhead_sequences * sequence
+    experts = random_routing((n_tokens, arch.n_layers, arch.top_k), arch.n_experts, seed=0)
+    positions = np.tile(np.arange(sequence, dtype=np.int32), effort.overhead_sequences)
+    meta = {"schema_version": SCHEMA_VERSION, "source": "calibrate: random routing",
+            "model": {"n_layers": arch.n_layers, "n_experts": arch.n_experts, "top_k": arch.top_k}}
+    trace = Trace(experts.astype(np.int16), np.full(experts.shape, 1 / arch.top_k, dtype=np.float16), positions, meta)
+    config = RunConfig(cache_experts=arch.n_layers * arch.n_experts, tokens=n_tokens, prompt_tokens=prompt_tokens)
+    scenario = prepare(draft, trace, arch, config)
+    with HostModel(arch, directory) as model:
+        records = model.run(scenario)
+    predicted = simulate(scenario).latency_s
+    quiet = [(measured, priced) for measured, priced, nbytes
+             in zip(records.decode_latency_s, predicted, records.decode_read_bytes) if nbytes == 0]
+    if not quiet:
+        raise RuntimeError("calibrate: every decode token of the overhead replay read an expert; the cache should hold all")
+    measured_s, priced_s = (float(np.median(column)) for column in zip(*quiet))
+    residual_s = float(np.median([m - p for m, p in quiet])) / arch.n_layers
+    return {"layer_overhead_s": max(draft.compute.layer_overhead_s + residual_s, DRAFT_OVERHEAD_S),
+            "overhead_quiet_tokens": len(quiet), "overhead_measured_token_s": measured_s,
+            "overhead_priced_token_s": priced_s}
+
+
+# ----------------------------------------------------------------------------- the profile
+def _sig(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def _overhead_source(record: dict, when: str) -> str:
+    if "overhead_quiet_tokens" not in record:  # the draft that prices the overhead replay
+        return f"{when}: draft, a negligible placeholder"
+    return (f"{when}: replay of {record['arch']} with every expert cached: median over "
+            f"{record['overhead_quiet_tokens']} tokens that read nothing of measured "
+            f"({record['overhead_measured_token_s'] * 1e3:.2f} ms) less priced "
+            f"({record['overhead_priced_token_s'] * 1e3:.2f} ms) time, per layer; "
+            "Python and torch dispatch, element-wise operations")
+
+
+def profile_data(record: dict) -> dict:
+    """The profile in its TOML layout (human units), each number citing how it was measured."""
+    flash, when = record["flash"], f"cosmosim calibrate, {record['date']}"
+    on = f"{flash['filesystem']}, {flash['read_mode']} reads from {flash['queue_depth']} threads"
+    shapes = f"{record['arch']} shapes in {record['dtype']}, torch threads: {record['threads']}"
+    return {
+        "name": "host",
+        "description": f"this host, measured by cosmosim calibrate ({record['effort']}): {record['cpu']}; {on}; {shapes}",
+        "flash": {
+            "bandwidth_curve": [{"read_kib": size // KIB, "mb_per_s": _sig(rate / 1e6)} for size, rate in flash["curve"]],
+            "latency_us": _sig(flash["latency_s"] * 1e6),
+            "queue_depth": flash["queue_depth"],
+            "max_request_kib": flash["request_bytes"] // KIB,
+            "sources": {
+                "bandwidth_curve": f"{when}: random reads of each size at the measured queue depth, {on}",
+                "latency_us": f"{when}: isolated reads of one expert ({flash['expert_read_bytes'] / MIB:.2f} MiB in "
+                              f"{flash['request_bytes'] // KIB} KiB requests, {flash['queue_depth']} in flight, "
+                              f"from an idle device) took {flash['expert_read_s'] * 1e3:.3f} ms (median); the latency "
+                              "at which the flash model's read of it takes as long",
+                "queue_depth": f"{when}: the fewest reads in flight reaching {KNEE:.0%} of the best "
+                               f"{flash['request_bytes'] // KIB} KiB throughput over depths {list(QUEUE_DEPTHS)}",
+                "max_request_kib": "cosmosim replay issues expert reads in requests of this size (its I/O engine's choice)",
+            },
+        },
+        "dram": {
+            "capacity_gib": _sig(record["memory_bytes"] / GIB, 6),
+            "app_budget_gib": math.floor(record["available_bytes"] / GIB * 1000) / 1000,
+            "bandwidth_gb_per_s": _sig(record["dram_bytes_per_s"] / 1e9),
+            "sources": {
+                "capacity_gib": f"{when}: physical pages x page size (sysconf)",
+                "app_budget_gib": f"{when}: MemAvailable of /proc/meminfo at calibration time",
+                "bandwidth_gb_per_s": f"{when}: torch copy of a {record['dram_test_mib']} MiB {record['dtype']} buffer, "
+                                      "bytes read + bytes written per second (STREAM's convention)",
+            },
+        },
+        "compute": {
+            "gemv_gflops": _sig(record["gemv_flops_per_s"] / 1e9),
+            "gemm_gflops": _sig(record["gemm_flops_per_s"] / 1e9),
+            "layer_overhead_us": _sig(record["layer_overhead_s"] * 1e6),
+            "sources": {
+                "gemv_gflops": f"{when}: F.linear of one row at every matrix shape of a decoded token, weighted by "
+                               f"use, distinct weights beyond the CPU caches, net of a {TINY}x{TINY} call; {shapes}",
+                "gemm_gflops": f"{when}: the same with {record['prompt_tokens']} rows (a prompt); {shapes}",
+                "layer_overhead_us": _overhead_source(record, when),
+            },
+        },
+        "energy": {
+            "flash_pj_per_byte": 1500, "dram_pj_per_bit": 20, "pj_per_flop": 0.75, "idle_mw": 10000,
+            "sources": {
+                "flash_pj_per_byte": "estimate, not measured (no power meter): an NVMe SSD reading draws ~5 W at "
+                                     "~3.5 GB/s, ~1.4 nJ/byte",
+                "dram_pj_per_bit": "estimate, not measured: Horowitz, ISSCC 2014 (45 nm), DRAM 20-41 pJ/bit, low end",
+                "pj_per_flop": "estimate, not measured: Horowitz, ISSCC 2014 (45 nm), fp16 multiply-add 1.5 pJ = 2 FLOP",
+                "idle_mw": "estimate, not measured: a desktop or server CPU package idles at ~10 W",
+            },
+        },
+    }
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string, ASCII-escaped, is a valid TOML basic string
+    if isinstance(value, list):
+        return "[\n" + "".join(f"    {_toml_value(item)},\n" for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + " }"
+    return repr(value)
+
+
+def to_toml(data: dict) -> str:
+    lines = ["# Written by `cosmosim calibrate`: every number was measured on this host (energy excepted).",
+             f"name = {_toml_value(data['name'])}", f"description = {_toml_value(data['description'])}"]
+    for section in ("flash", "dram", "compute", "energy"):
+        table = data[section]
+        lines += ["", f"[{section}]"] + [f"{key} = {_toml_value(v)}" for key, v in table.items() if key != "sources"]
+        lines += ["", f"[{section}.sources]"] + [f"{key} = {_toml_value(v)}" for key, v in table["sources"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def record_path(profile_path: Path) -> Path:
+    """The calibration record kept beside a calibrated profile."""
+    return profile_path.with_suffix(".json")
+
+
+def load_record(profile_path: Path) -> dict | None:
+    path = record_path(profile_path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, threads: int | None = None,
+              out: Path | None = None, directory: Path | None = None, quick: bool = False,
+              progress: Progress | None = None) -> tuple[DeviceProfile, Path]:
+    """Measure this host, write its profile (default: the user cache folder's profiles/host.toml)
+    and calibration record beside it; return the loaded profile and its path."""
+    say = progress or (lambda message: None)
+    effort = QUICK if quick else FULL
+    target = scaled_arch(arch if isinstance(arch, Architecture) else get_arch(arch), scale)
+    threads = default_threads() if threads is None else threads
+    out = Path(out) if out is not None else host_profile_path()
+    if out.suffix != ".toml":
+        raise InputError(f"--out {out}: expected a .toml path")
+    started = time.perf_counter()
+    with torch_threads(threads):
+        record = {"arch": target.name, "scale": scale, "dtype": DTYPE_NAME, "threads": threads,
+                  "effort": effort.name, "method": METHOD, "cpu": _cpu_name(), "prompt_tokens": RunConfig().prompt_tokens,
+                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                  "dram_test_mib": effort.dram_bytes // MIB}
+        record["available_bytes"] = min(available_memory_bytes() or record["memory_bytes"], record["memory_bytes"])
+        record["flash"] = measure_flash(directory, effort, say, ExpertLayout.of(target).stride)
+        say("dram: copy bandwidth")
+        record["dram_bytes_per_s"] = measure_dram(effort)
+        record["gemv_flops_per_s"], record["gemv_shapes"] = measure_matmul(target, 1, effort, say)
+        record["gemm_flops_per_s"], record["gemm_shapes"] = measure_matmul(target, record["prompt_tokens"], effort, say)
+        record["layer_overhead_s"] = DRAFT_OVERHEAD_S
+        flash = profile_from_dict(profile_data(record), source="calibration draft").flash
+        record["flash"]["latency_s"] = fit_latency(flash, record["flash"]["expert_read_bytes"], record["flash"]["expert_read_s"])
+        say(f"overhead: replay of {target.name} with every expert cached")
+        draft = profile_from_dict(profile_data(record), source="calibration draft")
+        record.update(measure_layer_overhead(target, draft, directory, effort, record["prompt_tokens"]))
+    record["wall_s"] = time.perf_counter() - started
+    text = to_toml(profile_data(record))
+    profile_from_dict(tomllib.loads(text), source=str(out))  # never write what would not load
+    atomic_write_text(out, text)
+    atomic_write_json(record_path(out), record)
+    say(f"wrote {out} ({record['wall_s']:.0f} s)")
+    return load_profile(out), out

@@ -1,0 +1,126 @@
+"""Calibrate's flash measurements: cold reads of a scratch file (`replay.storage.ColdReader`).
+
+Throughput of REQUEST_BYTES reads at each queue depth (the smallest depth within KNEE of the best is
+the profile's queue depth), throughput by read size from 4 KiB to 8 MiB at that depth, and the
+median time of isolated reads of one expert, to which the model's per-request latency is fitted.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from cosmosim.device.hardware import Flash
+from cosmosim.engines.replay.run import Progress
+from cosmosim.engines.replay.storage import (
+    ALIGN,
+    ColdReader,
+    aligned_buffer,
+    scratch_folder,
+    submit_read,
+    write_durably,
+)
+from cosmosim.host.effort import Effort
+from cosmosim.inputs.profiles import FlashSpec
+from cosmosim.units import KIB, MIB
+
+CURVE_SIZES = tuple(4 * KIB * 2**i for i in range(12))  # 4 KiB .. 8 MiB
+QUEUE_DEPTHS = (1, 2, 4, 8, 16, 32)
+REQUEST_BYTES = MIB  # replay splits an expert read into requests of this size: the profile's max_request_kib
+KNEE = 0.9  # a queue depth "reaches" the device when it gives this share of the best throughput
+MIN_LATENCY_S = 1e-6  # the floor of the fitted flash latency (a profile's figures must be > 0)
+IDLE_GAP_S = 0.002  # between isolated reads: the device drains its queue, as during an expert's compute
+
+
+def _read_rate(reader: ColdReader, file_bytes: int, read_bytes: int, depth: int, seconds: float, seed: int) -> float:
+    """Bytes/s of random aligned reads of `read_bytes`, kept `depth` in flight the way replay issues
+    them: submitted to a pool of I/O threads and collected as they complete, so the thread
+    hand-offs a replayed miss pays are in the figure too."""
+    n_positions, rng = file_bytes // read_bytes, np.random.default_rng(seed)
+    buffers = [memoryview(aligned_buffer(read_bytes)) for _ in range(depth)]
+    in_flight: dict[Future, memoryview] = {}
+    reads, start = 0, time.perf_counter()
+    with ThreadPoolExecutor(depth) as pool:
+        while reads < 2 * depth or time.perf_counter() - start < seconds:
+            while buffers:
+                buffer = buffers.pop()
+                in_flight[pool.submit(reader.read_into, buffer, int(rng.integers(n_positions)) * read_bytes)] = buffer
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for read in done:
+                read.result()
+                buffers.append(in_flight.pop(read))
+                reads += 1
+        wait(in_flight)
+    return (reads + len(in_flight)) * read_bytes / (time.perf_counter() - start)
+
+
+def _isolated_read_s(reader: ColdReader, file_bytes: int, nbytes: int, request: int, depth: int, n_reads: int,
+                     seed: int) -> float:
+    """Median seconds to read `nbytes` at a random aligned offset from an idle device, in requests of
+    `request` bytes with up to `depth` in flight: how replay reads one missed expert."""
+    buffer = memoryview(aligned_buffer(nbytes))
+    positions, rng, times = (file_bytes - nbytes) // ALIGN, np.random.default_rng(seed), []
+    with ThreadPoolExecutor(depth) as pool:
+        for _ in range(n_reads):
+            offset = int(rng.integers(positions)) * ALIGN
+            start = time.perf_counter()
+            for read in submit_read(pool, reader, buffer, offset, request):
+                read.result()
+            times.append(time.perf_counter() - start)
+            time.sleep(IDLE_GAP_S)
+    return float(np.median(times))
+
+
+def measure_flash(directory: Path | None, effort: Effort, progress: Progress, expert_bytes: int,
+                  prefer_direct: bool = True) -> dict:
+    """The read curve, queue depth and single-read time, and the median time of an isolated read of
+    one expert (`expert_bytes`, 4 KiB aligned), from which calibrate fits the latency."""
+    sizes = [size for size in CURVE_SIZES if size <= effort.file_bytes // 8]
+    request = min(REQUEST_BYTES, sizes[-1])
+    with scratch_folder(directory, effort.file_bytes, "calibrate's flash test file") as folder:
+        path = folder / "flash-test.bin"
+        rng = np.random.default_rng(0)  # random bytes: storage that compresses or dedupes zeros would flatter us
+        progress(f"flash: writing a {effort.file_bytes / MIB:.0f} MiB test file in {folder}")
+        write_durably(path, (rng.bytes(MIB) for _ in range(effort.file_bytes // MIB)))
+        with ColdReader(path, prefer_direct) as reader:
+            by_depth = {}
+            for depth in QUEUE_DEPTHS:
+                progress(f"flash: {request // KIB} KiB reads, {depth} in flight")
+                by_depth[depth] = _read_rate(reader, effort.file_bytes, request, depth, effort.seconds_per_point, depth)
+            best = max(by_depth.values())
+            depth = min(d for d, rate in by_depth.items() if rate >= KNEE * best)
+            curve = []
+            for size in sizes:
+                progress(f"flash: {size // KIB} KiB reads, {depth} in flight")
+                curve.append((size, _read_rate(reader, effort.file_bytes, size, depth, effort.seconds_per_point, size)))
+            progress("flash: one 4 KiB read at a time")
+            single_read_s = sizes[0] / _read_rate(reader, effort.file_bytes, sizes[0], 1, effort.seconds_per_point, 7)
+            expert_bytes = min(expert_bytes, effort.file_bytes // 2)
+            progress(f"flash: isolated reads of one expert ({expert_bytes / MIB:.2f} MiB)")
+            expert_read_s = _isolated_read_s(reader, effort.file_bytes, expert_bytes, request, depth,
+                                             effort.isolated_reads, 11)
+            mode, filesystem = reader.mode, reader.filesystem
+    return {"read_mode": mode, "filesystem": filesystem, "queue_depth": depth, "request_bytes": request,
+            "throughput_by_depth": by_depth, "curve": curve, "single_read_s": single_read_s,
+            "expert_read_bytes": expert_bytes, "expert_read_s": expert_read_s, "latency_s": MIN_LATENCY_S}
+
+
+def fit_latency(spec: FlashSpec, nbytes: int, measured_s: float) -> float:
+    """The per-request latency at which the flash model reads `nbytes` from an idle device in
+    `measured_s` (bisection: the model's read time grows with the latency). The curve is measured
+    with requests always in flight, so it hides the wait an isolated read pays; this puts it back.
+    MIN_LATENCY_S when even that is too slow."""
+    def model_s(latency_s: float) -> float:
+        return Flash(replace(spec, latency_s=latency_s)).read(nbytes, 0.0)
+
+    low, high = MIN_LATENCY_S, measured_s
+    if model_s(low) >= measured_s:
+        return MIN_LATENCY_S
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if model_s(middle) < measured_s else (low, middle)
+    return high

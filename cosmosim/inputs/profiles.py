@@ -1,0 +1,328 @@
+"""Device profiles: what one phone or wearable can read, hold, compute and spend, in SI units.
+
+A profile is a TOML file in human units (KiB, MB/s, µs, GiB, GFLOP/s, pJ) whose every number
+cites its source; `profile_from_dict` converts it to frozen dataclasses in bytes, seconds,
+bytes/s, FLOP/s and joules, and rejects anything malformed with an `InputError` that names the
+file, the field and what was expected. The schema is documented in docs/device-profiles.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from cosmosim.errors import InputError
+from cosmosim.provenance import REPOSITORY
+from cosmosim.units import GIB, KIB
+
+PROFILES_DIR_ENV = "COSMOSIM_PROFILES_DIR"
+
+
+@dataclass(frozen=True)
+class FlashSpec:
+    """Flash storage as a read-only device.
+
+    A read of n bytes is split into requests of at most `max_request_bytes`. Each request waits
+    `latency_s` before its data starts to move (up to `queue_depth` requests wait at once, so
+    their latencies overlap), then moves at `bandwidth_bytes_per_s(request size)`.
+    """
+
+    bandwidth_curve: tuple[tuple[int, float], ...]  # (request bytes, bytes/s), sizes ascending
+    latency_s: float
+    queue_depth: int
+    max_request_bytes: int
+
+    def bandwidth_bytes_per_s(self, request_bytes: int) -> float:
+        """Device read bandwidth for requests of this size.
+
+        Linear in log2(size) between measured points, because flash throughput grows with
+        request size roughly per doubling; flat beyond the first and last points.
+        """
+        if request_bytes <= 0:
+            raise ValueError(f"request_bytes must be > 0, got {request_bytes}")
+        sizes = [size for size, _ in self.bandwidth_curve]
+        if request_bytes <= sizes[0]:
+            return self.bandwidth_curve[0][1]
+        if request_bytes >= sizes[-1]:
+            return self.bandwidth_curve[-1][1]
+        upper = bisect.bisect_right(sizes, request_bytes)
+        (size_lo, bw_lo), (size_hi, bw_hi) = self.bandwidth_curve[upper - 1], self.bandwidth_curve[upper]
+        fraction = math.log2(request_bytes / size_lo) / math.log2(size_hi / size_lo)
+        return bw_lo + fraction * (bw_hi - bw_lo)
+
+
+@dataclass(frozen=True)
+class DramSpec:
+    capacity_bytes: int
+    app_budget_bytes: int  # what one app may keep resident: the model's weight cache lives here
+    bandwidth_bytes_per_s: float  # peak interface bandwidth
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """Compute ceilings; memory traffic is costed separately (roofline: the slower one wins)."""
+
+    gemv_flops_per_s: float  # batch-1 decode, matrix-vector
+    gemm_flops_per_s: float  # prefill, matrix-matrix
+    layer_overhead_s: float  # fixed per-layer dispatch and synchronisation cost
+
+
+@dataclass(frozen=True)
+class EnergySpec:
+    flash_j_per_byte: float
+    dram_j_per_byte: float
+    j_per_flop: float
+    idle_w: float  # platform power drawn for as long as the work takes, busy or waiting
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    flash: FlashSpec
+    dram: DramSpec
+    compute: ComputeSpec
+    energy: EnergySpec
+    path: Path
+    sha256: str  # of the TOML file (of the canonical JSON for a profile built from a dict)
+
+
+# ----------------------------------------------------------------------------- schema
+# Each section maps its TOML key (in a human unit) to the dataclass field it fills.
+_MICRO = Fraction(1, 10**6)
+_GIGA = Fraction(10**9)
+_PICO = Fraction(1, 10**12)
+
+
+@dataclass(frozen=True)
+class _Field:
+    attr: str
+    to_si: Fraction  # exact, so 80 us becomes 8e-05 s rather than 7.999...e-05
+    integer: bool = False  # a count in SI (bytes, requests): rounded after scaling
+    toml_integer: bool = False  # must be written as a TOML integer (a fractional queue depth is a typo)
+
+
+_CURVE_KEY = "bandwidth_curve"
+_CURVE_POINT_KEYS = ("read_kib", "mb_per_s")
+
+_SECTIONS: dict[str, dict[str, _Field]] = {
+    "flash": {
+        "latency_us": _Field("latency_s", _MICRO),
+        "queue_depth": _Field("queue_depth", Fraction(1), integer=True, toml_integer=True),
+        "max_request_kib": _Field("max_request_bytes", Fraction(KIB), integer=True),
+    },
+    "dram": {
+        "capacity_gib": _Field("capacity_bytes", Fraction(GIB), integer=True),
+        "app_budget_gib": _Field("app_budget_bytes", Fraction(GIB), integer=True),
+        "bandwidth_gb_per_s": _Field("bandwidth_bytes_per_s", _GIGA),
+    },
+    "compute": {
+        "gemv_gflops": _Field("gemv_flops_per_s", _GIGA),
+        "gemm_gflops": _Field("gemm_flops_per_s", _GIGA),
+        "layer_overhead_us": _Field("layer_overhead_s", _MICRO),
+    },
+    "energy": {
+        "flash_pj_per_byte": _Field("flash_j_per_byte", _PICO),
+        "dram_pj_per_bit": _Field("dram_j_per_byte", 8 * _PICO),
+        "pj_per_flop": _Field("j_per_flop", _PICO),
+        "idle_mw": _Field("idle_w", Fraction(1, 1000)),
+    },
+}
+_CURVE_READ_SIZE = _Field("read_bytes", Fraction(KIB), integer=True)
+_CURVE_BANDWIDTH = _Field("bytes_per_s", Fraction(10**6))
+_TOP_LEVEL_KEYS = ("name", "description", *_SECTIONS)
+
+
+def _numeric_keys(section: str) -> list[str]:
+    keys = list(_SECTIONS[section])
+    return [_CURVE_KEY, *keys] if section == "flash" else keys
+
+
+def _check_keys(source: str, where: str, table: dict, allowed: tuple[str, ...] | list[str]) -> None:
+    missing = [key for key in allowed if key not in table]
+    unknown = [key for key in table if key not in allowed]
+    if missing:
+        raise InputError(f"{source}: {where}{missing[0]} is missing (expected keys: {', '.join(allowed)})")
+    if unknown:
+        raise InputError(
+            f"{source}: {where}{unknown[0]} is not a known key (expected keys: {', '.join(allowed)})"
+        )
+
+
+def _table(source: str, field: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: {field} must be a table, got {value!r}")
+    return value
+
+
+def _positive_number(source: str, field: str, value: Any, integer_only: bool = False) -> float:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if integer_only and not is_int:
+        raise InputError(f"{source}: {field} must be an integer, got {value!r}")
+    if not (is_int or isinstance(value, float)):
+        raise InputError(f"{source}: {field} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{source}: {field} must be > 0, got {value!r}")
+    return value
+
+
+def _to_si(source: str, field: str, value: float, spec: _Field) -> int | float:
+    # Fraction(repr) takes the decimal the user wrote (68.26), not its binary approximation.
+    scaled = Fraction(repr(value)) * spec.to_si
+    if not spec.integer:
+        return float(scaled)
+    rounded = round(scaled)
+    if rounded < 1:
+        raise InputError(f"{source}: {field} must be at least 1 after conversion to base units, got {value!r}")
+    return rounded
+
+
+def _parse_curve(source: str, points: Any) -> tuple[tuple[int, float], ...]:
+    field = f"flash.{_CURVE_KEY}"
+    if not isinstance(points, list) or not points:
+        raise InputError(
+            f"{source}: {field} must be a non-empty array of {{read_kib, mb_per_s}} tables, got {points!r}"
+        )
+    curve: list[tuple[int, float]] = []
+    previous_kib = None
+    for index, point in enumerate(points):
+        where = f"{field}[{index}]."
+        _check_keys(source, where, _table(source, f"{field}[{index}]", point), _CURVE_POINT_KEYS)
+        read_kib = _positive_number(source, where + "read_kib", point["read_kib"])
+        mb_per_s = _positive_number(source, where + "mb_per_s", point["mb_per_s"])
+        size_bytes = _to_si(source, where + "read_kib", read_kib, _CURVE_READ_SIZE)
+        if curve and size_bytes <= curve[-1][0]:
+            raise InputError(
+                f"{source}: {field} must be sorted by strictly increasing read_kib, "
+                f"got {read_kib!r} after {previous_kib!r}"
+            )
+        curve.append((size_bytes, _to_si(source, where + "mb_per_s", mb_per_s, _CURVE_BANDWIDTH)))
+        previous_kib = read_kib
+    return tuple(curve)
+
+
+def _check_sources(source: str, section: str, table: dict) -> None:
+    """Every number cites where it comes from: a spec sheet, a paper (arXiv id, table), or
+    'estimate: <reasoning>'. An uncited number is an error, not a warning."""
+    sources = _table(source, f"{section}.sources", table["sources"])
+    expected = _numeric_keys(section)
+    for key in expected:
+        if key not in sources:
+            raise InputError(
+                f"{source}: {section}.sources.{key} is missing: every number needs a citation "
+                "(a spec sheet, a paper with its arXiv id and table, or 'estimate: <reasoning>')"
+            )
+    for key, citation in sources.items():
+        if key not in expected:
+            raise InputError(
+                f"{source}: {section}.sources.{key} cites a field that does not exist "
+                f"(fields: {', '.join(expected)})"
+            )
+        if not isinstance(citation, str) or not citation.strip():
+            raise InputError(
+                f"{source}: {section}.sources.{key} must be a non-empty citation string, got {citation!r}"
+            )
+
+
+def _parse_section(source: str, section: str, raw: Any) -> dict[str, int | float | tuple]:
+    table = _table(source, section, raw)
+    _check_keys(source, f"{section}.", table, [*_numeric_keys(section), "sources"])
+    _check_sources(source, section, table)
+    values: dict[str, int | float | tuple] = {}
+    for key, spec in _SECTIONS[section].items():
+        field = f"{section}.{key}"
+        number = _positive_number(source, field, table[key], integer_only=spec.toml_integer)
+        values[spec.attr] = _to_si(source, field, number, spec)
+    if section == "flash":
+        values["bandwidth_curve"] = _parse_curve(source, table[_CURVE_KEY])
+    return values
+
+
+def _text(source: str, field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{source}: {field} must be a non-empty string, got {value!r}")
+    return value
+
+
+def profile_from_dict(data: dict, *, source: str) -> DeviceProfile:
+    """Validate a parsed profile (TOML layout, human units) and convert it to SI dataclasses.
+
+    `source` names the origin in error messages and becomes the profile's path; the hash is
+    of the canonical JSON of `data` (load_profile replaces both with the file's own).
+    """
+    _check_keys(source, "", _table(source, "the profile", data), _TOP_LEVEL_KEYS)
+    sections = {name: _parse_section(source, name, data[name]) for name in _SECTIONS}
+    dram = DramSpec(**sections["dram"])
+    if dram.app_budget_bytes > dram.capacity_bytes:
+        raise InputError(
+            f"{source}: dram.app_budget_gib must be <= dram.capacity_gib "
+            f"({data['dram']['capacity_gib']!r}), got {data['dram']['app_budget_gib']!r}"
+        )
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return DeviceProfile(
+        name=_text(source, "name", data["name"]),
+        description=_text(source, "description", data["description"]),
+        flash=FlashSpec(**sections["flash"]),
+        dram=dram,
+        compute=ComputeSpec(**sections["compute"]),
+        energy=EnergySpec(**sections["energy"]),
+        path=Path(source),
+        sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def profiles_dir() -> Path:
+    """Where shipped profiles live: $COSMOSIM_PROFILES_DIR, else the repo's device_profiles/."""
+    override = os.environ.get(PROFILES_DIR_ENV)
+    if override:
+        return Path(override)
+    return REPOSITORY / "device_profiles"
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the shipped profiles (the stems of device_profiles/*.toml), sorted."""
+    return sorted(path.stem for path in profiles_dir().glob("*.toml"))
+
+
+def _display(path: Path) -> str:
+    """A short path for messages: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    """Load a shipped profile by name ("phone") or any profile by its .toml path."""
+    text = str(name_or_path)
+    looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or os.sep in text or "/" in text
+    if looks_like_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise InputError(f"{text}: profile file does not exist")
+    else:
+        path = profiles_dir() / f"{text}.toml"
+        if not path.is_file():
+            names = ", ".join(shipped_profiles()) or "none"
+            raise InputError(
+                f"unknown device profile {text!r}: expected a shipped name ({names}) or a path to a .toml file"
+            )
+    source = _display(path)
+    raw = path.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise InputError(f"{source}: not a valid UTF-8 TOML file: {error}") from None
+    profile = profile_from_dict(data, source=source)
+    return replace(profile, path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,1 @@
+"""What engines report: per-token records, the metric catalogue, the summary built from it, timelines."""

@@ -1,0 +1,87 @@
+"""The summary every engine reports: one JSON-ready dict with fixed keys (docs/metrics.md).
+
+Latencies in milliseconds, sizes in MB (10^6 bytes), energy in millijoules, rates as fractions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import cosmosim
+from cosmosim.provenance import repository_commit, sha256_file
+from cosmosim.results.records import ENERGY_PARTS, Records
+from cosmosim.scenario.build import Scenario
+from cosmosim.units import MB
+
+OUTCOMES = ("hit", "late_hit", "miss")
+
+
+def percentiles_ms(values_s: np.ndarray) -> dict[str, float]:
+    if values_s.size == 0:
+        return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    p50, p95, p99 = np.percentile(values_s, [50, 95, 99]) * 1e3
+    return {"mean": float(values_s.mean() * 1e3), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+def _rate(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
+    profile, energy = scenario.profile, scenario.profile.energy
+    n_tokens = max(records.latency_s.size, 1)
+    layer = records.layer_outcomes
+    accesses = sum(int(layer[o].sum()) for o in OUTCOMES)
+    served = int(layer["hit"].sum() + layer["late_hit"].sum())
+    per_layer_total = sum(layer[o] for o in OUTCOMES)
+    prefill_total = sum(records.prefill_outcomes.values())
+
+    # Energy of each decode token: flash reads, DRAM traffic (weights and KV read, flash data
+    # written), arithmetic, and the device's static power over the token's latency.
+    flash_j = records.flash_bytes * energy.flash_j_per_byte
+    dram_j = (records.dram_bytes + records.flash_bytes) * energy.dram_j_per_byte
+    compute_j = records.flops * energy.j_per_flop
+    static_j = records.latency_s * energy.idle_w
+    token_j = flash_j + dram_j + compute_j + static_j
+
+    memory = scenario.memory(records.peak_cache_entries if scenario.arch.is_moe else 0)
+    tpot = percentiles_ms(records.latency_s)
+    prefetch = records.prefetch
+    return {
+        "engine": engine,
+        "ttft_ms": float(np.mean(records.ttft_s) * 1e3) if records.ttft_s else None,
+        "tpot_ms": tpot,
+        "tokens_per_s": 1e3 / tpot["mean"] if tpot["mean"] > 0 else None,
+        "hit_rate": _rate(served, accesses),
+        "late_hit_rate": _rate(int(layer["late_hit"].sum()), accesses),
+        "hit_rate_per_layer": [_rate(int(h + lh), int(t)) for h, lh, t in zip(layer["hit"], layer["late_hit"], per_layer_total)],
+        "prefill_hit_rate": _rate(records.prefill_outcomes["hit"] + records.prefill_outcomes["late_hit"], prefill_total),
+        "accesses": {"decode": accesses, **{o: int(layer[o].sum()) for o in OUTCOMES},
+                     "prefill": prefill_total, "prefill_miss": records.prefill_outcomes["miss"]},
+        "flash_mb_per_token": float(records.flash_bytes.mean() / MB) if records.flash_bytes.size else 0.0,
+        "peak_dram_mb": memory.peak / MB,
+        "memory_mb": {"resident_weights": memory.resident_weights / MB, "expert_cache": memory.expert_cache / MB,
+                      "kv_cache": memory.kv_cache / MB, "activations": memory.activations / MB},
+        "energy_mj_per_token": float(token_j.mean() * 1e3) if token_j.size else None,
+        "breakdown": {
+            "time_ms_per_token": {part: s / n_tokens * 1e3 for part, s in records.breakdown_s.items()},
+            "energy_mj_per_token": {part: float(joules.mean() * 1e3) for part, joules in
+                                    zip(ENERGY_PARTS, (flash_j, dram_j, compute_j, static_j))},
+        },
+        "prefetch": {
+            "issued": int(prefetch.get("issued", 0)),
+            "accuracy": _rate(prefetch.get("used", 0), prefetch.get("used", 0) + prefetch.get("wasted", 0)),
+            "wasted_mb": prefetch.get("wasted_bytes", 0) / MB,
+        },
+        "flash_utilisation": _rate(records.flash_busy_s, records.total_s),
+        "simulated_s": records.total_s,
+        "inputs": scenario.inputs(),
+        "warnings": list(scenario.warnings),
+        "provenance": {
+            "cosmosim_version": cosmosim.__version__,
+            "commit": repository_commit(),
+            "trace_sha256": sha256_file(scenario.trace.path) if scenario.trace is not None and scenario.trace.path else None,
+            "profile_sha256": profile.sha256,
+            "profile_path": str(profile.path),
+        },
+    }

@@ -1,0 +1,156 @@
+"""One simulated situation: a trace replayed by an architecture on a device under a cache policy.
+
+`build_scenario` checks the combination (flags, layer mapping, cache size) and resolves every
+default once, so the simulator and the analytical model answer exactly the same question. The
+resolved inputs are echoed in every result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from cosmosim.device.costs import StepCosts
+from cosmosim.device.policies import POLICIES
+from cosmosim.errors import InputError
+from cosmosim.inputs.arch import Architecture, get_arch
+from cosmosim.inputs.profiles import DeviceProfile, load_profile
+from cosmosim.inputs.trace import Trace, load_trace
+from cosmosim.scenario.settings import RunConfig, check_settings
+from cosmosim.units import MB
+from cosmosim.workload.dense import dense_workload
+from cosmosim.workload.stream import Workload, build_workload
+
+
+@dataclass(frozen=True)
+class Memory:
+    """DRAM use in bytes; peak = resident weights + expert cache + KV cache + activations."""
+
+    resident_weights: int
+    expert_cache: int
+    kv_cache: int
+    activations: int
+
+    @property
+    def peak(self) -> int:
+        return self.resident_weights + self.expert_cache + self.kv_cache + self.activations
+
+
+MEMORY_PARTS = tuple(part.name for part in fields(Memory))
+
+
+@dataclass
+class Scenario:
+    arch: Architecture
+    profile: DeviceProfile
+    config: RunConfig
+    workload: Workload
+    costs: StepCosts
+    cache_capacity: int  # experts (0 for a dense architecture)
+    offloading_idle: bool  # the cache holds every expert: flash is read once per expert at most
+    trace: Trace | None
+    warnings: list[str] = field(default_factory=list)
+
+    def memory(self, cache_entries: int | None = None) -> Memory:
+        """Memory with the cache at `cache_entries` (default: its capacity)."""
+        entries = self.cache_capacity if cache_entries is None else cache_entries
+        return Memory(
+            resident_weights=self.arch.resident_bytes(self.config.weight_bits),
+            expert_cache=entries * self.costs.expert_bytes,
+            kv_cache=self.costs.kv_cache_bytes(self.config.context_len),
+            activations=self.costs.activation_bytes(self.config.prompt_tokens),
+        )
+
+    def inputs(self) -> dict:
+        """The resolved inputs, for the output's `inputs` block."""
+        return {
+            **asdict(self.config),
+            "arch": self.arch.name,
+            "profile": self.profile.name,
+            "trace": str(self.trace.path) if self.trace is not None and self.trace.path else None,
+            "cache_experts": self.cache_capacity,
+            "cache_mb": self.cache_capacity * self.costs.expert_bytes / MB,
+            "expert_mb": self.costs.expert_bytes / MB,
+            "total_experts": self.arch.n_layers * self.arch.n_experts if self.arch.is_moe else 0,
+            "offloading_idle": self.offloading_idle,
+            "requests": self.workload.n_requests,
+            "decode_tokens": self.workload.n_decode_tokens,
+            "warmup_sequences": self.workload.warmup_sequences,
+        }
+
+
+def cache_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
+                    warnings: list[str]) -> int:
+    if not POLICIES[config.policy].needs_cache_size:
+        return arch.n_layers * arch.top_k
+    if config.cache_experts is not None:
+        return config.cache_experts
+    if config.cache_mb is not None:
+        return int(config.cache_mb * MB // costs.expert_bytes)
+    # Default: what the app's DRAM budget leaves after everything that must stay resident.
+    fixed = (arch.resident_bytes(config.weight_bits) + costs.kv_cache_bytes(config.context_len)
+             + costs.activation_bytes(config.prompt_tokens))
+    left = profile.dram.app_budget_bytes - fixed
+    capacity = max(int(left // costs.expert_bytes), 0)
+    if capacity < arch.top_k:
+        raise InputError(f"{profile.name}: the app budget of {profile.dram.app_budget_bytes / MB:.0f} MB leaves "
+                         f"{max(left, 0) / MB:.0f} MB for experts, less than top_k={arch.top_k} experts of "
+                         f"{costs.expert_bytes / MB:.1f} MB; give --cache-mb or fewer --weight-bits")
+    warnings.append(f"cache: {capacity} experts from the {profile.name} app budget "
+                    f"({profile.dram.app_budget_bytes / MB:.0f} MB minus {fixed / MB:.0f} MB resident)")
+    return capacity
+
+
+def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | None, config: RunConfig) -> Scenario:
+    check_settings(config)
+    warnings: list[str] = []
+    costs = StepCosts.build(arch, profile, config.weight_bits)
+    if not arch.is_moe:
+        if trace is not None:
+            raise InputError(f"--arch {arch.name} is dense: it routes nothing, so drop --trace")
+        return Scenario(arch, profile, config, dense_workload(arch.n_layers, tokens=config.dense_tokens if config.tokens is None else config.tokens,
+                                              prompt_tokens=config.prompt_tokens, context_len=config.context_len,
+                                              sequence_len=config.dense_sequence_len), costs, 0, True, None, warnings)
+    if trace is None:
+        raise InputError(f"--arch {arch.name} is a MoE: give a routing --trace")
+    if (trace.n_experts, trace.top_k) != (arch.n_experts, arch.top_k):
+        raise InputError(f"{trace.path or 'trace'}: routes top-{trace.top_k} of {trace.n_experts} experts, but --arch {arch.name} "
+                         f"has top-{arch.top_k} of {arch.n_experts}; choose a matching architecture")
+    if trace.n_layers != arch.n_layers:
+        warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "
+                        f"target layer i replays trace layer floor(i * {trace.n_layers} / {arch.n_layers})")
+    capacity = cache_capacity(arch, profile, config, costs, warnings)
+    if config.per_layer_cache and capacity % arch.n_layers:
+        floored = capacity - capacity % arch.n_layers
+        warnings.append(f"cache: {capacity} experts split into {arch.n_layers} equal per-layer partitions "
+                        f"hold {floored} ({floored // arch.n_layers} per layer)")
+        capacity = floored
+    total = arch.n_layers * arch.n_experts
+    offloading_idle = capacity >= total
+    if offloading_idle:
+        warnings.append(f"cache: {capacity} entries hold all {total} experts, so offloading is idle "
+                        "(each expert is read from flash once, then stays)")
+        capacity = total
+    workload = build_workload(trace, arch.n_layers, prompt_tokens=config.prompt_tokens, context_len=config.context_len,
+                              max_tokens=config.tokens, warmup_fraction=config.warmup_fraction)
+    return Scenario(arch, profile, config, workload, costs, capacity, offloading_idle, trace, warnings)
+
+
+def resolve_arch(arch: str | Architecture | None, trace: Trace | None) -> Architecture:
+    """The named architecture, or the one the trace was recorded for (its meta.target_arch)."""
+    if isinstance(arch, Architecture):
+        return arch
+    if arch is not None:
+        return get_arch(arch)
+    target = trace.meta.get("target_arch") if trace is not None else None
+    if not target:
+        raise InputError("--arch: not given, and the trace's meta.target_arch names none; give --arch NAME (see `cosmosim arch`)")
+    return get_arch(target)
+
+
+def prepare(profile: str | Path | DeviceProfile, trace: str | Path | Trace | None = None,
+            arch: str | Architecture | None = None, config: RunConfig | None = None) -> Scenario:
+    """A scenario from names, paths or loaded objects: what every engine is given."""
+    profile = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
+    trace = trace if isinstance(trace, Trace) or trace is None else load_trace(trace)
+    return build_scenario(profile, resolve_arch(arch, trace), trace, config or RunConfig())

@@ -1,0 +1,1 @@
+"""From a routing trace (or a dense model's shape) to the step and access stream every engine replays."""
