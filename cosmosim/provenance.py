@@ -7,7 +7,6 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-
 REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout (or install prefix) holding cosmosim/
 
 

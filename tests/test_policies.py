@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 from cosmosim.device.cache import ExpertCache
 from cosmosim.device.policies import POLICIES, PolicyContext
-from cosmosim.errors import InputError
 from cosmosim.workload.stream import next_use_of
 
 A, B, C, D = 0, 1, 2, 3
@@ -63,10 +62,10 @@ def test_kactive_swaps_on_every_change_per_layer():
     assert replay("kactive", keys, capacity=2, n_layers=2, per_layer=True) == "MMHHMH"
 
 
-def test_cache_smaller_than_top_k_is_an_input_error():
+def test_cache_smaller_than_top_k_is_refused():
     context = PolicyContext(capacity=1, n_experts=4, top_k=2, next_use=np.zeros(0, dtype=np.int64),
                             warmup_usage=np.zeros(4, dtype=np.int64))
-    with pytest.raises(InputError, match="smaller than top_k=2"):
+    with pytest.raises(ValueError, match="< top_k=2"):
         ExpertCache(POLICIES["lru"], 1, 1, context)
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosmosim.engines.replay.compute import KVCache, attention, expert_ffn, rope_tables, torch_threads
 from cosmosim.engines.replay import storage
+from cosmosim.engines.replay.compute import KVCache, attention, expert_ffn, rope_tables, torch_threads
 from cosmosim.engines.replay.run import HostModel, replay
 from cosmosim.engines.replay.storage import (
     ALIGN,

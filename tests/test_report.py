@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosmosim.sweep import analysis
 from cosmosim.cli import main
 from cosmosim.errors import InputError
 from cosmosim.inputs.synthetic import sticky_trace
@@ -17,6 +16,7 @@ from cosmosim.inputs.trace import save_trace
 from cosmosim.results.timeline import chrome_trace, write_timeline
 from cosmosim.runner import run, run_with_timeline
 from cosmosim.scenario.settings import RunConfig
+from cosmosim.sweep import analysis
 from cosmosim.sweep.dataset import read_results
 from cosmosim.sweep.evaluate import as_frame
 from cosmosim.sweep.execute import run_sweep

@@ -12,9 +12,9 @@ from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import save_trace
 from cosmosim.runner import run
 from cosmosim.scenario.settings import RunConfig
-from cosmosim.sweep.grid import grid
 from cosmosim.sweep.dataset import MANIFEST, export_csv, read_results
 from cosmosim.sweep.execute import run_sweep
+from cosmosim.sweep.grid import grid
 from cosmosim.sweep.spec import load_spec, spec_from_dict
 
 TOKENS = 300  # per point: a few requests of the 128-token fixture sequences

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cosmosim.device.policies import CachePolicy, PolicyContext
-from cosmosim.errors import InputError
 
 
 @dataclass
@@ -28,10 +27,8 @@ class ExpertCache:
         n_experts = context.n_experts
         n_partitions = n_layers if per_layer else 1
         per_partition = capacity // n_partitions
-        if per_partition < context.top_k:
-            where = "per layer" if per_layer else "in all"
-            raise InputError(f"cache: capacity {capacity} experts ({per_partition} {where}) is smaller than "
-                             f"top_k={context.top_k}; a step's experts must fit at once")
+        if per_partition < context.top_k:  # scenario.resolve_cache tells the user; here it is a caller's bug
+            raise ValueError(f"ExpertCache: {per_partition} entries per partition < top_k={context.top_k}")
         self.capacity = per_partition * n_partitions
         self.n_experts = n_experts
         self._per_layer = per_layer

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import simpy
 
-from cosmosim.device.cache import ExpertCache
 from cosmosim.device.costs import OpCost
 from cosmosim.device.hardware import ComputeUnit, Flash
-from cosmosim.device.policies import POLICIES, PolicyContext
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.results.records import Records
 from cosmosim.scenario.build import Scenario
@@ -42,14 +40,7 @@ class Simulation:
         self.flash = Flash(scenario.profile.flash)
         self.compute = ComputeUnit()
         self.records = Records.empty(workload)
-        self.cache = None
-        if scenario.arch.is_moe:
-            policy = POLICIES[config.policy]
-            context = PolicyContext(capacity=scenario.cache_capacity, n_experts=workload.n_experts, top_k=workload.top_k,
-                                    next_use=workload.next_use, warmup_usage=workload.warmup_usage,
-                                    access_key=workload.access_key)
-            self.cache = ExpertCache(policy, scenario.cache_capacity, workload.n_layers, context,
-                                     per_layer=policy.per_layer_partitions or config.per_layer_cache)
+        self.cache = scenario.expert_cache() if scenario.arch.is_moe else None
         self.prefetcher = None if config.prefetch == "none" else PREFETCHERS[config.prefetch](workload)
         self._prefetched: set[int] = set()  # keys prefetched for the next step, to score accuracy
         self._nonexpert: dict[tuple[int, int], OpCost] = {}

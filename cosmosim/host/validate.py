@@ -26,12 +26,12 @@ from cosmosim.engines.replay.profile import host_profile_path
 from cosmosim.engines.replay.run import HostModel, Progress
 from cosmosim.engines.replay.weights import DTYPE_NAME, scaled_arch
 from cosmosim.errors import InputError
-from cosmosim.provenance import REPOSITORY
 from cosmosim.host.calibrate import METHOD, calibrate, load_record
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import Trace, load_trace
+from cosmosim.provenance import REPOSITORY
 from cosmosim.scenario.settings import RunConfig
 
 GOAL = {"median_abs_error_pct": 10.0, "p95_abs_error_pct": 20.0}

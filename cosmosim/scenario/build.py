@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from cosmosim.device.cache import ExpertCache
 from cosmosim.device.costs import StepCosts
-from cosmosim.device.policies import POLICIES
+from cosmosim.device.policies import POLICIES, PolicyContext
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
@@ -39,6 +40,22 @@ class Memory:
 MEMORY_PARTS = tuple(part.name for part in fields(Memory))
 
 
+@dataclass(frozen=True)
+class CacheSetup:
+    """The DRAM expert cache a run gets, resolved once from the settings for every engine."""
+
+    capacity: int  # experts in all (0 for a dense architecture)
+    per_layer: bool  # split into equal per-layer partitions (the policy's own rule, or --per-layer-cache)
+    offloading_idle: bool  # the cache holds every expert: flash is read once per expert at most
+    warnings: tuple[str, ...] = ()
+
+    def partition_capacity(self, n_layers: int) -> int:
+        return self.capacity // n_layers if self.per_layer else self.capacity
+
+
+NO_CACHE = CacheSetup(capacity=0, per_layer=False, offloading_idle=True)
+
+
 @dataclass
 class Scenario:
     arch: Architecture
@@ -46,10 +63,26 @@ class Scenario:
     config: RunConfig
     workload: Workload
     costs: StepCosts
-    cache_capacity: int  # experts (0 for a dense architecture)
-    offloading_idle: bool  # the cache holds every expert: flash is read once per expert at most
+    cache: CacheSetup
     trace: Trace | None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def cache_capacity(self) -> int:
+        return self.cache.capacity
+
+    @property
+    def offloading_idle(self) -> bool:
+        return self.cache.offloading_idle
+
+    def expert_cache(self) -> ExpertCache:
+        """A fresh, empty DRAM expert cache as this scenario has it: what every engine that keeps one uses."""
+        workload = self.workload
+        context = PolicyContext(capacity=self.cache.capacity, n_experts=workload.n_experts, top_k=workload.top_k,
+                                next_use=workload.next_use, warmup_usage=workload.warmup_usage,
+                                access_key=workload.access_key)
+        return ExpertCache(POLICIES[self.config.policy], self.cache.capacity, workload.n_layers, context,
+                           per_layer=self.cache.per_layer)
 
     def memory(self, cache_entries: int | None = None) -> Memory:
         """Memory with the cache at `cache_entries` (default: its capacity)."""
@@ -79,8 +112,8 @@ class Scenario:
         }
 
 
-def cache_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
-                    warnings: list[str]) -> int:
+def _requested_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
+                        warnings: list[str]) -> int:
     if not POLICIES[config.policy].needs_cache_size:
         return arch.n_layers * arch.top_k
     if config.cache_experts is not None:
@@ -101,26 +134,15 @@ def cache_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfig
     return capacity
 
 
-def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | None, config: RunConfig) -> Scenario:
-    check_settings(config)
-    warnings: list[str] = []
-    costs = StepCosts.build(arch, profile, config.weight_bits)
+def resolve_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts) -> CacheSetup:
+    """The cache of a MoE run: its size (asked for, or what the app budget leaves), its partitions,
+    rounded to whole per-layer partitions and to the number of experts there are."""
     if not arch.is_moe:
-        if trace is not None:
-            raise InputError(f"--arch {arch.name} is dense: it routes nothing, so drop --trace")
-        return Scenario(arch, profile, config, dense_workload(arch.n_layers, tokens=config.dense_tokens if config.tokens is None else config.tokens,
-                                              prompt_tokens=config.prompt_tokens, context_len=config.context_len,
-                                              sequence_len=config.dense_sequence_len), costs, 0, True, None, warnings)
-    if trace is None:
-        raise InputError(f"--arch {arch.name} is a MoE: give a routing --trace")
-    if (trace.n_experts, trace.top_k) != (arch.n_experts, arch.top_k):
-        raise InputError(f"{trace.path or 'trace'}: routes top-{trace.top_k} of {trace.n_experts} experts, but --arch {arch.name} "
-                         f"has top-{arch.top_k} of {arch.n_experts}; choose a matching architecture")
-    if trace.n_layers != arch.n_layers:
-        warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "
-                        f"target layer i replays trace layer floor(i * {trace.n_layers} / {arch.n_layers})")
-    capacity = cache_capacity(arch, profile, config, costs, warnings)
-    if config.per_layer_cache and capacity % arch.n_layers:
+        return NO_CACHE
+    warnings: list[str] = []
+    capacity = _requested_capacity(arch, profile, config, costs, warnings)
+    per_layer = POLICIES[config.policy].per_layer_partitions or config.per_layer_cache
+    if per_layer and capacity % arch.n_layers:
         floored = capacity - capacity % arch.n_layers
         warnings.append(f"cache: {capacity} experts split into {arch.n_layers} equal per-layer partitions "
                         f"hold {floored} ({floored // arch.n_layers} per layer)")
@@ -131,9 +153,38 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
         warnings.append(f"cache: {capacity} entries hold all {total} experts, so offloading is idle "
                         "(each expert is read from flash once, then stays)")
         capacity = total
+    setup = CacheSetup(capacity, per_layer, offloading_idle, tuple(warnings))
+    per_partition = setup.partition_capacity(arch.n_layers)
+    if per_partition < arch.top_k:
+        where = "per layer" if per_layer else "in all"
+        raise InputError(f"cache: capacity {capacity} experts ({per_partition} {where}) is smaller than "
+                         f"top_k={arch.top_k}; a step's experts must fit at once")
+    return setup
+
+
+def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | None, config: RunConfig) -> Scenario:
+    check_settings(config)
+    costs = StepCosts.build(arch, profile, config.weight_bits)
+    if not arch.is_moe:
+        if trace is not None:
+            raise InputError(f"--arch {arch.name} is dense: it routes nothing, so drop --trace")
+        tokens = config.dense_tokens if config.tokens is None else config.tokens
+        workload = dense_workload(arch.n_layers, tokens=tokens, prompt_tokens=config.prompt_tokens,
+                                  context_len=config.context_len, sequence_len=config.dense_sequence_len)
+        return Scenario(arch, profile, config, workload, costs, NO_CACHE, None, [])
+    if trace is None:
+        raise InputError(f"--arch {arch.name} is a MoE: give a routing --trace")
+    if (trace.n_experts, trace.top_k) != (arch.n_experts, arch.top_k):
+        raise InputError(f"{trace.path or 'trace'}: routes top-{trace.top_k} of {trace.n_experts} experts, but --arch {arch.name} "
+                         f"has top-{arch.top_k} of {arch.n_experts}; choose a matching architecture")
+    warnings: list[str] = []
+    if trace.n_layers != arch.n_layers:
+        warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "
+                        f"target layer i replays trace layer floor(i * {trace.n_layers} / {arch.n_layers})")
+    cache = resolve_cache(arch, profile, config, costs)
     workload = build_workload(trace, arch.n_layers, prompt_tokens=config.prompt_tokens, context_len=config.context_len,
                               max_tokens=config.tokens, warmup_fraction=config.warmup_fraction)
-    return Scenario(arch, profile, config, workload, costs, capacity, offloading_idle, trace, warnings)
+    return Scenario(arch, profile, config, workload, costs, cache, trace, [*warnings, *cache.warnings])
 
 
 def resolve_arch(arch: str | Architecture | None, trace: Trace | None) -> Architecture:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cosmosim.device.policies import POLICIES
 from cosmosim.engines.analytic.latency import (
     busy_s_per_read,
     decode_phase_s,
@@ -26,7 +25,7 @@ from cosmosim.engines.analytic.reuse import belady_hits, distinct_keys, lru_dept
 from cosmosim.engines.analytic.steps import StepArrays, step_arrays
 from cosmosim.errors import InputError
 from cosmosim.results.records import Records
-from cosmosim.scenario.build import Scenario
+from cosmosim.scenario.build import CacheSetup, Scenario
 from cosmosim.workload.stream import DECODE, PREFILL, Workload
 
 EVICTION_RULES = {"lru": "lru", "kactive": "lru", "belady": "belady"}  # policy -> how hits are found
@@ -39,22 +38,15 @@ class CacheLayout:
     partition_capacity: int  # entries per partition (the whole cache when global)
 
 
-def cache_layout(policy: str, prefetch: str, per_layer_cache: bool, capacity: int, n_layers: int,
-                 top_k: int) -> CacheLayout:
-    """How the analytic engine finds hits for these flags; InputError where it does not apply."""
+def cache_layout(policy: str, prefetch: str, cache: CacheSetup, n_layers: int) -> CacheLayout:
+    """How the analytic engine finds hits for this cache; InputError where it does not apply."""
     if prefetch != "none":
         raise InputError(f"--engine analytic: --prefetch {prefetch} is not modelled in closed form "
                          "(prefetches overlap the next steps); use --engine des")
     if policy not in EVICTION_RULES:
         raise InputError(f"--engine analytic: --policy {policy} is not modelled in closed form "
                          f"(expected one of {', '.join(EVICTION_RULES)}); use --engine des")
-    per_layer = POLICIES[policy].per_layer_partitions or per_layer_cache
-    partition_capacity = capacity // n_layers if per_layer else capacity
-    if partition_capacity < top_k:
-        where = "per layer" if per_layer else "in all"
-        raise InputError(f"cache: capacity {capacity} experts ({partition_capacity} {where}) is smaller than "
-                         f"top_k={top_k}; a step's experts must fit at once")
-    return CacheLayout(EVICTION_RULES[policy], per_layer, partition_capacity)
+    return CacheLayout(EVICTION_RULES[policy], cache.per_layer, cache.partition_capacity(n_layers))
 
 
 def access_hits(workload: Workload, layout: CacheLayout) -> np.ndarray:
@@ -75,8 +67,7 @@ def analyze(scenario: Scenario) -> Records:
     records = Records.empty(workload)
     if scenario.arch.is_moe:
         config = scenario.config
-        layout = cache_layout(config.policy, config.prefetch, config.per_layer_cache, scenario.cache_capacity,
-                              workload.n_layers, workload.top_k)
+        layout = cache_layout(config.policy, config.prefetch, scenario.cache, workload.n_layers)
         hits = access_hits(workload, layout)
         _fill_expert_outcomes(records, scenario, steps, hits)
         records.peak_cache_entries = peak_entries(workload, layout)

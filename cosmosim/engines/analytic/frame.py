@@ -39,7 +39,7 @@ from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK, Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.results.records import BREAKDOWN_PARTS, ENERGY_PARTS
-from cosmosim.scenario.build import MEMORY_PARTS, Scenario, build_scenario, cache_capacity
+from cosmosim.scenario.build import MEMORY_PARTS, NO_CACHE, Scenario, build_scenario, resolve_cache
 from cosmosim.scenario.settings import RunConfig, check_settings
 from cosmosim.units import MB
 from cosmosim.workload.stream import DECODE
@@ -202,14 +202,15 @@ class _Rows:
 
         mode, capacity = None, 0
         if arch.is_moe:
-            capacity = min(cache_capacity(arch, profile, config, costs, []), arch.n_layers * arch.n_experts)
-            layout = cache_layout(config.policy, config.prefetch, config.per_layer_cache, capacity, arch.n_layers,
-                                  arch.top_k)
+            cache_setup = resolve_cache(arch, profile, config, costs)
+            capacity = cache_setup.capacity
+            layout = cache_layout(config.policy, config.prefetch, cache_setup, arch.n_layers)
             mode = (layout.rule, layout.per_layer)
+        else:
+            cache_setup = NO_CACHE
 
         def scenario() -> Scenario:
-            return Scenario(arch, profile, config, stats.workload, costs, capacity,
-                            capacity >= arch.n_layers * arch.n_experts, trace)
+            return Scenario(arch, profile, config, stats.workload, costs, cache_setup, trace)
 
         return _Plan(stats_key, cost_key, mode, capacity, stats, scenario)
 

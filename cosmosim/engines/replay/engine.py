@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cosmosim.device.cache import ExpertCache
-from cosmosim.device.policies import POLICIES, PolicyContext
 from cosmosim.engines.replay.compute import KVCache, attention, decode_gates, expert_ffn, lm_head, rms_norm, rope_tables
 from cosmosim.engines.replay.storage import ALIGN, ColdReader, aligned_buffer, check_memory, submit_read
 from cosmosim.engines.replay.weights import WEIGHT_BITS, ExpertLayout, ResidentWeights
@@ -86,11 +84,7 @@ class ReplayEngine:
         if config.weight_bits != WEIGHT_BITS:
             raise InputError(f"--weight-bits {config.weight_bits}: replay runs bfloat16 weights; use --weight-bits 16")
         self.scenario, self.weights, self.layout, self.reader = scenario, weights, layout, reader
-        policy = POLICIES[config.policy]
-        context = PolicyContext(capacity=scenario.cache_capacity, n_experts=workload.n_experts, top_k=workload.top_k,
-                                next_use=workload.next_use, warmup_usage=workload.warmup_usage)
-        self.cache = ExpertCache(policy, scenario.cache_capacity, workload.n_layers, context,
-                                 per_layer=policy.per_layer_partitions or config.per_layer_cache)
+        self.cache = scenario.expert_cache()
         check_memory(self.cache.capacity * layout.stride, f"replay's expert cache of {self.cache.capacity} experts")
         self.slots = aligned_buffer(self.cache.capacity * layout.stride)
         torch.frombuffer(self.slots, dtype=torch.uint8).fill_(0)  # fault the pages in now, not inside a token

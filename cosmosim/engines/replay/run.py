@@ -21,7 +21,7 @@ import torch
 
 from cosmosim.engines.replay.compute import default_threads, torch_threads
 from cosmosim.engines.replay.engine import ReplayEngine, ReplayRecords
-from cosmosim.engines.replay.profile import HOST, host_profile_path, resolve_profile
+from cosmosim.engines.replay.profile import resolve_profile
 from cosmosim.engines.replay.storage import ColdReader, check_memory, scratch_folder
 from cosmosim.engines.replay.weights import DTYPE_NAME, ExpertLayout, ResidentWeights, scaled_arch, write_expert_file
 from cosmosim.inputs.arch import Architecture
@@ -31,8 +31,6 @@ from cosmosim.results.summary import percentiles_ms  # the simulator's TPOT stat
 from cosmosim.scenario.build import Scenario, prepare, resolve_arch
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.units import MB
-
-
 
 Progress = Callable[[str], None]  # receives one line per stage, for the command line to show
 
