@@ -1,4 +1,5 @@
-"""Shared fixtures."""
+"""Shared fixtures: a sample corpus, and a tiny hand-worked device and architecture whose costs
+the simulator tests can add up by hand."""
 
 from pathlib import Path
 
@@ -6,6 +7,8 @@ import pytest
 
 from cosmosim.data.corpus import assemble_corpus
 from cosmosim.data.sources import read_text_folder
+from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.profiles import DeviceProfile, profile_from_dict
 
 SAMPLE_DIR = Path(__file__).parent / "data" / "sample"
 
@@ -24,3 +27,36 @@ def sample_corpus(tmp_path_factory) -> Path:
         strict_vocab_range=False,
     )
     return corpus_dir
+
+
+def make_tiny_profile(queue_depth: int = 1, latency_us: float = 100.0, mb_per_s: float = 100.0) -> DeviceProfile:
+    cite = lambda keys: {key: "test value" for key in keys}  # noqa: E731
+    return profile_from_dict({
+        "name": "tiny", "description": "hand-worked test device",
+        "flash": {"bandwidth_curve": [{"read_kib": 4, "mb_per_s": mb_per_s}, {"read_kib": 1024, "mb_per_s": mb_per_s}],
+                  "latency_us": latency_us, "queue_depth": queue_depth, "max_request_kib": 1024,
+                  "sources": cite(["bandwidth_curve", "latency_us", "queue_depth", "max_request_kib"])},
+        "dram": {"capacity_gib": 1, "app_budget_gib": 0.5, "bandwidth_gb_per_s": 1.0,
+                 "sources": cite(["capacity_gib", "app_budget_gib", "bandwidth_gb_per_s"])},
+        "compute": {"gemv_gflops": 1.0, "gemm_gflops": 2.0, "layer_overhead_us": 10,
+                    "sources": cite(["gemv_gflops", "gemm_gflops", "layer_overhead_us"])},
+        "energy": {"flash_pj_per_byte": 100, "dram_pj_per_bit": 10, "pj_per_flop": 1, "idle_mw": 50,
+                   "sources": cite(["flash_pj_per_byte", "dram_pj_per_bit", "pj_per_flop", "idle_mw"])},
+    }, source="tiny.toml")
+
+
+def make_tiny_arch(n_layers: int = 1, n_experts: int = 2, top_k: int = 1) -> Architecture:
+    return Architecture(name="tiny", n_layers=n_layers, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
+                        ffn_hidden=128, n_experts=n_experts, top_k=top_k, wd_rank=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_profile():
+    """`tiny_profile(queue_depth=1, latency_us=100, mb_per_s=100)`: a flat-bandwidth device, 1 GFLOP/s."""
+    return make_tiny_profile
+
+
+@pytest.fixture(scope="session")
+def tiny_arch():
+    """`tiny_arch(n_layers=1, n_experts=2, top_k=1)`: d_model 64, vocab 32, experts of width 128."""
+    return make_tiny_arch

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sim import tiny_arch, tiny_profile
 
 from cosmosim.engines.analytic.engine import analyze
 from cosmosim.engines.analytic.frame import METRIC_COLUMNS, PERCENTILE_COLUMNS, evaluate_points
@@ -35,7 +34,7 @@ def assert_same_records(des, analytic):
     assert analytic.flash_busy_s == pytest.approx(des.flash_busy_s, rel=1e-9)
 
 
-def test_pinning_keeps_a_deep_expert_of_the_step_resident():
+def test_pinning_keeps_a_deep_expert_of_the_step_resident(tiny_profile, tiny_arch):
     # One layer, top-2 of 4, a global cache of 2. Prompt token (0, 1); decode (2, 3) misses twice; then
     # (1, 3): 3 is at depth 0, 1 at depth 2. Plain LRU would evict 3 when loading 1 and then miss 3;
     # the simulator pins the step's experts, so 3 stays: exactly one miss.
@@ -73,7 +72,7 @@ def reference_depths(workload, per_layer):
 
 
 @pytest.mark.parametrize("per_layer", [False, True])
-def test_lru_depths_match_their_definition(per_layer):
+def test_lru_depths_match_their_definition(per_layer, tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=300, n_layers=3, seq_len=30, stay=0.3, seed=4)
     scenario = prepare(tiny_profile(), trace, tiny_arch(n_layers=3, n_experts=8, top_k=2),
                        RunConfig(prompt_tokens=3, cache_experts=6))
@@ -85,8 +84,8 @@ def test_lru_depths_match_their_definition(per_layer):
        seed=st.integers(0, 10_000), queue_depth=st.sampled_from([1, 3]), prompt_tokens=st.integers(1, 4),
        setup=st.sampled_from([("lru", False), ("lru", True), ("belady", False), ("belady", True), ("kactive", False)]),
        size=st.floats(0, 1))
-def test_analytic_records_equal_the_simulators(n_layers, n_experts, top_k, stay, seed, queue_depth, prompt_tokens,
-                                               setup, size):
+def test_analytic_records_equal_the_simulators(n_layers, n_experts, top_k, stay, seed, queue_depth, prompt_tokens, setup,
+                                              size, tiny_profile, tiny_arch):
     top_k = min(top_k, n_experts)
     policy, per_layer = setup
     trace = sticky_trace(n_tokens=240, n_layers=n_layers, n_experts=n_experts, top_k=top_k, seq_len=24, stay=stay,
@@ -126,7 +125,7 @@ def test_miss_count_table_counts_steps_by_misses():
         assert table[capacity].tolist() == np.bincount(misses, minlength=3).tolist()
 
 
-def test_analytic_engine_refuses_what_it_does_not_model():
+def test_analytic_engine_refuses_what_it_does_not_model(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=512, n_layers=2, seq_len=64)
     arch = tiny_arch(n_layers=2, n_experts=8, top_k=2)
     with pytest.raises(InputError, match="--prefetch oracle is not modelled"):
@@ -137,7 +136,7 @@ def test_analytic_engine_refuses_what_it_does_not_model():
         run(tiny_profile(), trace, arch, RunConfig(cache_experts=4), engine="closed")
 
 
-def test_both_engines_report_the_same_keys():
+def test_both_engines_report_the_same_keys(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=1024, n_layers=2, seq_len=128, seed=6)
     arch = tiny_arch(n_layers=2, n_experts=8, top_k=2)
     des = run(tiny_profile(), trace, arch, RunConfig(cache_experts=6), engine="des")

@@ -5,7 +5,6 @@ import pytest
 from cosmosim.engines.des import simulate
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture
-from cosmosim.inputs.profiles import profile_from_dict
 from cosmosim.inputs.synthetic import sticky_trace, trace_from_experts
 from cosmosim.results.summary import summarize
 from cosmosim.runner import run
@@ -15,36 +14,16 @@ from cosmosim.scenario.settings import RunConfig
 MIB = 1 << 20
 
 
-def tiny_profile(queue_depth: int = 1, latency_us: float = 100.0, mb_per_s: float = 100.0):
-    cite = lambda keys: {key: "test value" for key in keys}  # noqa: E731
-    return profile_from_dict({
-        "name": "tiny", "description": "hand-worked test device",
-        "flash": {"bandwidth_curve": [{"read_kib": 4, "mb_per_s": mb_per_s}, {"read_kib": 1024, "mb_per_s": mb_per_s}],
-                  "latency_us": latency_us, "queue_depth": queue_depth, "max_request_kib": 1024,
-                  "sources": cite(["bandwidth_curve", "latency_us", "queue_depth", "max_request_kib"])},
-        "dram": {"capacity_gib": 1, "app_budget_gib": 0.5, "bandwidth_gb_per_s": 1.0,
-                 "sources": cite(["capacity_gib", "app_budget_gib", "bandwidth_gb_per_s"])},
-        "compute": {"gemv_gflops": 1.0, "gemm_gflops": 2.0, "layer_overhead_us": 10,
-                    "sources": cite(["gemv_gflops", "gemm_gflops", "layer_overhead_us"])},
-        "energy": {"flash_pj_per_byte": 100, "dram_pj_per_bit": 10, "pj_per_flop": 1, "idle_mw": 50,
-                   "sources": cite(["flash_pj_per_byte", "dram_pj_per_bit", "pj_per_flop", "idle_mw"])},
-    }, source="tiny.toml")
+def scenario_for(experts, seq_len, *, arch, profile, **config):
+    trace = trace_from_experts(experts, seq_len=seq_len, n_experts=arch.n_experts)
+    return prepare(profile, trace, arch, RunConfig(prompt_tokens=1, **config))
 
 
-def tiny_arch(n_layers: int = 1, n_experts: int = 2, top_k: int = 1) -> Architecture:
-    return Architecture(name="tiny", n_layers=n_layers, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
-                        ffn_hidden=128, n_experts=n_experts, top_k=top_k, wd_rank=None)
-
-
-def scenario_for(experts, seq_len, *, arch=None, profile=None, **config):
-    trace = trace_from_experts(experts, seq_len=seq_len, n_experts=(arch or tiny_arch()).n_experts)
-    return prepare(profile or tiny_profile(), trace, arch or tiny_arch(), RunConfig(prompt_tokens=1, **config))
-
-
-def test_hits_and_misses_cost_exactly_what_the_parts_add_up_to():
+def test_hits_and_misses_cost_exactly_what_the_parts_add_up_to(tiny_profile, tiny_arch):
     # Sequence 1 is the warm-up; sequence 2: prompt expert 0 (miss), then decode 0, 1, 1, 0 with one
     # cache slot: hit, miss, hit, miss.
-    scenario = scenario_for([[0]] * 5 + [[0], [0], [1], [1], [0]], seq_len=5, cache_experts=1)
+    scenario = scenario_for([[0]] * 5 + [[0], [0], [1], [1], [0]], seq_len=5, arch=tiny_arch(), profile=tiny_profile(),
+                            cache_experts=1)
     records = simulate(scenario)
     costs = scenario.costs
     read_s = 100e-6 + costs.expert_bytes / 100e6  # latency + transfer: one request, idle device
@@ -59,7 +38,7 @@ def test_hits_and_misses_cost_exactly_what_the_parts_add_up_to():
 
 
 @pytest.mark.parametrize("queue_depth", [1, 2])
-def test_two_misses_overlap_reads_with_compute(queue_depth):
+def test_two_misses_overlap_reads_with_compute(queue_depth, tiny_profile, tiny_arch):
     # top-2 of 4, cache of 2: the decode token needs experts 2 and 3, both misses.
     arch = tiny_arch(n_experts=4, top_k=2)
     scenario = scenario_for([[[0, 1]]] * 2 + [[[0, 1]], [[2, 3]]], seq_len=2, arch=arch, cache_experts=2,
@@ -76,7 +55,7 @@ def test_two_misses_overlap_reads_with_compute(queue_depth):
     assert records.breakdown_s["flash_stall"] == pytest.approx(end - router_done - 2 * compute, rel=1e-9)
 
 
-def test_dense_architecture_runs_without_a_trace():
+def test_dense_architecture_runs_without_a_trace(tiny_profile):
     dense = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
                          ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
     scenario = prepare(tiny_profile(), None, dense, RunConfig(prompt_tokens=4, tokens=512))
@@ -85,7 +64,7 @@ def test_dense_architecture_runs_without_a_trace():
     assert result["inputs"]["decode_tokens"] == 2 * (256 - 4)
 
 
-def test_results_are_deterministic_and_more_cache_never_hurts_belady():
+def test_results_are_deterministic_and_more_cache_never_hurts_belady(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=4096, n_layers=4, seq_len=128, seed=3)
     arch = tiny_arch(n_layers=4, n_experts=8, top_k=2)
     results = [run(tiny_profile(queue_depth=4), trace, arch, RunConfig(policy="belady", cache_experts=n))
@@ -100,7 +79,7 @@ def test_results_are_deterministic_and_more_cache_never_hurts_belady():
     assert results[1]["tpot_ms"]["mean"] <= lru["tpot_ms"]["mean"]
 
 
-def test_kactive_equals_per_layer_lru_of_top_k():
+def test_kactive_equals_per_layer_lru_of_top_k(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=2048, n_layers=3, seq_len=128, seed=5)
     arch = tiny_arch(n_layers=3, n_experts=8, top_k=2)
     kactive = run(tiny_profile(), trace, arch, RunConfig(policy="kactive"))
@@ -110,7 +89,7 @@ def test_kactive_equals_per_layer_lru_of_top_k():
         run(tiny_profile(), trace, arch, RunConfig(policy="kactive", cache_experts=6))
 
 
-def test_oracle_prefetch_never_worse_and_next_layer_reports_accuracy():
+def test_oracle_prefetch_never_worse_and_next_layer_reports_accuracy(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=4096, n_layers=4, seq_len=128, stay=0.3, seed=1)
     arch = tiny_arch(n_layers=4, n_experts=8, top_k=2)
     config = dict(policy="lru", cache_experts=16)
@@ -122,7 +101,7 @@ def test_oracle_prefetch_never_worse_and_next_layer_reports_accuracy():
     assert 0 < guess["prefetch"]["accuracy"] < 1 and guess["prefetch"]["issued"] > 0
 
 
-def test_layer_mapping_warns_and_mismatched_experts_fail():
+def test_layer_mapping_warns_and_mismatched_experts_fail(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=1024, n_layers=2, seq_len=128)
     result = run(tiny_profile(), trace, tiny_arch(n_layers=4, n_experts=8, top_k=2), RunConfig(cache_experts=8))
     assert any("floor(i * 2 / 4)" in w for w in result["warnings"])
@@ -131,14 +110,14 @@ def test_layer_mapping_warns_and_mismatched_experts_fail():
         run(tiny_profile(), trace, tiny_arch(n_layers=2, n_experts=4, top_k=2), RunConfig(cache_experts=8))
 
 
-def test_whole_cache_means_offloading_idle():
+def test_whole_cache_means_offloading_idle(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=1024, n_layers=2, seq_len=128)
     result = run(tiny_profile(), trace, tiny_arch(n_layers=2, n_experts=8, top_k=2), RunConfig(cache_experts=100))
     assert result["inputs"]["offloading_idle"] and result["accesses"]["miss"] + result["accesses"]["prefill_miss"] <= 16
     assert any("offloading is idle" in w for w in result["warnings"])
 
 
-def test_per_layer_partitions_report_the_cache_they_simulate():
+def test_per_layer_partitions_report_the_cache_they_simulate(tiny_profile, tiny_arch):
     trace = sticky_trace(n_tokens=1024, n_layers=4, seq_len=128)
     result = run(tiny_profile(), trace, tiny_arch(n_layers=4, n_experts=8, top_k=2),
                  RunConfig(cache_experts=10, per_layer_cache=True))
