@@ -141,7 +141,8 @@ class LFU(CachePolicy):
 
 
 class Belady(CachePolicy):
-    """Offline optimal (Belady's MIN): evict the entry whose next demand access is furthest away."""
+    """Evict the entry whose next demand access is furthest away. With the step's experts pinned this is
+    the offline optimum of the simulator's execution model (docs/simulator.md, tests/test_belady_bound.py)."""
 
     name = "belady"
 
