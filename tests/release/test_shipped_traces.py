@@ -1,5 +1,7 @@
-"""The traces in traces/ are what issue 2 promises: recorded by this repository's own code, each saying
-how it was made, small enough to ship, and the README's table is the one their statistics give."""
+"""Release check of shipped data: the traces in traces/ are recorded by this repository's own code,
+each says how it was made, each is small enough to ship, and the README's table is the one their
+statistics give. (tests/release/ holds checks of what the project ships; the unit tests beside it
+check code.)"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 from cosmosim.cli import app
 from cosmosim.inputs.trace import load_trace
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 TRACES = sorted((REPOSITORY / "traces").glob("*.npz"))
 MINIS = REPOSITORY / "traces" / "minis.json"
 TRAINING_FIELDS = {"config_name", "run", "seed", "steps", "tokens_seen", "train_time_s", "train_loss", "val_loss",
