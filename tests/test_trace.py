@@ -2,6 +2,8 @@
 
 import io
 import json
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -54,6 +56,11 @@ def test_loads_good_arrays(tmp_path):
     (lambda a: a.update(meta=np.array(json.dumps({"schema_version": 2}))), "schema_version"),
     (lambda a: a.update(meta=np.array(json.dumps(trace_meta(3, 4, 2)))), "disagrees with meta.model"),
     (lambda a: a.update(extra=np.zeros(3)), "extra: unknown array"),
+    (lambda a: a.update(domains=np.array(["x"] * 8)), r"domains: expected an integer dtype \(int8\), got <U1"),
+    (lambda a: a.update(tokens=np.full(8, 0.5)), "tokens: expected an integer dtype"),
+    (lambda a: a.update(meta=np.array(json.dumps(trace_meta(2, 10**12, 2)))), "meta.model.n_experts: expected <= 2048"),
+    (lambda a: a.update(meta=np.array(json.dumps(trace_meta(2, True, 2)))), "meta.model.n_experts: expected a positive"),
+    (lambda a: a.update(meta=np.array(json.dumps({**trace_meta(2, 4, 2), "target_arch": 5}))), "meta.target_arch"),
 ])
 def test_malformed_arrays_are_refused(tmp_path, change, message):
     arrays = good_arrays()
@@ -93,3 +100,30 @@ def test_random_arrays_load_or_fail_cleanly(tmp_path_factory, experts, positions
         assert str(path) in str(error)
         return
     assert trace.experts.min() >= 0 and trace.experts.max() < 8 and trace.positions[0] == 0
+
+
+def test_compressed_data_that_fails_to_inflate_is_an_input_error(tmp_path):
+    path = write_npz(tmp_path / "t.npz", **good_arrays(n_tokens=512))
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo("experts.npy")
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)  # the member's deflate stream
+    for i in range(start + 16, start + 48):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="not a readable .npz trace"):
+        load_trace(path)
+
+
+def test_an_absurd_declared_shape_is_refused_before_reading(tmp_path):
+    arrays = good_arrays()
+    header = "{'descr': '<i2', 'fortran_order': False, 'shape': (100000000000, 2, 2), }"
+    header = header.ljust(118) + "\n"
+    huge = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + arrays["experts"].tobytes()
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{name}.npy", huge if name == "experts" else buffer.getvalue())
+    with pytest.raises(InputError, match=r"experts: declares shape \(100000000000, 2, 2\)"):
+        load_trace(tmp_path / "huge.npz")

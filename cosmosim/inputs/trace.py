@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,10 @@ from cosmosim.files import atomic_write_bytes
 SCHEMA_VERSION = 1
 REQUIRED_MODEL_KEYS = ("n_layers", "n_experts", "top_k")
 _OPTIONAL_ARRAYS = {"tokens": np.int32, "domains": np.int8, "router_probs": np.float16}
+# The most experts per layer a trace may declare: Switch-C, the largest published MoE, routes among
+# 2048. The bound keeps what engines allocate per expert pair (co-occurrence counts) within memory.
+MAX_EXPERTS = 2048
+MAX_ARRAY_BYTES = 8 << 30  # no trace array is larger: a header that claims more is refused before reading
 
 
 @dataclass
@@ -86,8 +91,12 @@ def validate(trace: Trace, source: str = "trace") -> None:
     if not isinstance(model, dict):
         raise _fail(source, "meta.model", "expected an object with the model config")
     for key in REQUIRED_MODEL_KEYS:
-        if not isinstance(model.get(key), int) or model[key] < 1:
+        if not isinstance(model.get(key), int) or isinstance(model.get(key), bool) or model[key] < 1:
             raise _fail(source, f"meta.model.{key}", f"expected a positive integer, got {model.get(key)!r}")
+    if meta.get("target_arch") is not None and not isinstance(meta["target_arch"], str):
+        raise _fail(source, "meta.target_arch", f"expected an architecture name or null, got {meta['target_arch']!r}")
+    if model["n_experts"] > MAX_EXPERTS:
+        raise _fail(source, "meta.model.n_experts", f"expected <= {MAX_EXPERTS} (the most any published MoE has), got {model['n_experts']}")
 
     experts, gates, positions = trace.experts, trace.gates, trace.positions
     if experts.ndim != 3:
@@ -130,10 +139,14 @@ def validate(trace: Trace, source: str = "trace") -> None:
         t = int(bad[0]) + 1
         raise _fail(source, "positions", f"expected 0 or previous+1 at token {t}, got {positions[t]} after {positions[t - 1]}")
 
-    for name in _OPTIONAL_ARRAYS:
+    for name, dtype in _OPTIONAL_ARRAYS.items():
         array = getattr(trace, name)
         if array is None:
             continue
+        kind = np.floating if np.dtype(dtype).kind == "f" else np.integer
+        if not np.issubdtype(array.dtype, kind):
+            raise _fail(source, name, f"expected {'a float' if kind is np.floating else 'an integer'} dtype "
+                                      f"({np.dtype(dtype).name}), got {array.dtype}")
         expected_shape = (n_tokens, n_layers, n_experts) if name == "router_probs" else (n_tokens,)
         if array.shape != expected_shape:
             raise _fail(source, name, f"expected shape {expected_shape}, got {array.shape}")
@@ -164,6 +177,27 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
     return path
 
 
+def _check_declared_sizes(path: Path, source: str) -> None:
+    """Refuse an array whose header declares more bytes than a trace can hold, before numpy allocates it."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load says what it is
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if not member.filename.endswith(".npy"):
+                continue
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    continue  # a newer header version: np.load checks it
+                shape, _, dtype = read_header(handle, max_header_size=10_000)  # the header only, no data
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if nbytes > MAX_ARRAY_BYTES:
+                raise _fail(source, member.filename[:-4], f"declares shape {shape} of {dtype} ({nbytes:.3g} bytes), "
+                            f"more than a trace array can hold ({MAX_ARRAY_BYTES >> 30} GiB)")
+
+
 def load_trace(path: str | Path) -> Trace:
     """Load and validate a v1 trace; any problem is an InputError naming the file and field."""
     path = Path(path)
@@ -171,12 +205,15 @@ def load_trace(path: str | Path) -> Trace:
     if not path.is_file():
         raise InputError(f"{source}: no such trace file")
     try:
+        _check_declared_sizes(path, source)
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise InputError(f"{source}: a single array (.npy), not a .npz trace archive")
         with loaded as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:
         raise InputError(f"{source}: not a readable .npz trace ({error.__class__.__name__}: {error})") from None
     for name in ("experts", "gates", "positions", "meta"):
         if name not in arrays:

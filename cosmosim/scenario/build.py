@@ -196,7 +196,10 @@ def resolve_arch(arch: str | Architecture | None, trace: Trace | None) -> Archit
     target = trace.meta.get("target_arch") if trace is not None else None
     if not target:
         raise InputError("--arch: not given, and the trace's meta.target_arch names none; give --arch NAME (see `cosmosim arch`)")
-    return get_arch(target)
+    try:
+        return get_arch(target)
+    except InputError as error:
+        raise InputError(f"{trace.path or 'trace'}: meta.target_arch: {error}; or give --arch NAME") from None
 
 
 def prepare(profile: str | Path | DeviceProfile, trace: str | Path | Trace | None = None,
