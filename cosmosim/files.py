@@ -1,10 +1,15 @@
-"""Atomic output: every file cosmosim writes appears whole or not at all (temp file + rename)."""
+"""Output that loses nothing: every file cosmosim writes appears whole or not at all (temp file +
+rename), an output path may not be an input or another output, and a results folder has one writer.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cosmosim.errors import InputError
@@ -19,8 +24,56 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None] | None = None) -> None:
+    """Refuse, before any work, output paths that would clobber an input or each other, or that no
+    file can be written to. Keys are what the user typed them as (`--json`); None values are skipped."""
+    given_outputs = {flag: Path(path) for flag, path in outputs.items() if path is not None}
+    given_inputs = {flag: Path(path) for flag, path in (inputs or {}).items() if path is not None}
+    seen: dict[str, Path] = {}
+    for flag, path in given_outputs.items():
+        if str(path) in ("", ".") or path.is_dir():
+            raise InputError(f"{flag} {str(path) or repr('')}: is a folder, not a file path; give a file name")
+        for input_flag, input_path in given_inputs.items():
+            if _same(path, input_path):
+                raise InputError(f"{flag} {path}: is the {input_flag} input; writing it would destroy it")
+        for other_flag, other in seen.items():
+            if _same(path, other):
+                raise InputError(f"{flag} {path}: is also {other_flag}; one would overwrite the other")
+        seen[flag] = path
+
+
+def check_outside(path: str | Path, folder: str | Path, flag: str) -> None:
+    """Refuse an output inside a folder cosmosim owns (a results folder), where it would be taken for its data."""
+    if Path(folder).resolve() in (Path(path).resolve(), *Path(path).resolve().parents):
+        raise InputError(f"{flag} {path}: is inside {folder}, which holds results; write it elsewhere")
+
+
+@contextmanager
+def exclusive_folder(folder: str | Path, flag: str) -> Iterator[Path]:
+    """Hold `folder` for this process alone: a second process is refused while the first runs, and a
+    killed process leaves nothing stuck (the kernel drops the lock, taken on the folder itself, with it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{flag} {folder}: another cosmosim process is writing to it; wait for it to finish "
+                             "or choose another folder") from None
+        yield folder
+    finally:
+        os.close(descriptor)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
+    if str(path) in ("", ".") or path.is_dir():
+        raise InputError(f"{str(path) or repr('')}: is a folder, not a file path; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

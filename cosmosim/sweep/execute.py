@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cosmosim.errors import InputError
+from cosmosim.files import exclusive_folder
 from cosmosim.runner import ENGINES
 from cosmosim.sweep.dataset import done_point_ids, open_results, write_part
 from cosmosim.sweep.evaluate import evaluate_part
@@ -131,37 +132,48 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, engine: str 
 
     out_dir = Path(out_dir)
     points = grid(spec)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: is a file, not a results folder; choose another --out")
     client = connect_scheduler(scheduler, connect_timeout_s) if scheduler is not None else None
     try:
-        manifest = open_results(out_dir, spec, engine, len(points))
-        done = done_point_ids(out_dir)
-        todo = [point for point in points if point.point_id not in done]
-        n_workers = sum(client.nthreads().values()) if client is not None else workers
-        size = points_per_part or max(1, min(MAX_POINTS_PER_PART, math.ceil(len(todo) / (PARTS_PER_WORKER * n_workers))))
-        parts = _chunks(todo, size)
-        if client is not None:
-            frames = _dask(parts, engine, client)
-        elif workers > 1 and len(parts) > 1:
-            frames = _process_pool(parts, engine, workers)
-        else:
-            frames = _in_process(parts, engine)
-        n_computed = n_errors = n_parts = 0
-        with tqdm(total=len(points), initial=len(points) - len(todo), unit="point", desc=f"sweep {spec.name}",
-                  disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            try:
-                for rows in frames:
-                    path = write_part(out_dir, rows)
-                    n_parts += 1
-                    n_computed += len(rows)
-                    n_errors += int(rows["error"].notna().sum())
-                    bar.update(len(rows))
-                    if on_part_written is not None:
-                        on_part_written(path)
-            finally:
-                frames.close()  # an interrupted sweep cancels the parts not yet started
+        with exclusive_folder(out_dir, "--out"):
+            return _run_locked(spec, out_dir, points, engine, workers, client, points_per_part, progress,
+                               on_part_written, started)
     finally:
         if client is not None:
             client.close()
+
+
+def _run_locked(spec: SweepSpec, out_dir: Path, points: list[Point], engine: str, workers: int, client,
+                points_per_part: int | None, progress: bool, on_part_written: Callable[[Path], None] | None,
+                started: float) -> SweepSummary:
+    """The sweep itself, run while this process holds `out_dir`."""
+    manifest = open_results(out_dir, spec, engine, len(points))
+    done = done_point_ids(out_dir)
+    todo = [point for point in points if point.point_id not in done]
+    n_workers = sum(client.nthreads().values()) if client is not None else workers
+    size = points_per_part or max(1, min(MAX_POINTS_PER_PART, math.ceil(len(todo) / (PARTS_PER_WORKER * n_workers))))
+    parts = _chunks(todo, size)
+    if client is not None:
+        frames = _dask(parts, engine, client)
+    elif workers > 1 and len(parts) > 1:
+        frames = _process_pool(parts, engine, workers)
+    else:
+        frames = _in_process(parts, engine)
+    n_computed = n_errors = n_parts = 0
+    with tqdm(total=len(points), initial=len(points) - len(todo), unit="point", desc=f"sweep {spec.name}",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            for rows in frames:
+                path = write_part(out_dir, rows)
+                n_parts += 1
+                n_computed += len(rows)
+                n_errors += int(rows["error"].notna().sum())
+                bar.update(len(rows))
+                if on_part_written is not None:
+                    on_part_written(path)
+        finally:
+            frames.close()  # an interrupted sweep cancels the parts not yet started
     return SweepSummary(out_dir=out_dir, fingerprint=manifest["fingerprint"], engine=engine, n_points=len(points),
                         n_already_done=len(points) - len(todo), n_computed=n_computed, n_errors=n_errors,
                         parts_written=n_parts, elapsed_s=time.perf_counter() - started)
