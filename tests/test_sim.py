@@ -62,6 +62,24 @@ def test_dense_architecture_runs_without_a_trace(tiny_profile):
     result = summarize(scenario, simulate(scenario), "des")
     assert result["accesses"]["decode"] == 0 and result["flash_mb_per_token"] == 0
     assert result["inputs"]["decode_tokens"] == 2 * (256 - 4)
+    assert result["inputs"]["policy"] is None and result["inputs"]["cache_experts"] == 0  # nothing cached, nothing echoed
+
+
+@pytest.mark.parametrize("setting, flag", [(dict(policy="belady"), "--policy"), (dict(prefetch="oracle"), "--prefetch"),
+                                           (dict(cache_mb=10.0), "--cache-mb"), (dict(per_layer_cache=True),
+                                                                                  "--per-layer-cache")])
+def test_cache_settings_for_a_dense_architecture_are_refused(tiny_profile, setting, flag):
+    dense = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
+                         ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
+    with pytest.raises(InputError, match=f"is dense: it has no experts to cache or prefetch, so drop {flag}$"):
+        prepare(tiny_profile(), None, dense, RunConfig(**setting))
+
+
+def test_a_dense_run_of_absurdly_many_tokens_is_refused_before_allocating(tiny_profile):
+    dense = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
+                         ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
+    with pytest.raises(InputError, match="--tokens: expected <= 10,000,000"):
+        prepare(tiny_profile(), None, dense, RunConfig(tokens=10**9))
 
 
 def test_results_are_deterministic_and_more_cache_never_hurts_belady(tiny_profile, tiny_arch):

@@ -17,7 +17,7 @@ from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.trace import Trace, load_trace
-from cosmosim.scenario.settings import RunConfig, check_settings
+from cosmosim.scenario.settings import ROUTING_SETTINGS, RunConfig, check_dense_settings, check_settings
 from cosmosim.units import MB
 from cosmosim.workload.dense import dense_workload
 from cosmosim.workload.stream import Workload, build_workload
@@ -96,8 +96,11 @@ class Scenario:
 
     def inputs(self) -> dict:
         """The resolved inputs, for the output's `inputs` block."""
+        config = asdict(self.config)
+        if not self.arch.is_moe:  # nothing of these was used: say so rather than echo the defaults
+            config.update(dict.fromkeys(ROUTING_SETTINGS))
         return {
-            **asdict(self.config),
+            **config,
             "arch": self.arch.name,
             "profile": self.profile.name,
             "trace": str(self.trace.path) if self.trace is not None and self.trace.path else None,
@@ -168,6 +171,7 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     if not arch.is_moe:
         if trace is not None:
             raise InputError(f"--arch {arch.name} is dense: it routes nothing, so drop --trace")
+        check_dense_settings(config, arch.name)
         tokens = config.dense_tokens if config.tokens is None else config.tokens
         workload = dense_workload(arch.n_layers, tokens=tokens, prompt_tokens=config.prompt_tokens,
                                   context_len=config.context_len, sequence_len=config.dense_sequence_len)

@@ -66,3 +66,16 @@ def check_settings(config: RunConfig) -> None:
     if not POLICIES[config.policy].needs_cache_size and (sized or config.per_layer_cache):
         raise InputError(f"--policy {config.policy}: it fixes the cache itself (top_k experts per layer); "
                          "drop --cache-mb/--cache-experts/--per-layer-cache")
+
+
+CACHE_SIZE_SETTINGS = ("cache_mb", "cache_experts", "per_layer_cache")
+ROUTING_SETTINGS = ("policy", "prefetch", *CACHE_SIZE_SETTINGS)  # meaningless without experts to cache
+
+
+def check_dense_settings(config: RunConfig, arch_name: str) -> None:
+    """A dense architecture has no expert cache: a cache setting given for it is a mistake, not a no-op."""
+    given = [name for name in ROUTING_SETTINGS if getattr(config, name) != getattr(RunConfig, name)]
+    if given:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise InputError(f"--arch {arch_name} is dense: it has no experts to cache or prefetch, so drop {flags}")
+

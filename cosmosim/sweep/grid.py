@@ -18,11 +18,11 @@ from dataclasses import dataclass, fields
 
 from cosmosim.device.policies import POLICIES
 from cosmosim.inputs.arch import get_arch
-from cosmosim.scenario.settings import RunConfig
-from cosmosim.sweep.spec import CACHE_AXES, SweepSpec, TraceFacts
+from cosmosim.scenario.settings import CACHE_SIZE_SETTINGS, ROUTING_SETTINGS, RunConfig
+from cosmosim.sweep.spec import SweepSpec, TraceFacts
 
-ROUTING_ONLY = ("trace", "wd_rank", "policy", "prefetch", *CACHE_AXES, "per_layer_cache")
-CACHE_SIZING = (*CACHE_AXES, "per_layer_cache")
+ROUTING_ONLY = ("trace", "wd_rank", *ROUTING_SETTINGS, "cache_fraction")  # a sweep's cache_fraction sizes the cache too
+CACHE_SIZING = (*CACHE_SIZE_SETTINGS, "cache_fraction")
 CONFIG_AXES = tuple(field.name for field in fields(RunConfig))
 
 

@@ -9,12 +9,17 @@ import numpy as np
 from cosmosim.errors import InputError
 from cosmosim.workload.stream import DECODE, PREFILL, Workload, next_use_of
 
+MAX_TOKENS = 10_000_000  # a dense run simulates every token's steps: ~1 GB of step arrays at 19 layers
+
 
 def dense_workload(n_layers: int, *, tokens: int, prompt_tokens: int, context_len: int, sequence_len: int) -> Workload:
     """Steps without expert accesses: a dense model's requests of `dense_sequence_len` tokens."""
     if sequence_len <= prompt_tokens:
         raise InputError(f"--prompt-tokens: expected < {sequence_len} (the dense request length), "
                          f"got {prompt_tokens}")
+    if tokens > MAX_TOKENS:
+        raise InputError(f"--tokens: expected <= {MAX_TOKENS:,} for a dense architecture (every token is simulated), "
+                         f"got {tokens:,}")
     n_requests = math.ceil(tokens / sequence_len)  # whole requests: rounds up
     positions = np.arange(prompt_tokens, sequence_len)
     one_request_kinds = np.concatenate([np.full(n_layers, PREFILL), np.full(positions.size * n_layers, DECODE)])
