@@ -14,6 +14,10 @@ from cosmosim.scenario.settings import RunConfig
 MIB = 1 << 20
 
 
+TINY_DENSE = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
+                          ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
+
+
 def scenario_for(experts, seq_len, *, arch, profile, **config):
     trace = trace_from_experts(experts, seq_len=seq_len, n_experts=arch.n_experts)
     return prepare(profile, trace, arch, RunConfig(prompt_tokens=1, **config))
@@ -56,9 +60,7 @@ def test_two_misses_overlap_reads_with_compute(queue_depth, tiny_profile, tiny_a
 
 
 def test_dense_architecture_runs_without_a_trace(tiny_profile):
-    dense = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
-                         ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
-    scenario = prepare(tiny_profile(), None, dense, RunConfig(prompt_tokens=4, tokens=512))
+    scenario = prepare(tiny_profile(), None, TINY_DENSE, RunConfig(prompt_tokens=4, tokens=512))
     result = summarize(scenario, simulate(scenario), "des")
     assert result["accesses"]["decode"] == 0 and result["flash_mb_per_token"] == 0
     assert result["inputs"]["decode_tokens"] == 2 * (256 - 4)
@@ -69,17 +71,13 @@ def test_dense_architecture_runs_without_a_trace(tiny_profile):
                                            (dict(cache_mb=10.0), "--cache-mb"), (dict(per_layer_cache=True),
                                                                                   "--per-layer-cache")])
 def test_cache_settings_for_a_dense_architecture_are_refused(tiny_profile, setting, flag):
-    dense = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
-                         ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
     with pytest.raises(InputError, match=f"is dense: it has no experts to cache or prefetch, so drop {flag}$"):
-        prepare(tiny_profile(), None, dense, RunConfig(**setting))
+        prepare(tiny_profile(), None, TINY_DENSE, RunConfig(**setting))
 
 
 def test_a_dense_run_of_absurdly_many_tokens_is_refused_before_allocating(tiny_profile):
-    dense = Architecture(name="tiny-dense", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, vocab_size=32,
-                         ffn_hidden=128, n_experts=1, top_k=1, wd_rank=None)
     with pytest.raises(InputError, match="--tokens: expected <= 10,000,000"):
-        prepare(tiny_profile(), None, dense, RunConfig(tokens=10**9))
+        prepare(tiny_profile(), None, TINY_DENSE, RunConfig(tokens=10**9))
 
 
 def test_results_are_deterministic_and_more_cache_never_hurts_belady(tiny_profile, tiny_arch):
