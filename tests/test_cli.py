@@ -66,7 +66,7 @@ def bad_profile(tmp_path):
     (["run", "--profile", "wearable", "--trace", "{trace}", "--cache-experts", "8", "--cache-mb", "9"], "give one cache size"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--policy", "kactive", "--cache-mb", "90"], "fixes the cache itself"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--policy", "fifo"], "--policy: expected one of"),
-    (["run", "--profile", "wearable", "--trace", "{trace}", "--weight-bits", "3"], "--weight-bits: expected 16, 8 or 4"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--weight-bits", "3"], "--weight-bits: expected one of 16, 8, 4, got 3"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--prompt-tokens", "500"], "longer than --prompt-tokens=500"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--arch", "phone-dense-fa"], "is dense"),
     (["run", "--profile", "wearable", "--arch", "wearable-moe"], "give a routing --trace"),
@@ -105,9 +105,9 @@ def test_catalog_commands(capsys):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--context-len", "0"], "--context-len: expected >= 1, got 0"),
-    (["--tokens", "-5", "--engine", "analytic"], "--tokens: expected >= 1, got -5"),
-    (["--tokens", "0"], "--tokens: expected >= 1, got 0"),
+    (["--context-len", "0"], "--context-len: expected an integer >= 1, got 0"),
+    (["--tokens", "-5", "--engine", "analytic"], "--tokens: expected an integer >= 1, got -5"),
+    (["--tokens", "0"], "--tokens: expected an integer >= 1, got 0"),
     (["--prompt-tokens", "64", "--context-len", "32"], "--prompt-tokens: expected <= --context-len (32)"),
     (["--cache-mb", "nan", "--arch", "wearable-moe"], "--cache-mb: expected a finite number > 0"),
 ])

@@ -8,13 +8,14 @@ bit-widths), so a new one is accepted everywhere by itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.errors import InputError
-
-WEIGHT_BITS = (16, 8, 4)
+from cosmosim.inputs.arch import WEIGHT_BITS
 
 
 def choices(options) -> str:
@@ -41,31 +42,86 @@ class RunConfig:
     dense_sequence_len: int = 256
 
 
+class BadValue(ValueError):
+    """What a setting expected instead of the value given; the caller says where the value came from."""
 
-def check_settings(config: RunConfig) -> None:
-    """Every flag on its own and against the others; the same checks for MoE and dense runs."""
-    for name in ("prompt_tokens", "context_len", "tokens"):
+
+def _choice(options) -> Callable[[Any], Any]:
+    def check(value):
+        if not any(value == option and type(value) is type(option) for option in options):
+            raise BadValue(f"expected one of {', '.join(map(str, options))}")
+        return value
+    return check
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(value):
+    if not _is_int(value) or value < 1:
+        raise BadValue("expected an integer >= 1")
+    return value
+
+
+def positive_number(value):
+    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or value <= 0:
+        raise BadValue("expected a finite number > 0")
+    return value
+
+
+def boolean(value):
+    if not isinstance(value, bool):
+        raise BadValue("expected true or false")
+    return value
+
+
+def _warmup_fraction(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise BadValue("expected a fraction in [0, 1)")
+    return value
+
+
+# Each setting a user can give, with the check of its value on its own; None (derive a default) passes.
+FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "policy": _choice(tuple(POLICIES)),
+    "prefetch": _choice(tuple(PREFETCHERS)),
+    "weight_bits": _choice(WEIGHT_BITS),
+    "cache_mb": positive_number,
+    "cache_experts": positive_int,
+    "per_layer_cache": boolean,
+    "tokens": positive_int,
+    "prompt_tokens": positive_int,
+    "context_len": positive_int,
+    "warmup_fraction": _warmup_fraction,
+}
+
+
+def flag(name: str) -> str:
+    """How `cosmosim run` spells a setting: --cache-mb."""
+    return "--" + name.replace("_", "-")
+
+
+def check_settings(config: RunConfig, name_of: Callable[[str], str] = flag) -> None:
+    """Every setting on its own, then against the others; the same checks for MoE and dense runs.
+    `name_of` says where a setting came from in messages (a flag, a spec key, a frame column)."""
+    for name, check in FIELD_CHECKS.items():
         value = getattr(config, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
+        if value is None:
+            continue
+        try:
+            check(value)
+        except BadValue as bad:
+            raise InputError(f"{name_of(name)}: {bad}, got {value!r}") from None
     if config.prompt_tokens > config.context_len:
-        raise InputError(f"--prompt-tokens: expected <= --context-len ({config.context_len}), got {config.prompt_tokens}")
-    if config.policy not in POLICIES:
-        raise InputError(f"--policy: expected one of {', '.join(POLICIES)}, got {config.policy!r}")
-    if config.prefetch not in PREFETCHERS:
-        raise InputError(f"--prefetch: expected one of {', '.join(PREFETCHERS)}, got {config.prefetch!r}")
-    if config.weight_bits not in WEIGHT_BITS:
-        raise InputError(f"--weight-bits: expected {choices(WEIGHT_BITS)}, got {config.weight_bits}")
+        raise InputError(f"{name_of('prompt_tokens')}: expected <= {name_of('context_len')} ({config.context_len}), "
+                         f"got {config.prompt_tokens}")
     if config.cache_mb is not None and config.cache_experts is not None:
-        raise InputError("--cache-mb and --cache-experts: give one cache size, not both")
-    if config.cache_mb is not None and not (math.isfinite(config.cache_mb) and config.cache_mb > 0):
-        raise InputError(f"--cache-mb: expected a finite number > 0, got {config.cache_mb}")
-    if config.cache_experts is not None and config.cache_experts < 1:
-        raise InputError(f"--cache-experts: expected >= 1, got {config.cache_experts}")
+        raise InputError(f"{name_of('cache_mb')} and {name_of('cache_experts')}: give one cache size, not both")
     sized = config.cache_mb is not None or config.cache_experts is not None
     if not POLICIES[config.policy].needs_cache_size and (sized or config.per_layer_cache):
-        raise InputError(f"--policy {config.policy}: it fixes the cache itself (top_k experts per layer); "
-                         "drop --cache-mb/--cache-experts/--per-layer-cache")
+        raise InputError(f"{name_of('policy')} {config.policy}: it fixes the cache itself (top_k experts per layer); "
+                         f"drop {'/'.join(name_of(name) for name in CACHE_SIZE_SETTINGS)}")
 
 
 CACHE_SIZE_SETTINGS = ("cache_mb", "cache_experts", "per_layer_cache")
@@ -76,6 +132,6 @@ def check_dense_settings(config: RunConfig, arch_name: str) -> None:
     """A dense architecture has no expert cache: a cache setting given for it is a mistake, not a no-op."""
     given = [name for name in ROUTING_SETTINGS if getattr(config, name) != getattr(RunConfig, name)]
     if given:
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        flags = ", ".join(flag(name) for name in given)
         raise InputError(f"--arch {arch_name} is dense: it has no experts to cache or prefetch, so drop {flags}")
 

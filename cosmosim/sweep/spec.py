@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cosmosim.device.policies import POLICIES
-from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.errors import InputError
-from cosmosim.inputs.arch import FULL_RANK, WEIGHT_BITS, catalog, get_arch
+from cosmosim.inputs.arch import FULL_RANK, catalog, get_arch
 from cosmosim.inputs.locality import exrep
 from cosmosim.inputs.profiles import load_profile
 from cosmosim.inputs.trace import load_trace
 from cosmosim.provenance import sha256_file
+from cosmosim.runner import ENGINES
+from cosmosim.scenario.settings import FIELD_CHECKS, BadValue, positive_number
 
 TOP_LEVEL_KEYS = ("name", "description", "engine", "axes")
 CACHE_AXES = ("cache_mb", "cache_experts", "cache_fraction")
@@ -80,76 +80,43 @@ class SweepSpec:
 
 
 # ---------------------------------------------------------------------------- value checks
-# Each returns the value to keep, or raises `_Bad` with what was expected.
-
-
-class _Bad(Exception):
-    pass
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _choice(options) -> Callable[[Any], Any]:
-    def check(value):
-        if not any(value == option and type(value) is type(option) for option in options):
-            raise _Bad(f"expected one of {', '.join(map(str, options))}")
-        return value
-    return check
-
-
-def _positive_int(value):
-    if not _is_int(value) or value < 1:
-        raise _Bad("expected an integer >= 1")
-    return value
-
-
-def _positive_number(value):
-    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or value <= 0:
-        raise _Bad("expected a number > 0")
-    return value
+# A run setting's axis takes what `cosmosim run` takes (scenario.settings.FIELD_CHECKS); the rest
+# are the sweep's own. Each returns the value to keep, or raises BadValue with what was expected.
 
 
 def _fraction(value):
-    if _positive_number(value) > 1:
-        raise _Bad("expected a fraction in (0, 1]")
+    if positive_number(value) > 1:
+        raise BadValue("expected a fraction in (0, 1]")
     return float(value)
 
 
 def _wd_rank(value):
-    if value == FULL_RANK or (_is_int(value) and value >= 1):
+    if value == FULL_RANK or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
-    raise _Bad(f"expected an integer >= 1 or {FULL_RANK!r} (experts not decomposed)")
-
-
-def _boolean(value):
-    if not isinstance(value, bool):
-        raise _Bad("expected true or false")
-    return value
+    raise BadValue(f"expected an integer >= 1 or {FULL_RANK!r} (experts not decomposed)")
 
 
 def _text(value):
     if not isinstance(value, str) or not value.strip():
-        raise _Bad("expected a non-empty string")
+        raise BadValue("expected a non-empty string")
     return value
 
 
+def _arch(value):
+    if value not in catalog():
+        raise BadValue(f"expected one of {', '.join(catalog())}")
+    return value
+
+
+SWEEP_SETTINGS = ("policy", "prefetch", "weight_bits", "cache_mb", "cache_experts", "per_layer_cache", "tokens",
+                  "prompt_tokens", "context_len")
 AXES: dict[str, Callable[[Any], Any]] = {
     "profile": _text,
-    "arch": _choice(tuple(catalog())),
+    "arch": _arch,
     "wd_rank": _wd_rank,
     "trace": _text,
-    "policy": _choice(tuple(POLICIES)),
-    "prefetch": _choice(PREFETCHERS),
-    "weight_bits": _choice(WEIGHT_BITS),
-    "cache_mb": _positive_number,
-    "cache_experts": _positive_int,
+    **{name: FIELD_CHECKS[name] for name in SWEEP_SETTINGS},
     "cache_fraction": _fraction,
-    "per_layer_cache": _boolean,
-    "tokens": _positive_int,
-    "prompt_tokens": _positive_int,
-    "context_len": _positive_int,
 }
 
 
@@ -245,6 +212,8 @@ def spec_from_dict(data: dict, *, base_dir: str | Path, source: str = "spec") ->
     for key in ("name", "description", "engine"):
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
             raise InputError(f"{source}: {key}: expected a non-empty string, got {data[key]!r}")
+    if "engine" in data and data["engine"] not in ENGINES:
+        raise InputError(f"{source}: engine: expected one of {', '.join(ENGINES)}, got {data['engine']!r}")
     raw_axes = data.get("axes")
     if not isinstance(raw_axes, dict) or not raw_axes:
         raise InputError(f"{source}: axes: expected a non-empty [axes] table (axes: {', '.join(AXES)})")
@@ -261,7 +230,7 @@ def spec_from_dict(data: dict, *, base_dir: str | Path, source: str = "spec") ->
         for value in values:
             try:
                 checked.append(AXES[name](value))
-            except _Bad as bad:
+            except BadValue as bad:
                 raise InputError(f"{source}: axes.{name}: {value!r}: {bad}") from None
         if len(set(map(repr, checked))) < len(checked):
             raise InputError(f"{source}: axes.{name}: a value is listed twice")
