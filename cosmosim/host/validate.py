@@ -32,6 +32,7 @@ from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.provenance import REPOSITORY
+from cosmosim.results import catalog
 from cosmosim.scenario.settings import RunConfig
 
 GOAL = {"median_abs_error_pct": 10.0, "p95_abs_error_pct": 20.0}
@@ -45,15 +46,22 @@ CACHE_FRACTIONS = (0.15, 0.85)  # cache sizes spread over this share of all expe
 SYNTHETIC_STAYS = (0.3, 0.6, 0.9)  # the fixture traces' chance of keeping the last token's experts
 SYNTHETIC_SEQUENCE, SYNTHETIC_SEQUENCES = 256, 10
 REPLAY_SETUP_S = 0.5  # per replay beyond its decode time: cache allocation and page faults (planning only)
+
+
+def _compared_parts(engine: str) -> dict[str, tuple[str, ...]]:
+    """Validation part -> the engine's time parts summed into it (the catalogue's `compared_as`)."""
+    compared: dict[str, tuple[str, ...]] = {}
+    for metric in catalog.group(catalog.TIME_GROUP, engine):
+        compared[metric.compared_as] = (*compared.get(metric.compared_as, ()), metric.part)
+    return compared
+
+
 # Where the time goes, measured (replay's breakdown) against predicted (the engines' breakdown):
-# part -> (replay parts, engine parts). Python and torch dispatch is the engines' layer_overhead; in
-# the replay it falls partly in each measured part, mostly in attention_router and bookkeeping.
-PART_MAP = {
-    "attention_router_overhead": (("attention_router", "bookkeeping"), ("nonexpert_compute", "nonexpert_dram", "layer_overhead")),
-    "expert_compute": (("expert_compute",), ("expert_compute", "expert_dram")),
-    "flash_wait": (("flash_wait",), ("flash_stall",)),
-    "lm_head": (("lm_head",), ("lm_head",)),
-}
+# part -> (replay parts, engine parts), in the order of the engines' parts. Python and torch
+# dispatch is the engines' layer_overhead; in the replay it falls partly in each measured part,
+# mostly in attention_router and bookkeeping.
+_MEASURED_PARTS = _compared_parts(catalog.MEASURED[0])
+PART_MAP = {part: (_MEASURED_PARTS[part], predicted) for part, predicted in _compared_parts(ENGINES[0]).items()}
 
 
 @dataclass(frozen=True)

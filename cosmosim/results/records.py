@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cosmosim.device.costs import OpCost
+from cosmosim.results import catalog
 from cosmosim.workload.stream import DECODE, Workload
 
-ENERGY_PARTS = ("flash", "dram", "compute", "static")  # breakdown.energy_mj_per_token (cosmosim.results.summary)
-BREAKDOWN_PARTS = ("nonexpert_compute", "nonexpert_dram", "expert_compute", "expert_dram",
-                   "flash_stall", "layer_overhead", "lm_head")
+ENERGY_PARTS = catalog.parts(catalog.ENERGY_GROUP)  # flash, dram, compute, static: priced in `summarize`
+BREAKDOWN_PARTS = catalog.parts(catalog.TIME_GROUP)  # where a decode token's time goes, as `add_op` books it
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The summary every engine reports: one JSON-ready dict with fixed keys (docs/metrics.md).
+"""The summary every engine reports: one JSON-ready dict, its keys those of the metric catalogue
+(`cosmosim.results.catalog`, docs/metrics.md).
 
 Latencies in milliseconds, sizes in MB (10^6 bytes), energy in millijoules, rates as fractions.
 """
@@ -9,6 +10,7 @@ import numpy as np
 
 import cosmosim
 from cosmosim.provenance import repository_commit, sha256_file
+from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, nest, parts
 from cosmosim.results.records import ENERGY_PARTS, Records
 from cosmosim.scenario.build import Scenario
 from cosmosim.units import MB
@@ -47,34 +49,33 @@ def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
     memory = scenario.memory(records.peak_cache_entries if scenario.arch.is_moe else 0)
     tpot = percentiles_ms(records.latency_s)
     prefetch = records.prefetch
-    return {
-        "engine": engine,
+    # Keyed by the metric catalogue (cosmosim.results.catalog), in the order of the JSON output.
+    metrics = {
         "ttft_ms": float(np.mean(records.ttft_s) * 1e3) if records.ttft_s else None,
-        "tpot_ms": tpot,
+        **{f"tpot_ms.{stat}": value for stat, value in tpot.items()},
         "tokens_per_s": 1e3 / tpot["mean"] if tpot["mean"] > 0 else None,
         "hit_rate": _rate(served, accesses),
         "late_hit_rate": _rate(int(layer["late_hit"].sum()), accesses),
         "hit_rate_per_layer": [_rate(int(h + lh), int(t)) for h, lh, t in zip(layer["hit"], layer["late_hit"], per_layer_total)],
         "prefill_hit_rate": _rate(records.prefill_outcomes["hit"] + records.prefill_outcomes["late_hit"], prefill_total),
-        "accesses": {"decode": accesses, **{o: int(layer[o].sum()) for o in OUTCOMES},
-                     "prefill": prefill_total, "prefill_miss": records.prefill_outcomes["miss"]},
+        "accesses.decode": accesses, **{f"accesses.{o}": int(layer[o].sum()) for o in OUTCOMES},
+        "accesses.prefill": prefill_total, "accesses.prefill_miss": records.prefill_outcomes["miss"],
         "flash_mb_per_token": float(records.flash_bytes.mean() / MB) if records.flash_bytes.size else 0.0,
         "peak_dram_mb": memory.peak / MB,
-        "memory_mb": {"resident_weights": memory.resident_weights / MB, "expert_cache": memory.expert_cache / MB,
-                      "kv_cache": memory.kv_cache / MB, "activations": memory.activations / MB},
+        **{f"{MEMORY_GROUP}.{part}": getattr(memory, part) / MB for part in parts(MEMORY_GROUP)},
         "energy_mj_per_token": float(token_j.mean() * 1e3) if token_j.size else None,
-        "breakdown": {
-            "time_ms_per_token": {part: s / n_tokens * 1e3 for part, s in records.breakdown_s.items()},
-            "energy_mj_per_token": {part: float(joules.mean() * 1e3) for part, joules in
-                                    zip(ENERGY_PARTS, (flash_j, dram_j, compute_j, static_j))},
-        },
-        "prefetch": {
-            "issued": int(prefetch.get("issued", 0)),
-            "accuracy": _rate(prefetch.get("used", 0), prefetch.get("used", 0) + prefetch.get("wasted", 0)),
-            "wasted_mb": prefetch.get("wasted_bytes", 0) / MB,
-        },
+        **{f"{TIME_GROUP}.{part}": s / n_tokens * 1e3 for part, s in records.breakdown_s.items()},
+        **{f"{ENERGY_GROUP}.{part}": float(joules.mean() * 1e3)
+           for part, joules in zip(ENERGY_PARTS, (flash_j, dram_j, compute_j, static_j))},
+        "prefetch.issued": int(prefetch.get("issued", 0)),
+        "prefetch.accuracy": _rate(prefetch.get("used", 0), prefetch.get("used", 0) + prefetch.get("wasted", 0)),
+        "prefetch.wasted_mb": prefetch.get("wasted_bytes", 0) / MB,
         "flash_utilisation": _rate(records.flash_busy_s, records.total_s),
         "simulated_s": records.total_s,
+    }
+    return {
+        "engine": engine,
+        **nest(metrics, engine),
         "inputs": scenario.inputs(),
         "warnings": list(scenario.warnings),
         "provenance": {

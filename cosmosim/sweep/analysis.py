@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from cosmosim.errors import InputError
+from cosmosim.results.catalog import column_of
 
-DRAM = "peak_dram_mb"
-TPOT = "tpot_ms_mean"
+DRAM = column_of("peak_dram_mb")
+TPOT = column_of("tpot_ms.mean")
 
 
 def _require(results: pd.DataFrame, columns: Sequence[str]) -> None:

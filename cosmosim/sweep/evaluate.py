@@ -13,15 +13,15 @@ from functools import lru_cache
 
 import pandas as pd
 
-from cosmosim.engines.analytic.frame import evaluate_points
+from cosmosim.engines.analytic.frame import evaluate_points, frame_column
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.provenance import sha256_file
-from cosmosim.results.records import BREAKDOWN_PARTS, ENERGY_PARTS
+from cosmosim.results import catalog
 from cosmosim.runner import run
-from cosmosim.scenario.build import MEMORY_PARTS, resolve_arch
+from cosmosim.scenario.build import resolve_arch
 from cosmosim.sweep.grid import Point
 from cosmosim.sweep.spec import TraceFacts
 
@@ -37,26 +37,8 @@ TRACE_COLUMNS = {
     "model_config": "string", "val_loss": "Float64", "bles_lambda": "Float64", "bles_tau": "Float64",
     "train_steps": "Int64",
 }
-# Metrics and resolved inputs: column -> path into the result dict of `cosmosim.runner.run`.
-RESULT_PATHS = {
-    "cache_experts": ("inputs", "cache_experts"), "cache_mb": ("inputs", "cache_mb"),
-    "expert_mb": ("inputs", "expert_mb"), "total_experts": ("inputs", "total_experts"),
-    "offloading_idle": ("inputs", "offloading_idle"), "requests": ("inputs", "requests"),
-    "decode_tokens": ("inputs", "decode_tokens"),
-    "ttft_ms": ("ttft_ms",), **{f"tpot_ms_{stat}": ("tpot_ms", stat) for stat in ("mean", "p50", "p95", "p99")},
-    "tokens_per_s": ("tokens_per_s",), "hit_rate": ("hit_rate",), "late_hit_rate": ("late_hit_rate",),
-    "prefill_hit_rate": ("prefill_hit_rate",), "flash_mb_per_token": ("flash_mb_per_token",),
-    "flash_utilisation": ("flash_utilisation",), "peak_dram_mb": ("peak_dram_mb",),
-    **{f"memory_{part}_mb": ("memory_mb", part) for part in MEMORY_PARTS},
-    "energy_mj_per_token": ("energy_mj_per_token",),
-    **{f"time_{part}_ms": ("breakdown", "time_ms_per_token", part) for part in BREAKDOWN_PARTS},
-    **{f"energy_{part}_mj": ("breakdown", "energy_mj_per_token", part) for part in ENERGY_PARTS},
-    "prefetch_issued": ("prefetch", "issued"), "prefetch_accuracy": ("prefetch", "accuracy"),
-    "prefetch_wasted_mb": ("prefetch", "wasted_mb"), "simulated_s": ("simulated_s",),
-}
-_INTEGER_RESULTS = ("cache_experts", "total_experts", "requests", "decode_tokens", "prefetch_issued")
-RESULT_COLUMNS = {name: "Int64" if name in _INTEGER_RESULTS else "boolean" if name == "offloading_idle" else "Float64"
-                  for name in RESULT_PATHS}
+# Resolved inputs and metrics: one column per catalogue entry that has one (cosmosim.results.catalog).
+RESULT_COLUMNS = {metric.column: metric.dtype for metric in catalog.COLUMNS}
 TEXT_COLUMNS = {"warnings": "string", "error": "string"}
 COLUMNS = {**INPUT_COLUMNS, **TRACE_COLUMNS, **RESULT_COLUMNS, **TEXT_COLUMNS}
 
@@ -84,12 +66,6 @@ def _trace_columns(facts: TraceFacts | None) -> dict:
         "val_loss": training.get("val_loss"), "bles_lambda": training.get("bles_lambda"),
         "bles_tau": training.get("bles_tau"), "train_steps": training.get("steps"),
     }
-
-
-def _lookup(result: dict, path: tuple[str, ...]):
-    for key in path:
-        result = result[key]
-    return result
 
 
 def _resolve(point: Point, engine: str):
@@ -123,12 +99,8 @@ def evaluate_point(point: Point, engine: str) -> dict:
         result = run(_profile(point.profile_path), trace, arch, config, engine)
     except InputError as error:
         return {**row, "error": str(error)}
-    metrics = {name: _lookup(result, path) for name, path in RESULT_PATHS.items()}
+    metrics = {metric.column: catalog.lookup(result, metric) for metric in catalog.COLUMNS}
     return {**row, **metrics, "warnings": "; ".join(result["warnings"]) or None}
-
-
-# The vectorised analytic model names two resolved inputs differently from `run`'s JSON.
-_ANALYTIC_NAMES = {"cache_experts": "cache_experts_used", "cache_mb": "cache_mb_used"}
 
 
 def _analytic_rows(points: list[Point]) -> list[dict]:
@@ -147,7 +119,7 @@ def _analytic_rows(points: list[Point]) -> list[dict]:
         if isinstance(error, str):
             rows.append({**row, "error": error})
             continue
-        values = {name: metrics[_ANALYTIC_NAMES.get(name, name)] for name in RESULT_PATHS}
+        values = {metric.column: metrics[frame_column(metric)] for metric in catalog.COLUMNS}
         rows.append({**row, **values})
     return rows
 

@@ -25,8 +25,7 @@ from plotly.subplots import make_subplots
 
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_bytes, atomic_write_text
-from cosmosim.results.records import BREAKDOWN_PARTS
-from cosmosim.scenario.build import MEMORY_PARTS
+from cosmosim.results import catalog
 from cosmosim.sweep.analysis import DRAM, TPOT, feasible, pareto_front
 from cosmosim.sweep.dataset import read_results
 
@@ -123,13 +122,18 @@ def _front_bars(results: pd.DataFrame, parts: dict[str, str], title: str, value_
     return figure.update_layout(barmode="stack", xaxis_title="points on the Pareto fronts, smallest first")
 
 
+def _part_columns(group: str) -> dict[str, str]:
+    """A group's columns (the catalogue's), each with its part's name as the legend shows it."""
+    return {metric.column: metric.part.replace("_", " ") for metric in catalog.group(group)}
+
+
 def memory_breakdown(results: pd.DataFrame) -> go.Figure:
-    parts = {f"memory_{part}_mb": part.replace("_", " ") for part in MEMORY_PARTS}
+    parts = _part_columns(catalog.MEMORY_GROUP)
     return _front_bars(results, parts, "Peak DRAM by part, for the points on the Pareto fronts", "MB")
 
 
 def time_breakdown(results: pd.DataFrame) -> go.Figure:
-    parts = {f"time_{part}_ms": part.replace("_", " ") for part in BREAKDOWN_PARTS}
+    parts = _part_columns(catalog.TIME_GROUP)
     return _front_bars(results, parts, "TPOT by part, for the points on the Pareto fronts", "ms per token")
 
 

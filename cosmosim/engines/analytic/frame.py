@@ -38,24 +38,33 @@ from cosmosim.engines.analytic.outcomes import StatsCache, TraceStats
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK, Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
-from cosmosim.results.records import BREAKDOWN_PARTS, ENERGY_PARTS
-from cosmosim.scenario.build import MEMORY_PARTS, NO_CACHE, Scenario, build_scenario, resolve_cache
+from cosmosim.results import catalog
+from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, Metric
+from cosmosim.scenario.build import NO_CACHE, Scenario, build_scenario, resolve_cache
 from cosmosim.scenario.settings import RunConfig, check_settings
 from cosmosim.units import MB
 from cosmosim.workload.stream import DECODE
 
-PERCENTILES = (50, 95, 99)
-METRIC_COLUMNS = (
-    "cache_experts_used", "cache_mb_used", "expert_mb", "total_experts", "offloading_idle", "requests",
-    "decode_tokens", "ttft_ms", "tpot_ms_mean", "tokens_per_s", "hit_rate", "late_hit_rate", "prefill_hit_rate",
-    "flash_mb_per_token", "flash_utilisation", "peak_dram_mb", *(f"memory_{part}_mb" for part in MEMORY_PARTS),
-    "energy_mj_per_token", *(f"time_{part}_ms" for part in BREAKDOWN_PARTS), *(f"energy_{part}_mj" for part in ENERGY_PARTS),
-    "prefetch_issued", "prefetch_accuracy", "prefetch_wasted_mb", "simulated_s",
-)
-PERCENTILE_COLUMNS = tuple(f"tpot_ms_p{q}" for q in PERCENTILES)
-
 _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
 _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch")
+_INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)))
+
+
+def frame_column(metric: Metric) -> str:
+    """A metric's column in the output: its catalogue column, except where that is an input column.
+
+    The input passes through, and two inputs (the requested cache_mb and cache_experts) share their
+    names with the resolved sizes a run reports; those outputs are `<column>_used`, so the request
+    and what it resolved to sit side by side."""
+    return f"{metric.column}_used" if metric.column in _INPUT_COLUMNS else metric.column
+
+
+# Every catalogue column; the TPOT percentiles only on request (each costs a pass over the tokens).
+PERCENTILES = (50, 95, 99)
+_PERCENTILE_METRICS = tuple(catalog.BY_KEY[f"tpot_ms.p{q}"] for q in PERCENTILES)
+_METRICS = tuple(metric for metric in catalog.COLUMNS if metric not in _PERCENTILE_METRICS)
+METRIC_COLUMNS = tuple(frame_column(metric) for metric in _METRICS)
+PERCENTILE_COLUMNS = tuple(frame_column(metric) for metric in _PERCENTILE_METRICS)
 _COLUMN_KINDS = {"per_layer_cache": "flag", "cache_mb": "number", "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
 DEFAULT_CACHE = StatsCache()
 
@@ -73,8 +82,8 @@ def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, on_error
         raise InputError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
     cache = DEFAULT_CACHE if cache is None else cache
     rows = _Rows(points)
-    columns = (*METRIC_COLUMNS, *(PERCENTILE_COLUMNS if percentiles else ()))
-    metrics = {name: np.full(len(points), np.nan) for name in columns}
+    wanted = (*_METRICS, *(_PERCENTILE_METRICS if percentiles else ()))
+    metrics = {metric.key: np.full(len(points), np.nan) for metric in wanted}
     plans: list[_Plan | None] = []
     errors: list[str | None] = [None] * len(points)
     for i in range(len(points)):
@@ -96,14 +105,16 @@ def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, on_error
             prices[stats_key, cost_key] = _Prices(first.stats, first.scenario(), rows.nonexpert_memo)
         pair = prices[stats_key, cost_key]
         capacities = np.array([plans[i].capacity for i in members])
-        for name, values in _group_metrics(pair, mode, capacities, percentiles).items():
-            metrics[name][members] = values
+        values = _group_metrics(pair, mode, capacities, percentiles)
+        catalog.check_keys(values, wanted, "evaluate_points")
+        for key, column in values.items():
+            metrics[key][members] = column
     out = points.copy()
-    for name in columns:
-        out[name] = metrics[name]
-    for name in ("cache_experts_used", "total_experts", "requests", "decode_tokens", "prefetch_issued"):
-        out[name] = out[name].astype("Int64")
-    out["offloading_idle"] = out["offloading_idle"].astype("boolean")
+    for metric in wanted:
+        column = frame_column(metric)
+        out[column] = metrics[metric.key]
+        if metric.dtype != "Float64":  # integers and flags get nullable dtypes; floats stay float64, NaN if empty
+            out[column] = out[column].astype(metric.dtype)
     if on_error == "record":
         out["error"] = pd.array(errors, dtype="string")
     return out
@@ -130,7 +141,7 @@ class _Rows:
             raise InputError(f"points: column {missing[0]!r} is missing (required: profile, arch)")
         self.labels = points.index.tolist()
         self.values: dict[str, list] = {}
-        for name in dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)):
+        for name in _INPUT_COLUMNS:
             if name not in points.columns:
                 continue
             column = points[name].astype(object)
@@ -246,7 +257,8 @@ class _Prices:
 
 
 def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: np.ndarray, percentiles: bool) -> dict:
-    """Every metric for the rows of one group (same workload and prices), vectorised over cache sizes."""
+    """Every metric for the rows of one group (same workload and prices), vectorised over cache sizes;
+    keyed by the metric catalogue, like `summarize`."""
     stats, costs, scenario = prices.stats, prices.costs, prices.scenario
     steps, energy = stats.steps, scenario.profile.energy
     n, top_k, n_layers = capacities.size, steps.top_k, steps.n_layers
@@ -288,19 +300,20 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
     routed = np.nan if mode is None else 1.0  # rates over accesses do not exist without experts
     total_experts = n_layers * scenario.arch.n_experts if mode else 0
     metrics = {
-        "cache_experts_used": capacities, "cache_mb_used": capacities * costs.expert_bytes / MB,
-        "expert_mb": costs.expert_bytes / MB + zeros, "total_experts": total_experts + zeros,
-        "offloading_idle": capacities >= total_experts, "requests": n_requests + zeros, "decode_tokens": n_tokens + zeros,
-        "ttft_ms": ttft_s * 1e3, "tpot_ms_mean": tpot_s * 1e3, "tokens_per_s": 1.0 / tpot_s,
+        "inputs.cache_experts": capacities, "inputs.cache_mb": capacities * costs.expert_bytes / MB,
+        "inputs.expert_mb": costs.expert_bytes / MB + zeros, "inputs.total_experts": total_experts + zeros,
+        "inputs.offloading_idle": capacities >= total_experts, "inputs.requests": n_requests + zeros,
+        "inputs.decode_tokens": n_tokens + zeros,
+        "ttft_ms": ttft_s * 1e3, "tpot_ms.mean": tpot_s * 1e3, "tokens_per_s": 1.0 / tpot_s,
         "hit_rate": routed * (1 - decode_misses / max(decode_steps * top_k, 1)), "late_hit_rate": routed * zeros,
         "prefill_hit_rate": routed * (1 - prefill_misses / max(prefill_accesses, 1)),
         "flash_mb_per_token": flash_bytes / MB, "flash_utilisation": busy_s / simulated_s,
         "peak_dram_mb": sum(memory_bytes.values()) / MB,
-        **{f"memory_{part}_mb": value / MB + zeros for part, value in memory_bytes.items()},
+        **{f"{MEMORY_GROUP}.{part}": value / MB + zeros for part, value in memory_bytes.items()},
         "energy_mj_per_token": sum(energy_j.values()) * 1e3,
-        **{f"time_{part}_ms": value / n_tokens * 1e3 + zeros for part, value in time_s.items()},
-        **{f"energy_{part}_mj": value * 1e3 for part, value in energy_j.items()},
-        "prefetch_issued": zeros, "prefetch_accuracy": zeros + np.nan, "prefetch_wasted_mb": zeros,
+        **{f"{TIME_GROUP}.{part}": value / n_tokens * 1e3 + zeros for part, value in time_s.items()},
+        **{f"{ENERGY_GROUP}.{part}": value * 1e3 for part, value in energy_j.items()},
+        "prefetch.issued": zeros, "prefetch.accuracy": zeros + np.nan, "prefetch.wasted_mb": zeros,
         "simulated_s": simulated_s,
     }
     if percentiles:
@@ -320,4 +333,4 @@ def _tpot_percentiles_ms(prices: _Prices, mode: tuple[str, bool] | None, capacit
             latency_s = latency_s + prices.decode_phase_s[misses].sum(axis=1)
         by_size[capacity] = np.percentile(latency_s, PERCENTILES) * 1e3
     table = np.array([by_size[c] for c in capacities]).reshape(len(capacities), len(PERCENTILES))
-    return {name: table[:, j] for j, name in enumerate(PERCENTILE_COLUMNS)}
+    return {metric.key: table[:, j] for j, metric in enumerate(_PERCENTILE_METRICS)}

@@ -27,6 +27,7 @@ from cosmosim.engines.replay.weights import DTYPE_NAME, ExpertLayout, ResidentWe
 from cosmosim.inputs.arch import Architecture
 from cosmosim.inputs.profiles import DeviceProfile
 from cosmosim.inputs.trace import Trace, load_trace
+from cosmosim.results.catalog import TIME_GROUP, nest
 from cosmosim.results.summary import percentiles_ms  # the simulator's TPOT statistics, same formula
 from cosmosim.scenario.build import Scenario, prepare, resolve_arch
 from cosmosim.scenario.settings import RunConfig
@@ -76,23 +77,23 @@ class HostModel:
 
 
 def summarize_replay(scenario: Scenario, records: ReplayRecords, layout: ExpertLayout, read_mode: str) -> dict:
-    """The measured run, with the simulator's key names where they mean the same (docs/validation.md)."""
+    """The measured run, with the simulator's key names where they mean the same: keyed by the
+    metric catalogue (`cosmosim.results.catalog`, docs/metrics.md), in the order of the JSON output."""
     outcomes = records.outcomes
     decode_accesses = outcomes["hit"] + outcomes["miss"]
     prefill_accesses = outcomes["prefill_hit"] + outcomes["prefill_miss"]
     tpot = percentiles_ms(np.asarray(records.decode_latency_s))
     n_decode = max(len(records.decode_latency_s), 1)
-    return {
-        "engine": "replay",
+    metrics = {
         "ttft_ms": float(np.mean(records.ttft_s) * 1e3) if records.ttft_s else None,
-        "tpot_ms": tpot,
+        **{f"tpot_ms.{stat}": value for stat, value in tpot.items()},
         "tpot_ms_per_token": [s * 1e3 for s in records.decode_latency_s],
         "tokens_per_s": 1e3 / tpot["mean"],
-        "breakdown": {"time_ms_per_token": {part: s / n_decode * 1e3 for part, s in records.decode_parts_s.items()}},
+        **{f"{TIME_GROUP}.{part}": s / n_decode * 1e3 for part, s in records.decode_parts_s.items()},
         "hit_rate": outcomes["hit"] / decode_accesses if decode_accesses else None,
         "prefill_hit_rate": outcomes["prefill_hit"] / prefill_accesses if prefill_accesses else None,
-        "accesses": {"decode": decode_accesses, "hit": outcomes["hit"], "miss": outcomes["miss"],
-                     "prefill": prefill_accesses, "prefill_miss": outcomes["prefill_miss"]},
+        "accesses.decode": decode_accesses, "accesses.hit": outcomes["hit"], "accesses.miss": outcomes["miss"],
+        "accesses.prefill": prefill_accesses, "accesses.prefill_miss": outcomes["prefill_miss"],
         "flash_mb_per_token": float(np.mean(records.decode_read_bytes) / MB) if records.decode_read_bytes else 0.0,
         "read_mb": records.read_bytes / MB,
         "wall_s": records.wall_s,
@@ -100,9 +101,8 @@ def summarize_replay(scenario: Scenario, records: ReplayRecords, layout: ExpertL
         "dtype": DTYPE_NAME,
         "threads": torch.get_num_threads(),
         "expert_mb": layout.nbytes / MB,
-        "inputs": scenario.inputs(),
-        "warnings": list(scenario.warnings),
     }
+    return {"engine": "replay", **nest(metrics, "replay"), "inputs": scenario.inputs(), "warnings": list(scenario.warnings)}
 
 
 def replay(profile: str | Path | DeviceProfile, trace: str | Path | Trace, arch: str | Architecture | None = None,
