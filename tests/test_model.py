@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from cosmosim.errors import InputError
-from cosmosim.inputs.arch import Architecture
-from cosmosim.model.config import MINI_CONFIGS, ModelConfig, get_config
-from cosmosim.model.llama import Decoder, FeedForward
+from cosmosim.inputs.arch import get_arch
+from cosmosim.model.config import MINI_CONFIGS, MINI_TARGET_ARCH, ModelConfig, get_config
+from cosmosim.model.layers import FeedForward
+from cosmosim.model.llama import Decoder
 from cosmosim.model.moe import Experts, MoEFeedForward
 
 TINY_MOE = ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=16,
@@ -35,8 +36,9 @@ def test_unknown_config_name_lists_the_known_ones():
         get_config("phone-moe")
 
 
-@pytest.mark.parametrize("bad", [dict(wd_rank=8, n_experts=0), dict(top_k=5), dict(d_model=30),
-                                 dict(n_kv_heads=3), dict(load_balance_level="token")])
+@pytest.mark.parametrize("bad", [dict(wd_rank=8, n_experts=1, top_k=1), dict(wd_rank=33), dict(top_k=5),
+                                 dict(n_experts=0), dict(d_model=30), dict(d_model=24, n_heads=8, n_kv_heads=8),
+                                 dict(n_kv_heads=3), dict(seq_len=0), dict(load_balance_level="token")])
 def test_inconsistent_configs_are_input_errors(bad):
     with pytest.raises(InputError):
         dataclasses.replace(TINY_MOE, **bad)
@@ -46,6 +48,15 @@ def test_from_dict_round_trips_and_rejects_unknown_fields():
     assert ModelConfig.from_dict(TINY_MOE.to_dict()) == TINY_MOE
     with pytest.raises(InputError, match="n_expert"):
         ModelConfig.from_dict({**TINY_MOE.to_dict(), "n_expert": 8})
+    with pytest.raises(InputError, match=r"^ckpt/config.json: .*top_k must be <= n_experts"):
+        ModelConfig.from_dict({**TINY_MOE.to_dict(), "top_k": 5}, source="ckpt/config.json")
+
+
+def test_a_dense_checkpoint_written_with_n_experts_0_still_loads_as_dense():
+    """Dense minis were trained when dense was n_experts = 0 (and an unused top_k = 2)."""
+    dense = dataclasses.replace(TINY_MOE, n_experts=1, top_k=1)
+    assert ModelConfig.from_dict({**dense.to_dict(), "n_experts": 0, "top_k": 2}) == dense
+    assert not dense.is_moe and dense.num_params() == dense.num_active_params()
 
 
 def test_router_gates_are_renormalised_and_descending():
@@ -92,7 +103,7 @@ def test_decoder_shapes_and_one_routing_per_moe_layer():
     assert logits.shape == (3, 16, 64)
     assert len(routings) == TINY_MOE.n_layers
     assert routings[0].logits_BTE.shape == (3, 16, 4) and routings[0].expert_ids_BTK.shape == (3, 16, 2)
-    _, dense_routings = Decoder(dataclasses.replace(TINY_MOE, n_experts=0))(torch.randint(0, 64, (1, 4)))
+    _, dense_routings = Decoder(dataclasses.replace(TINY_MOE, n_experts=1, top_k=1))(torch.randint(0, 64, (1, 4)))
     assert dense_routings == []
 
 
@@ -116,12 +127,12 @@ def test_decoder_rejects_sequences_longer_than_its_rope_table():
 
 
 @pytest.mark.parametrize("name", MINI_CONFIGS)
-def test_the_cost_model_counts_the_minis_like_torch(name):
-    """cosmosim.inputs.arch's calculator (used for the paper-size targets) agrees with the built minis."""
-    config = get_config(name)
-    arch = Architecture(name=name, n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads,
-                        n_kv_heads=config.n_kv_heads, vocab_size=config.vocab_size, ffn_hidden=config.ffn_hidden,
-                        n_experts=config.n_experts or 1, top_k=config.top_k if config.is_moe else 1,
-                        wd_rank=config.wd_rank)
-    assert arch.total_params() == sum(p.numel() for p in Decoder(config).parameters())
-    assert arch.active_params() == config.num_active_params()
+def test_a_mini_is_described_like_its_target(name):
+    """One Architecture describes both: the mini keeps its target's depth, experts and top-k, dense
+    included (n_experts = top_k = 1), and counts what torch builds."""
+    config, target = get_config(name), get_arch(MINI_TARGET_ARCH[name])
+    assert (config.arch.n_experts, config.arch.top_k, config.arch.is_moe) == (target.n_experts, target.top_k, target.is_moe)
+    assert config.n_layers == target.n_layers and (config.wd_rank is None) == (target.wd_rank is None)
+    assert config.arch.total_params() == sum(p.numel() for p in Decoder(config).parameters())
+    assert ModelConfig.of(config.arch, seq_len=config.seq_len, bles_lambda=config.bles_lambda,
+                          bles_tau=config.bles_tau) == config

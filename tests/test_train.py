@@ -133,7 +133,7 @@ def test_record_a_prefix_and_refuse_more_than_the_split(trained, sample_corpus, 
 
 
 def test_minis_summary_keeps_earlier_runs_and_gives_a_dense_mini_no_exrep(trained, sample_corpus, tmp_path):
-    dense = train(dataclasses.replace(TINY, n_experts=0, bles_lambda=0.0), corpus_dir=sample_corpus,
+    dense = train(dataclasses.replace(TINY, n_experts=1, top_k=1, bles_lambda=0.0), corpus_dir=sample_corpus,
                   out_dir=tmp_path / "dense", steps=5, **FAST)
     out = tmp_path / "minis.json"
     out.write_text(json.dumps({"earlier": {"val_loss": 4.0}}))
@@ -147,3 +147,17 @@ def test_minis_summary_keeps_earlier_runs_and_gives_a_dense_mini_no_exrep(traine
     assert minis["tiny"]["val_loss"] == moe_header["state"]["val_loss"]
     assert minis["tiny"]["val_exrep"] == read_log(trained, "val")[-1]["val_exrep"]
     assert minis["tiny"]["tokens_seen"] == 20 * 8 * 32
+
+
+def test_a_dense_checkpoint_written_with_n_experts_0_loads_and_resumes(sample_corpus, tmp_path):
+    """Dense minis were trained when dense was n_experts = 0 (with an unused top_k = 2)."""
+    config = dataclasses.replace(TINY, n_experts=1, top_k=1, bles_lambda=0.0)
+    out_dir = train(config, corpus_dir=sample_corpus, out_dir=tmp_path / "dense", steps=2, **FAST)
+    header = json.loads((out_dir / CONFIG_FILE).read_text())
+    header["model"].update(n_experts=0, top_k=2)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(header))
+    loaded = load_checkpoint(out_dir).model.config
+    assert (loaded.n_experts, loaded.top_k, loaded.is_moe) == (1, 1, False)
+    train(config, corpus_dir=sample_corpus, out_dir=out_dir, steps=2, **FAST)  # the same arguments: resumes, done
+    with pytest.raises(InputError, match="model.d_model"):
+        train(dataclasses.replace(config, d_model=64), corpus_dir=sample_corpus, out_dir=out_dir, steps=2, **FAST)

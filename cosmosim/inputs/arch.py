@@ -4,7 +4,8 @@ CoSMoEs (Huber et al., arXiv 2503.00245) gives each model's layers, heads, hidde
 active (total) parameter count, but not its FFN width, KV heads or vocabulary. The catalog
 takes Llama-3's vocabulary (128,256, untied embeddings) and chooses the rest so the counts
 match; each row says how. `Architecture` answers exact parameter counts, bytes at a weight
-bit-width, and FLOPs, for the simulator and the analytic model.
+bit-width, and FLOPs, for the simulator, the analytic model and replay, and describes the mini
+models trained here too (`cosmosim.model.config.ModelConfig.arch`): it is the one counter.
 
 Conventions:
 - Llama-3 decoder: RMSNorm before attention and before the FFN (d weights each), no biases,
@@ -12,8 +13,10 @@ Conventions:
 - MoE layers: n_experts SwiGLU experts (gate and up: d x f, down: f x d), a linear router
   (E x d), top_k experts per token. A weight-decomposed (WD) expert stores each n x m matrix
   as n x r times r x m.
-- A dense model has no experts: n_experts = top_k = 1 and its FFN counts as non-expert
-  weight, resident like attention; `expert_params()` is 0 for it.
+- A dense model is one whose FFN every token takes: n_experts = top_k = 1 (the convention of
+  this whole package, the minis included). It has no router, its FFN counts as non-expert
+  weight, resident like attention, and `expert_params()` is 0 for it.
+- Heads are of even size: rotary embeddings rotate pairs of features.
 - FLOPs count a multiply-add as 2 and only the matrix products (norms, RoPE, softmax and the
   SwiGLU gate add well under 1% at these sizes).
 """
@@ -74,6 +77,8 @@ class Architecture:
             fail(f"top_k must be <= n_experts ({self.n_experts}), got {self.top_k}")
         if self.d_model % self.n_heads:
             fail(f"n_heads must divide d_model ({self.d_model}), got {self.n_heads}")
+        if self.head_dim % 2:
+            fail(f"head size d_model / n_heads must be even (RoPE rotates pairs), got {self.head_dim}")
         if self.n_heads % self.n_kv_heads:
             fail(f"n_kv_heads must divide n_heads ({self.n_heads}), got {self.n_kv_heads}")
         if self.wd_rank is not None:

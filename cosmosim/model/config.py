@@ -4,21 +4,34 @@ The minis keep their CoSMoEs target's depth, expert count and top-k (Huber et al
 wearable rows) and shrink the width so a ~40-minute run on 2 CPU cores reaches a few thousand
 steps. The dense minis are sized like the paper's dense baselines: FA matches the MoE mini's
 *active* parameters, PA its *total* parameters (within 1%, embeddings included).
+
+A config's shape is an `Architecture` (`ModelConfig.arch`), the class that describes the paper-size
+targets: it validates the shape and counts parameters, bytes and FLOPs, with its conventions (a
+dense model has n_experts = top_k = 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
 from cosmosim.errors import InputError
+from cosmosim.inputs.arch import Architecture
 
 LoadBalanceLevel = Literal["batch", "sequence"]
 
 
+# The fields that give a config its shape: an `Architecture`'s, by the same names.
+SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "vocab_size", "ffn_hidden", "n_experts", "top_k",
+                "wd_rank")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
+    """A decoder's shape (what `arch` describes and counts) and how it is trained."""
+
     n_layers: int
     d_model: int
     n_heads: int
@@ -26,8 +39,8 @@ class ModelConfig:
     vocab_size: int = 8192
     seq_len: int = 128
     ffn_hidden: int = 384  # dense FFN width, or each expert's width in an MoE
-    n_experts: int = 0  # 0 = dense FFN
-    top_k: int = 2
+    n_experts: int = 1  # 1 = dense FFN, as in cosmosim.inputs.arch
+    top_k: int = 1
     wd_rank: int | None = None  # None = full-rank experts; else each n×m matrix is L (n×r) · R (r×m)
     # 10_000 rather than Llama-3's 500_000: at 128-token sequences a larger base leaves most of
     # the rotary frequencies nearly constant, i.e. wasted.
@@ -40,68 +53,57 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        positive = ("n_layers", "d_model", "n_heads", "n_kv_heads", "vocab_size", "seq_len", "ffn_hidden")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise InputError(f"model config: {name}: expected a positive integer, got {getattr(self, name)}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise InputError(f"model config: d_model: expected a multiple of n_heads={self.n_heads} with an "
-                             f"even head size (RoPE rotates pairs), got {self.d_model}")
-        if self.n_heads % self.n_kv_heads:
-            raise InputError(f"model config: n_kv_heads: expected a divisor of n_heads={self.n_heads}, got {self.n_kv_heads}")
-        if self.n_experts < 0 or (self.is_moe and not 1 <= self.top_k <= self.n_experts):
-            raise InputError(f"model config: top_k: expected 1 <= top_k <= n_experts={self.n_experts}, got {self.top_k}")
-        if self.wd_rank is not None and not (self.is_moe and self.wd_rank >= 1):
-            raise InputError(f"model config: wd_rank: expected a positive rank on an MoE config, got {self.wd_rank}")
+        _ = self.arch  # building the Architecture validates the shape
+        if self.seq_len < 1:
+            raise InputError(f"model config: seq_len: expected a positive integer, got {self.seq_len}")
         if self.load_balance_level not in ("batch", "sequence"):
             raise InputError(f"model config: load_balance_level: expected 'batch' or 'sequence', got {self.load_balance_level!r}")
         if self.bles_lambda and self.bles_tau <= 0:
             raise InputError(f"model config: bles_tau: expected > 0, got {self.bles_tau}")
 
+    @functools.cached_property
+    def arch(self) -> Architecture:
+        """The shape as an `Architecture` (untied embeddings): what counts parameters, bytes and FLOPs."""
+        return Architecture(name="model config", **{name: getattr(self, name) for name in SHAPE_FIELDS})
+
+    @classmethod
+    def of(cls, arch: Architecture, **settings) -> ModelConfig:
+        """A config of `arch`'s shape; `settings` give the other fields."""
+        if arch.tied_embeddings:
+            raise InputError(f"architecture {arch.name!r}: tied embeddings; the decoder's are untied")
+        return cls(**{name: getattr(arch, name) for name in SHAPE_FIELDS}, **settings)
+
     @property
     def is_moe(self) -> bool:
-        return self.n_experts > 0
+        return self.arch.is_moe
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.arch.head_dim
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, fields: dict, source: str = "model config") -> "ModelConfig":
+    def from_dict(cls, fields: dict, source: str = "model config") -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
             raise InputError(f"{source}: {unknown[0]}: unknown model config field")
+        if fields.get("n_experts") == 0:  # written before dense was n_experts = 1 (with an unused top_k)
+            fields = {**fields, "n_experts": 1, "top_k": 1}
         try:
             return cls(**fields)
-        except TypeError as error:  # a required field is missing
+        except (TypeError, InputError) as error:  # a required field is missing, or a bad value
             raise InputError(f"{source}: {error}") from None
 
     def num_params(self) -> int:
         """Every parameter, embeddings and the (untied) output head included."""
-        return self._count(experts_per_token=self.n_experts)
+        return self.arch.total_params()
 
     def num_active_params(self) -> int:
         """Parameters a single token touches: only its top-k experts count."""
-        return self._count(experts_per_token=self.top_k)
-
-    def _count(self, experts_per_token: int) -> int:
-        d, f = self.d_model, self.ffn_hidden
-        kv_width = self.n_kv_heads * self.head_dim
-        attention = 2 * d * d + 2 * d * kv_width  # wq, wo + wk, wv
-        norms = 2 * d
-        if self.is_moe:
-            ffn = d * self.n_experts + experts_per_token * 3 * self._matrix_params(d, f)
-        else:
-            ffn = 3 * d * f
-        embeddings = 2 * self.vocab_size * d  # input table + untied output head
-        return embeddings + d + self.n_layers * (attention + norms + ffn)  # + d: final norm
-
-    def _matrix_params(self, n: int, m: int) -> int:
-        return n * m if self.wd_rank is None else self.wd_rank * (n + m)
+        return self.arch.active_params()
 
 
 _MOE_MINI = ModelConfig(n_layers=19, d_model=128, n_heads=4, n_kv_heads=4, ffn_hidden=384, n_experts=8, top_k=2)

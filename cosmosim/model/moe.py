@@ -1,8 +1,10 @@
 """Mixture-of-Experts FFN: a token-choice top-k router and a bank of SwiGLU experts.
 
 Routing (which experts, with which gates) and expert compute are separate modules so that losses
-and trace recording can read the routing without touching the experts. Tensor names carry their
-shape: B batch, T time, D d_model, F expert hidden, E experts, K top-k, N routed tokens, R rank.
+and trace recording can read the routing without touching the experts, and so that replay can keep
+the router resident and stream the experts (`resident_experts=False`). Each expert is `layers.swiglu`.
+Tensor names carry their shape: B batch, T time, D d_model, F expert hidden, E experts, K top-k,
+N routed tokens, R rank.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cosmosim.model.config import ModelConfig
+from cosmosim.model.layers import swiglu
 
 
 @dataclass
@@ -55,10 +57,11 @@ class ExpertLinear(nn.Module):
             self.left = nn.Parameter(torch.randn(n_experts, n_in, rank) * factor_std)
             self.right = nn.Parameter(torch.randn(n_experts, rank, n_out) * factor_std)
 
-    def forward(self, x_NI: torch.Tensor, expert: int) -> torch.Tensor:
+    def factors(self, expert: int) -> tuple[torch.Tensor, ...]:
+        """The expert's matrix as `layers.project` takes it; L·R costs n·r + r·m FLOPs instead of n·m."""
         if self.rank is None:
-            return x_NI @ self.weight[expert]
-        return (x_NI @ self.left[expert]) @ self.right[expert]  # n·r + r·m FLOPs instead of n·m
+            return (self.weight[expert],)
+        return self.left[expert], self.right[expert]
 
 
 class Experts(nn.Module):
@@ -80,19 +83,22 @@ class Experts(nn.Module):
             token_idx, slot = torch.where(expert_ids_NK == e)
             if token_idx.numel() == 0:
                 continue
-            h = x_ND[token_idx]
-            y = self.w_down(F.silu(self.w_gate(h, e)) * self.w_up(h, e), e)
+            y = swiglu(x_ND[token_idx], self.w_gate.factors(e), self.w_up.factors(e), self.w_down.factors(e))
             out_ND.index_add_(0, token_idx, y * gates_NK[token_idx, slot].unsqueeze(-1))
         return out_ND
 
 
 class MoEFeedForward(nn.Module):
-    def __init__(self, config: ModelConfig, std: float, out_std: float):
+    """The router and, unless the caller streams them (`resident_experts=False`), the expert bank."""
+
+    def __init__(self, config: ModelConfig, std: float, out_std: float, resident_experts: bool = True):
         super().__init__()
         self.router = Router(config.d_model, config.n_experts, config.top_k)
-        self.experts = Experts(config, std, out_std)
+        self.experts = Experts(config, std, out_std) if resident_experts else None
 
     def forward(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        if self.experts is None:
+            raise RuntimeError("this MoE layer's experts are streamed: its caller computes them")
         B, T, D = x_BTD.shape
         routing = self.router(x_BTD)
         out_ND = self.experts(x_BTD.reshape(B * T, D), routing.expert_ids_BTK.reshape(B * T, -1),

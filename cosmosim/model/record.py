@@ -52,7 +52,7 @@ def record(checkpoint_dir: str | Path, out_path: str | Path, *, corpus_dir: str 
     model, header = checkpoint.model, checkpoint.header
     config = model.config
     if not config.is_moe:
-        raise InputError(f"{checkpoint_dir / CONFIG_FILE}: model.n_experts: 0 (a dense model); "
+        raise InputError(f"{checkpoint_dir / CONFIG_FILE}: model.n_experts: {config.n_experts} (a dense model); "
                          "expected an MoE checkpoint, a dense one has no routing to record")
     manifest_sha256 = sha256_file(corpus_dir / MANIFEST_FILE) if (corpus_dir / MANIFEST_FILE).is_file() else None
     trained_on = header.get("corpus", {}).get("manifest_sha256")

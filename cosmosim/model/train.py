@@ -187,11 +187,14 @@ def save_checkpoint(out_dir: Path, header: dict, state: RunState, model: Decoder
 def _resume(out_dir: Path, header: dict, model: Decoder, optimizer: torch.optim.Optimizer,
             rng: np.random.Generator) -> RunState:
     saved = read_header(out_dir)
-    for section in ("model", "training"):
+    # The saved model config as it reads today (a dense one written with n_experts = 0 included).
+    sections = {"model": ModelConfig.from_dict(saved["model"], source=str(out_dir / CONFIG_FILE)).to_dict(),
+                "training": saved["training"]}
+    for section, fields in sections.items():
         for key, value in header[section].items():
-            if saved[section].get(key) != value:
+            if fields.get(key) != value:
                 raise InputError(f"{out_dir / CONFIG_FILE}: {section}.{key}: the checkpoint has "
-                                 f"{saved[section].get(key)!r}, this run asks {value!r}; resume with the same "
+                                 f"{fields.get(key)!r}, this run asks {value!r}; resume with the same "
                                  "arguments or use another out_dir")
     if saved.get("corpus", {}).get("manifest_sha256") != header["corpus"]["manifest_sha256"]:
         raise InputError(f"{out_dir / CONFIG_FILE}: corpus.manifest_sha256: the checkpoint was trained on another corpus")
