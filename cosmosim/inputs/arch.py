@@ -16,7 +16,6 @@ Conventions:
 - A dense model is one whose FFN every token takes: n_experts = top_k = 1 (the convention of
   this whole package, the minis included). It has no router, its FFN counts as non-expert
   weight, resident like attention, and `expert_params()` is 0 for it.
-- Heads are of even size: rotary embeddings rotate pairs of features.
 - FLOPs count a multiply-add as 2 and only the matrix products (norms, RoPE, softmax and the
   SwiGLU gate add well under 1% at these sizes).
 """
@@ -77,8 +76,6 @@ class Architecture:
             fail(f"top_k must be <= n_experts ({self.n_experts}), got {self.top_k}")
         if self.d_model % self.n_heads:
             fail(f"n_heads must divide d_model ({self.d_model}), got {self.n_heads}")
-        if self.head_dim % 2:
-            fail(f"head size d_model / n_heads must be even (RoPE rotates pairs), got {self.head_dim}")
         if self.n_heads % self.n_kv_heads:
             fail(f"n_kv_heads must divide n_heads ({self.n_heads}), got {self.n_kv_heads}")
         if self.wd_rank is not None:

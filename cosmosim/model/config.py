@@ -54,6 +54,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _ = self.arch  # building the Architecture validates the shape
+        if self.head_dim % 2:
+            raise InputError(f"model config: d_model: expected a head size d_model / n_heads={self.n_heads} that "
+                             f"is even (RoPE rotates pairs), got {self.d_model}")
         if self.seq_len < 1:
             raise InputError(f"model config: seq_len: expected a positive integer, got {self.seq_len}")
         if self.load_balance_level not in ("batch", "sequence"):
