@@ -7,9 +7,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.cli import app
-from cosmosim.inputs.arch import arch_table
+from cosmosim.cli.app import app
+from cosmosim.inputs.arch import WEIGHT_BITS, arch_table
 from cosmosim.inputs.profiles import load_profile, shipped_profiles
+from cosmosim.scenario.settings import choices
 
 
 @app.command()
@@ -40,7 +41,7 @@ _ARCH_COLUMNS = {  # arch_table column -> (header, format)
 
 @app.command()
 def arch(
-    weight_bits: int = typer.Option(16, help="Weight bit-width for the byte columns: 16, 8 or 4."),
+    weight_bits: int = typer.Option(16, help=f"Weight bit-width for the byte columns: {choices(WEIGHT_BITS)}."),
     csv: bool = typer.Option(False, "--csv", help="Print every column as CSV instead of a table."),
 ) -> None:
     """List the target architectures (CoSMoEs Table 1) with parameter counts against the paper's."""

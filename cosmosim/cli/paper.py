@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.cli import app
+from cosmosim.cli.app import app
 from cosmosim.engines.analytic.paper import (
     BLES,
     LINKS,
@@ -22,7 +22,7 @@ from cosmosim.engines.analytic.paper import (
 )
 from cosmosim.files import atomic_write_json
 
-paper_app = typer.Typer(help="Reproduce published results with cosmosim's models.", no_args_is_help=True)
+paper_app = typer.Typer(help="Reproduce published results with cosmosim's models.")
 app.add_typer(paper_app, name="paper")
 LINKS_BY_NAME = {link.name: link for link in LINKS.values()}
 

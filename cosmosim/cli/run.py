@@ -8,15 +8,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cosmosim.cli import app
+from cosmosim.cli.app import app
+from cosmosim.device.policies import POLICIES
+from cosmosim.device.prefetch import PREFETCHERS
+from cosmosim.engines.analytic.engine import EVICTION_RULES
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_json
 from cosmosim.results.timeline import DEFAULT_MAX_PASSES, write_timeline
+from cosmosim.runner import ENGINES, run_with_timeline
 from cosmosim.runner import run as run_scenario
-from cosmosim.runner import run_with_timeline
-from cosmosim.scenario.settings import RunConfig
+from cosmosim.scenario.settings import WEIGHT_BITS, RunConfig, choices
 
 _DEFAULTS = RunConfig()
+POLICY_HELP = f"Eviction policy: {choices(POLICIES)} (kactive: the CoSMoEs paper's, only the current k experts per layer)."
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -66,16 +70,16 @@ def run(
     cache_mb: float = typer.Option(None, help="Expert cache budget in MB. Default: the profile's app budget minus resident weights, KV cache and activations."),
     cache_experts: int = typer.Option(None, help="Expert cache size as a number of experts (instead of --cache-mb)."),
     per_layer_cache: bool = typer.Option(False, help="Split the cache into equal per-layer partitions instead of one global cache."),
-    policy: str = typer.Option(_DEFAULTS.policy, help="Eviction policy: lru, lfu, belady, pinned or kactive (the CoSMoEs paper's: only the current k experts per layer)."),
-    prefetch: str = typer.Option(_DEFAULTS.prefetch, help="Prefetcher: none, next-layer (learned co-occurrence) or oracle (upper bound)."),
-    weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help="Weight bit-width: 16, 8 or 4."),
+    policy: str = typer.Option(_DEFAULTS.policy, help=POLICY_HELP),
+    prefetch: str = typer.Option(_DEFAULTS.prefetch, help=f"Prefetcher: {choices(PREFETCHERS)} (next-layer: learned co-occurrence; oracle: an upper bound)."),
+    weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help=f"Weight bit-width: {choices(WEIGHT_BITS)}."),
     tokens: int = typer.Option(None, help="Simulate about this many tokens: whole requests, the last cut short but kept to its prompt + 1 token (dense: rounded up to whole 256-token requests). Default: the whole trace after warm-up (dense: 4096)."),
     prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request (prefilled at once; gives TTFT)."),
     context_len: int = typer.Option(_DEFAULTS.context_len, help="KV-cache length bound (tokens); also sizes the KV cache in peak DRAM."),
     json_path: Path = typer.Option(None, "--json", help="Also write the full result as JSON to this path."),
     timeline_path: Path = typer.Option(None, "--timeline", help=f"Also write a Chrome-trace/Perfetto timeline (JSON) of the first {DEFAULT_MAX_PASSES} passes: flash reads, compute, by layer. Open it at https://ui.perfetto.dev."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
-    engine: str = typer.Option("des", help="des: the discrete-event simulation; analytic: the closed-form model (same JSON keys; no prefetch; lru, belady or kactive; docs/analytic-model.md)."),
+    engine: str = typer.Option("des", help=f"Engine: {choices(ENGINES)} (des: the discrete-event simulation; analytic: the closed-form model, same JSON keys, no prefetch, policies {choices(EVICTION_RULES)}; docs/analytic-model.md)."),
 ) -> None:
     """Replay a routing trace through the discrete-event simulation of flash -> DRAM expert cache -> compute.
 

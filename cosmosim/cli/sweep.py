@@ -6,17 +6,18 @@ from pathlib import Path
 
 import typer
 
-from cosmosim.cli import app
+from cosmosim.cli.app import app
+from cosmosim.runner import ENGINES
+from cosmosim.scenario.settings import choices
 from cosmosim.sweep.dataset import export_csv, read_results
 from cosmosim.sweep.execute import CONNECT_TIMEOUT_S, run_sweep
-from cosmosim.sweep.report import static_export_available, write_pngs, write_report
 
 
 @app.command()
 def sweep(
     spec: Path = typer.Argument(..., help="Sweep spec (TOML): the axes whose product is swept (docs/sweeps.md)."),
     out: Path = typer.Option(..., "--out", "-o", help="Results folder (Parquet parts + sweep.json). Rerun with the same folder to resume."),
-    engine: str = typer.Option(None, help="Engine: des or analytic. Default: the spec's `engine`, else des."),
+    engine: str = typer.Option(None, help=f"Engine: {choices(ENGINES)}. Default: the spec's `engine`, else des."),
     workers: int = typer.Option(1, help="Local worker processes."),
     scheduler: str = typer.Option(None, help="Dask scheduler address (e.g. tcp://10.0.0.5:8786): run on that cluster instead of local processes."),
     connect_timeout: float = typer.Option(CONNECT_TIMEOUT_S, help="Seconds to wait for the Dask scheduler to answer."),
@@ -50,6 +51,8 @@ def report(
 
     Example: cosmosim report results/wearable --out report.html
     """
+    from cosmosim.sweep.report import static_export_available, write_pngs, write_report  # plotly: only here
+
     write_report(results, out)
     typer.echo(f"wrote {out}")
     if png_dir is not None:

@@ -8,14 +8,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from cosmosim.cli import app
+from cosmosim.cli.app import app
 from cosmosim.errors import InputError
 from cosmosim.files import read_json
-from cosmosim.inputs.locality import format_summary, locality_summary
 from cosmosim.inputs.trace import load_trace, trace_info
 
-trace_app = typer.Typer(help="Check, describe and measure routing traces (format v1, docs/trace-format.md).",
-                        no_args_is_help=True)
+trace_app = typer.Typer(help="Check, describe and measure routing traces (format v1, docs/trace-format.md).")
 app.add_typer(trace_app, name="trace")
 
 
@@ -108,6 +106,8 @@ def stats(
 ) -> None:
     """Routing locality of traces: ExRep, ΔUni, expert usage, reuse distances, SRP(m), SCH(ρ, m), each
     beside the same statistic for uniformly random routing (formulas: docs/metrics.md)."""
+    from cosmosim.inputs.locality import format_summary, locality_summary  # scipy: only here
+
     if as_json and markdown:
         raise InputError("--json and --markdown: choose one output format")
     rows = []

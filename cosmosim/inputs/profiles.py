@@ -24,6 +24,8 @@ from cosmosim.provenance import REPOSITORY
 from cosmosim.units import GIB, KIB
 
 PROFILES_DIR_ENV = "COSMOSIM_PROFILES_DIR"
+CACHE_DIR_ENV = "COSMOSIM_CACHE_DIR"
+HOST = "host"  # the profile name of this machine, as `cosmosim calibrate` measured it
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,22 @@ def profiles_dir() -> Path:
     return REPOSITORY / "device_profiles"
 
 
+def cache_dir() -> Path:
+    """The user's cosmosim cache folder: $COSMOSIM_CACHE_DIR, else $XDG_CACHE_HOME/cosmosim,
+    else ~/.cache/cosmosim. Calibrated profiles and default scratch folders go here, never into
+    the repository."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cosmosim"
+
+
+def host_profile_path() -> Path:
+    """Where `cosmosim calibrate` writes this host's profile: a measurement of this machine, so in
+    the user's cache folder, not among the shipped, cited profiles of the repository."""
+    return cache_dir() / "profiles" / f"{HOST}.toml"
+
+
 def shipped_profiles() -> list[str]:
     """Names of the shipped profiles (the stems of device_profiles/*.toml), sorted."""
     return sorted(path.stem for path in profiles_dir().glob("*.toml"))
@@ -304,19 +322,25 @@ def _display(path: Path) -> str:
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """Load a shipped profile by name ("phone") or any profile by its .toml path."""
+    """Load a shipped profile by name ("phone"), this host's calibrated one ("host") or any profile
+    by its .toml path."""
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or os.sep in text or "/" in text
     if looks_like_path:
         path = Path(name_or_path)
         if not path.is_file():
             raise InputError(f"{text}: profile file does not exist")
+    elif text == HOST:
+        path = host_profile_path()
+        if not path.is_file():
+            raise InputError(f"device profile {HOST!r}: not calibrated yet (no {path}); run `cosmosim calibrate` first")
     else:
         path = profiles_dir() / f"{text}.toml"
         if not path.is_file():
             names = ", ".join(shipped_profiles()) or "none"
             raise InputError(
-                f"unknown device profile {text!r}: expected a shipped name ({names}) or a path to a .toml file"
+                f"unknown device profile {text!r}: expected a shipped name ({names}), {HOST!r} (this machine, "
+                "once `cosmosim calibrate` has run) or a path to a .toml file"
             )
     source = _display(path)
     raw = path.read_bytes()
