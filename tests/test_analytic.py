@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cosmosim.engines.analytic.engine import analyze
-from cosmosim.engines.analytic.frame import METRIC_COLUMNS, PERCENTILE_COLUMNS, evaluate_points
+from cosmosim.engines.analytic.frame import evaluate_points, frame_column
 from cosmosim.engines.analytic.latency import expert_phase_s
 from cosmosim.engines.analytic.outcomes import StatsCache, _miss_count_table
 from cosmosim.engines.analytic.reuse import COLD, lru_depths
@@ -15,6 +15,7 @@ from cosmosim.engines.des import simulate
 from cosmosim.errors import InputError
 from cosmosim.inputs.synthetic import sticky_trace, trace_from_experts
 from cosmosim.inputs.trace import save_trace
+from cosmosim.results import catalog
 from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
@@ -188,16 +189,7 @@ def expected_row(point) -> dict:
                        prompt_tokens=int(value("prompt_tokens") or 16),
                        tokens=None if value("tokens") is None else int(point["tokens"]))
     result = run(point["profile"], value("trace"), arch, config, engine="analytic")
-    flat = {"cache_experts_used": result["inputs"]["cache_experts"], "tpot_ms_mean": result["tpot_ms"]["mean"],
-            **{f"tpot_ms_{q}": result["tpot_ms"][q] for q in ("p50", "p95", "p99")},
-            **{f"memory_{part}_mb": mb for part, mb in result["memory_mb"].items()},
-            **{f"time_{part}_ms": ms for part, ms in result["breakdown"]["time_ms_per_token"].items()},
-            **{f"energy_{part}_mj": mj for part, mj in result["breakdown"]["energy_mj_per_token"].items()},
-            **{f"prefetch_{key}": value for key, value in result["prefetch"].items()},
-            **{key: result["inputs"][key] for key in ("expert_mb", "total_experts", "offloading_idle", "requests",
-                                                       "decode_tokens")},
-            "cache_mb_used": result["inputs"]["cache_mb"]}
-    return {name: flat.get(name, result.get(name)) for name in (*METRIC_COLUMNS, *PERCENTILE_COLUMNS)}
+    return {frame_column(metric): catalog.lookup(result, metric) for metric in catalog.COLUMNS}
 
 
 def test_evaluate_points_equals_the_analytic_engine_row_by_row(trace_file):

@@ -2,16 +2,16 @@
 
 Each `Metric` says where the value sits in a result dict (its dotted `key`: "tpot_ms.p95" is
 result["tpot_ms"]["p95"]), its unit, its flat column name in a sweep's Parquet rows and in
-`evaluate_points` (None for values that are not one scalar: lists, access counts), the pandas dtype
-of that column, which engines report it, and a one-line definition. Everything that names metrics
+`evaluate_points` (None for what no sweep keeps: lists, access counts, the replay's own figures),
+the pandas dtype of that column, which engines report it, and a one-line definition. Everything that names metrics
 reads them from here: `summarize` and `summarize_replay` nest their values by these keys (and
 refuse a key the catalogue does not list, or a missing one), the analytic frame and the sweep take
 their columns and dtypes from here, validation its time parts, and the tables of docs/metrics.md
 are rendered from it (`cosmosim.results.metrics_doc`; a test keeps them equal).
 
 Adding a metric: one entry here, plus its computation in `summarize` (and in the analytic frame
-when it has a column). The catalogue order is the column order of a sweep's rows: existing results
-folders depend on it, so new columns go at the end of their group or after `simulated_s`.
+when it has a column). The catalogue order is the column order of a sweep's rows; results folders
+on disk hold the columns of their day, so tests/test_catalog.py keeps those first and unchanged.
 The order of a result dict's keys is the order its builder computes them in.
 """
 
@@ -35,15 +35,20 @@ ATTENTION_ROUTER_OVERHEAD, EXPERT_COMPUTE, FLASH_WAIT, LM_HEAD = ("attention_rou
                                                                   "flash_wait", "lm_head")
 # The groups of parts, by key prefix: `parts(TIME_GROUP)` names the time parts.
 TIME_GROUP, ENERGY_GROUP, MEMORY_GROUP = "breakdown.time_ms_per_token", "breakdown.energy_mj_per_token", "memory_mb"
+# `inputs` is the scenario's echo of every resolved input (Scenario.inputs): the scenario computes
+# it, not the engine's summary. Its entries here are the resolved inputs a sweep keeps as columns.
+RESULT_INPUTS = "inputs"
 
 
 @dataclass(frozen=True)
 class Metric:
+    """One reported value, everywhere it appears."""
+
     key: str  # dotted path into the result dict
     unit: str
     section: str  # the docs/metrics.md table that lists it
     definition: str  # one line: what it is and how it is computed
-    column: str | None = None  # flat name in sweep rows and evaluate_points; None: no column
+    column: str | None = None  # flat name in sweep rows and evaluate_points; None: no sweep keeps it
     dtype: str | None = "Float64"  # pandas dtype of the value as a column; None: not a scalar (a list)
     engines: tuple[str, ...] = MODELLED  # which result dicts hold it
     compared_as: str | None = None  # time parts only: the validation part it is summed into
@@ -81,9 +86,7 @@ def _accesses(name: str, definition: str, engines: tuple[str, ...] = EVERY) -> M
 
 
 def _resolved(name: str, unit: str, definition: str, dtype: str = "Float64") -> Metric:
-    # `inputs` is the scenario's echo of every resolved input (Scenario.inputs); these are the ones
-    # a sweep keeps as columns. The scenario computes them, so `summarize` does not (RESULT_INPUTS).
-    return Metric(f"inputs.{name}", unit, RESOLVED, definition, column=name, dtype=dtype)
+    return Metric(f"{RESULT_INPUTS}.{name}", unit, RESOLVED, definition, column=name, dtype=dtype, engines=EVERY)
 
 
 CATALOG: tuple[Metric, ...] = (
@@ -172,7 +175,6 @@ CATALOG: tuple[Metric, ...] = (
 
 BY_KEY: dict[str, Metric] = {metric.key: metric for metric in CATALOG}
 COLUMNS: tuple[Metric, ...] = tuple(metric for metric in CATALOG if metric.column is not None)
-RESULT_INPUTS = "inputs"  # the group the scenario fills, not the engine (see _resolved)
 
 
 def column_of(key: str) -> str:
