@@ -90,15 +90,15 @@ def test_the_overhead_is_what_a_step_takes_beyond_its_priced_arithmetic(calibrat
     assert record["overhead_quiet_tokens"] > 0 and record["overhead_measured_token_s"] > 0
     with torch_threads(1):
         base = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
-    norm, delays = engine.rms_norm, []  # the engine calls rms_norm once per layer (the FFN's norm)
+    gates, delays = engine.decode_gates, []  # the engine weights a decoded token's experts once per layer
 
-    def slow_norm(*args):
+    def slow_gates(*args):
         start = time.perf_counter()
         time.sleep(0.005)
         delays.append(time.perf_counter() - start)  # what the sleep really took, on a busy machine too
-        return norm(*args)
+        return gates(*args)
 
-    monkeypatch.setattr(engine, "rms_norm", slow_norm)
+    monkeypatch.setattr(engine, "decode_gates", slow_gates)
     with torch_threads(1):
         slowed = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
     assert slowed - base == pytest.approx(float(np.median(delays)), rel=0.25)

@@ -136,3 +136,46 @@ def test_a_mini_is_described_like_its_target(name):
     assert config.arch.total_params() == sum(p.numel() for p in Decoder(config).parameters())
     assert ModelConfig.of(config.arch, seq_len=config.seq_len, bles_lambda=config.bles_lambda,
                           bles_tau=config.bles_tau) == config
+
+
+@pytest.mark.parametrize("config", [TINY_MOE, dataclasses.replace(TINY_MOE, wd_rank=8),
+                                    dataclasses.replace(TINY_MOE, n_experts=1, top_k=1)], ids=["moe", "wd", "dense"])
+def test_decoding_with_the_kv_cache_equals_the_training_pass(config):
+    """A prompt, then one token at a time with the cache on, gives the logits and routing of one
+    causal pass without it (the training path)."""
+    torch.manual_seed(0)
+    model = Decoder(config).double().train(False)
+    tokens = torch.randint(0, config.vocab_size, (2, 10))
+    prompt = 4
+    with torch.no_grad():
+        full, full_routings = model(tokens)
+        model.setup_cache(context_len=16, n_positions=16, batch=2)
+        steps = [model(tokens[:, :prompt])]
+        steps += [model(tokens[:, t:t + 1], torch.tensor([t])) for t in range(prompt, tokens.shape[1])]
+    torch.testing.assert_close(torch.cat([logits for logits, _ in steps], dim=1), full, rtol=1e-10, atol=1e-10)
+    for layer, routing in enumerate(full_routings):
+        ids = torch.cat([routings[layer].expert_ids_BTK for _, routings in steps], dim=1)
+        assert (ids == routing.expert_ids_BTK).all()
+
+
+def test_a_prompt_with_the_cache_on_must_start_at_position_0():
+    model = Decoder(TINY_MOE)
+    model.setup_cache(context_len=16, n_positions=16)
+    with pytest.raises(ValueError, match="positions 0..2"):
+        model(torch.zeros(1, 3, dtype=torch.long), torch.arange(2, 5))
+
+
+def test_past_its_context_the_cache_attends_over_the_last_tokens_only():
+    """One layer, so a token's key depends on that token alone; RoPE scores depend on the distance
+    between positions only, so attending over the last C cached tokens equals a fresh pass over them."""
+    torch.manual_seed(0)
+    config, context = dataclasses.replace(TINY_MOE, n_layers=1), 4
+    model = Decoder(config).double().train(False)
+    tokens = torch.randint(0, config.vocab_size, (1, 12))
+    with torch.no_grad():
+        window, _ = model(tokens[:, -context:])
+        model.setup_cache(context_len=context, n_positions=16)
+        model(tokens[:, :1])
+        for t in range(1, tokens.shape[1]):
+            logits, _ = model(tokens[:, t:t + 1], torch.tensor([t]))
+    torch.testing.assert_close(logits[:, -1], window[:, -1], rtol=1e-10, atol=1e-10)

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cosmosim.engines.replay import storage
-from cosmosim.engines.replay.compute import KVCache, attention, expert_ffn, rope_tables, torch_threads
+from cosmosim.engines.replay.compute import torch_threads
 from cosmosim.engines.replay.run import HostModel, replay
 from cosmosim.engines.replay.storage import (
     ALIGN,
@@ -26,6 +25,10 @@ from cosmosim.engines.replay.weights import DTYPE, ExpertLayout, ResidentWeights
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.synthetic import sticky_trace
+from cosmosim.model.config import ModelConfig
+from cosmosim.model.layers import swiglu
+from cosmosim.model.llama import Decoder
+from cosmosim.model.moe import Experts
 from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
@@ -172,33 +175,32 @@ def test_expert_file_holds_each_expert_at_its_stride(disk, arch):
 
 
 # ----------------------------------------------------------------------------- arithmetic
-def test_expert_ffn_is_swiglu_and_wd_projects_through_both_factors():
-    g = torch.Generator().manual_seed(0)
-
-    def random(*shape):
-        return torch.randn(shape, generator=g).to(DTYPE)
-
-    def swiglu(h, gate, up, down):
-        return F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), down)
-
-    h = random(3, 8)
-    gate, up, down = random(5, 8), random(5, 8), random(8, 5)
-    torch.testing.assert_close(expert_ffn(h, (gate, up, down)), swiglu(h, gate, up, down))
-    factors = [random(2, 8), random(5, 2), random(2, 8), random(5, 2), random(2, 5), random(8, 2)]
-    composed = [(second.float() @ first.float()) for first, second in zip(factors[0::2], factors[1::2])]
-    torch.testing.assert_close(expert_ffn(h, tuple(factors)).float(), swiglu(h.float(), *composed), rtol=0.05, atol=0.05)
+@pytest.mark.parametrize("arch", [TINY, TINY_WD])
+def test_the_resident_weights_are_the_training_model_without_its_experts(arch):
+    model = ResidentWeights.random(arch, seed=0).model
+    trained = Decoder(ModelConfig.of(arch)).state_dict()
+    assert {name: tuple(t.shape) for name, t in model.state_dict().items()} == {
+        name: tuple(t.shape) for name, t in trained.items() if ".ffn.experts." not in name}
+    assert sum(p.numel() for p in model.parameters()) == arch.resident_params()
+    assert {p.dtype for p in model.parameters()} == {DTYPE}
+    assert sum(p.numel() for p in model.parameters()) * DTYPE.itemsize == ResidentWeights.nbytes_of(arch)
 
 
-def test_decoding_with_the_kv_cache_equals_a_causal_pass_over_the_prompt():
-    """Position P decoded after a P-token prefill gives the row a (P+1)-token prefill gives it."""
-    weights = ResidentWeights.random(TINY, seed=0)
-    layer, rope, prompt = weights.layers[0], rope_tables(TINY.head_dim, 16), 6
-    x = weights.embedding[torch.arange(prompt + 1)]
-    full = attention(layer, 0, x, KVCache(TINY, 16), torch.arange(prompt + 1), prompt + 1, rope)
-    cache = KVCache(TINY, 16)
-    attention(layer, 0, x[:prompt], cache, torch.arange(prompt), prompt, rope)
-    step = attention(layer, 0, x[prompt:], cache, torch.tensor([prompt]), prompt + 1, rope)
-    torch.testing.assert_close(step.float(), full[prompt:].float(), rtol=0.02, atol=0.02)
+@pytest.mark.parametrize("arch", [TINY, TINY_WD])
+def test_an_expert_streamed_from_its_file_layout_computes_what_the_models_expert_bank_does(arch):
+    """The file stores each matrix [out, in]; replay computes from transposed views of a cache slot
+    what the training model's Experts compute from their [in, out] parameters."""
+    torch.manual_seed(0)
+    bank = Experts(ModelConfig.of(arch), std=0.1, out_std=0.1).to(DTYPE)
+    layout, expert = ExpertLayout.of(arch), 5
+    buffer = aligned_buffer(layout.stride)
+    stored = [factor.T for name in ("w_gate", "w_up", "w_down") for factor in getattr(bank, name).factors(expert)]
+    for view, matrix in zip(layout.views(buffer, 0), stored, strict=True):
+        view.copy_(matrix)  # the shapes must agree too
+    x = torch.randn(3, arch.d_model).to(DTYPE)
+    ids, gates = torch.tensor([[expert, 0]] * 3), torch.tensor([[1.0, 0.0]] * 3, dtype=DTYPE)
+    with torch.no_grad():
+        torch.testing.assert_close(swiglu(x, *layout.factors(buffer, 0)), bank(x, ids, gates))
 
 
 # ----------------------------------------------------------------------------- the decode

@@ -4,12 +4,14 @@ The engine walks exactly the steps and accesses the simulator walks (`Scenario.w
 the same `ExpertCache` and policy classes which expert to evict, so its hits and misses are the
 simulator's, access for access. What differs is that everything here happens:
 
-1. attention (with a KV cache), norms and the router run in torch on resident weights;
+1. attention (with its KV cache), norms and the router run in torch on resident weights: the training
+   model's own blocks (`cosmosim.model.llama`), one layer at a time;
 2. each of the step's experts is looked up in the cache; a miss takes the victim's slot (or a free
    one) and its read is issued at once, split into requests of the profile's `max_request_bytes`,
    with up to `queue_depth` requests in flight on I/O threads (reads release the GIL);
 3. experts compute as the simulator orders them: hits first, then misses in the order their reads
    were issued, each as soon as its bytes are in; one expert's compute overlaps the next one's read.
+   Each is the model's SwiGLU (`cosmosim.model.layers.swiglu`) on the matrices in its cache slot.
 
 A prefill step pins only the expert being loaded (as in the simulator), so a small cache can evict
 an expert of the same step before it has computed; the engine then computes what is pending before
@@ -25,12 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from cosmosim.engines.replay.compute import KVCache, attention, decode_gates, expert_ffn, lm_head, rms_norm, rope_tables
+from cosmosim.engines.replay.compute import decode_gates
 from cosmosim.engines.replay.storage import ALIGN, ColdReader, aligned_buffer, check_memory, submit_read
 from cosmosim.engines.replay.weights import WEIGHT_BITS, ExpertLayout, ResidentWeights
 from cosmosim.errors import InputError
+from cosmosim.model.layers import swiglu
 from cosmosim.scenario.build import Scenario
 from cosmosim.workload.stream import DECODE, PREFILL
 
@@ -83,18 +85,17 @@ class ReplayEngine:
             raise InputError(f"--prefetch {config.prefetch}: replay runs demand reads only; use --prefetch none")
         if config.weight_bits != WEIGHT_BITS:
             raise InputError(f"--weight-bits {config.weight_bits}: replay runs bfloat16 weights; use --weight-bits 16")
-        self.scenario, self.weights, self.layout, self.reader = scenario, weights, layout, reader
+        self.scenario, self.model, self.layout, self.reader = scenario, weights.model, layout, reader
         self.cache = scenario.expert_cache()
         check_memory(self.cache.capacity * layout.stride, f"replay's expert cache of {self.cache.capacity} experts")
         self.slots = aligned_buffer(self.cache.capacity * layout.stride)
         torch.frombuffer(self.slots, dtype=torch.uint8).fill_(0)  # fault the pages in now, not inside a token
-        self.slot_matrices = [layout.views(self.slots, slot) for slot in range(self.cache.capacity)]
+        self.slot_factors = [layout.factors(self.slots, slot) for slot in range(self.cache.capacity)]
         self.slot_of: dict[int, int] = {}
         self.free_slots = list(range(self.cache.capacity - 1, -1, -1))
         self.request_bytes = max(ALIGN, scenario.profile.flash.max_request_bytes // ALIGN * ALIGN)
-        self.kv = KVCache(scenario.arch, config.context_len)
         longest = config.prompt_tokens + workload.n_decode_tokens  # bound on any position
-        self.rope = rope_tables(scenario.arch.head_dim, longest)
+        self.model.setup_cache(config.context_len, longest)
         self.keys, self.tokens = workload.access_key.tolist(), workload.access_tokens.tolist()
         self.step_wait_s = self.step_compute_s = 0.0  # the current step's, added to by _compute
 
@@ -105,7 +106,7 @@ class ReplayEngine:
         return submit_read(pool, self.reader, slot_bytes, key * stride, self.request_bytes)
 
     # -- one step ---------------------------------------------------------------------------------
-    def _compute(self, h_Pd: torch.Tensor, pending: list[_Pending]) -> None:
+    def _compute(self, h_TD: torch.Tensor, pending: list[_Pending]) -> None:
         """Compute the experts not computed yet in the simulator's order: hits (no reads) first,
         then misses in issue order, each once its reads are done. Adds the time blocked on reads
         and the time in expert arithmetic to `self.step_wait_s` and `self.step_compute_s`."""
@@ -117,20 +118,20 @@ class ReplayEngine:
                     read.result()
                 started = clock()
                 rows = expert.rows
-                expert.output = expert.gate * expert_ffn(h_Pd[:rows], self.slot_matrices[expert.slot])
+                expert.output = expert.gate * swiglu(h_TD[:rows], *self.slot_factors[expert.slot])
                 self.step_wait_s += started - waited
                 self.step_compute_s += clock() - started
 
-    def _experts(self, pool: ThreadPoolExecutor, kind: int, h_Pd: torch.Tensor, logits_PE: torch.Tensor,
+    def _experts(self, pool: ThreadPoolExecutor, kind: int, h_TD: torch.Tensor, logits_TE: torch.Tensor,
                  lo: int, hi: int) -> tuple[torch.Tensor, int, int]:
         """The step's expert accesses [lo, hi): cache decisions, reads, compute. Returns the FFN
         output and the step's hits and misses."""
         keys, n_experts = self.keys, self.scenario.workload.n_experts
         step_keys = keys[lo:hi]
         if kind == DECODE:
-            gates = decode_gates(logits_PE, [key % n_experts for key in step_keys])
+            gates = decode_gates(logits_TE, [key % n_experts for key in step_keys])
         else:  # a prompt token's gates are not in the workload; equal weights cost the same
-            gates = torch.full((hi - lo,), 1.0 / self.scenario.workload.top_k, dtype=h_Pd.dtype)
+            gates = torch.full((hi - lo,), 1.0 / self.scenario.workload.top_k, dtype=h_TD.dtype)
         decode_pins = set(step_keys)  # a decode step's experts stay together; prefill streams them
         pending: list[_Pending] = []
         hits = misses = 0
@@ -147,23 +148,23 @@ class ReplayEngine:
                 else:
                     expert.slot = self.slot_of.pop(evicted)
                     if any(p.slot == expert.slot and p.output is None for p in pending):
-                        self._compute(h_Pd, pending)  # prefill only: compute before the slot is overwritten
+                        self._compute(h_TD, pending)  # prefill only: compute before the slot is overwritten
                 self.slot_of[key] = expert.slot
                 expert.reads = self._issue_read(pool, key, expert.slot)
                 misses += 1
             self.cache.touch(key, clock)
             pending.append(expert)
-        self._compute(h_Pd, pending)
+        self._compute(h_TD, pending)
         # Summed in access order, whatever order they computed in: the cache never changes the result.
-        out_Pd = torch.zeros_like(h_Pd)
+        out_TD = torch.zeros_like(h_TD)
         for expert in pending:
-            out_Pd[:expert.rows] += expert.output
-        return out_Pd, hits, misses
+            out_TD[:expert.rows] += expert.output
+        return out_TD, hits, misses
 
     # -- the replay -------------------------------------------------------------------------------
     def run(self) -> ReplayRecords:
         """Execute the workload once; the engine's cache starts empty and is used up."""
-        scenario, weights, records = self.scenario, self.weights, ReplayRecords()
+        scenario, model, records = self.scenario, self.model, ReplayRecords()
         workload, config = scenario.workload, scenario.config
         kinds, layers = workload.step_kind.tolist(), workload.step_layer.tolist()
         contexts, offsets = workload.step_context.tolist(), workload.step_offsets.tolist()
@@ -179,20 +180,24 @@ class ReplayEngine:
                     pass_start, pass_misses = clock(), 0
                     if kind == PREFILL:
                         position = 0
-                        positions = torch.arange(prompt)
-                        x_Pd = weights.embedding[positions % vocab]  # prompt ids do not change the cost
+                        positions_T = torch.arange(prompt)
+                        tokens_BT = (positions_T % vocab)[None]  # prompt ids do not change the cost
                     else:
-                        positions = torch.tensor([position])
-                        x_Pd = weights.embedding[next_token][None]
-                layer_weights = weights.layers[layer]
+                        positions_T = torch.tensor([position])
+                        tokens_BT = torch.tensor([[next_token]])
+                    # The KV cache attends over min(last position + 1, context) keys: what the simulator priced.
+                    assert min(int(positions_T[-1]) + 1, config.context_len) == contexts[step]
+                    x_BTD = model.embedding(tokens_BT)
+                    cos_TP, sin_TP = model.rope(positions_T)
+                block = model.layers[layer]
                 step_start = clock()
-                x_Pd = attention(layer_weights, layer, x_Pd, self.kv, positions, contexts[step], self.rope)
-                h_Pd = rms_norm(x_Pd, layer_weights.ffn_norm)
-                logits_PE = F.linear(h_Pd, layer_weights.router)
+                x_BTD = block.attend(x_BTD, cos_TP, sin_TP, positions_T)
+                h_TD = block.ffn_norm(x_BTD)[0]
+                logits_TE = block.ffn.router.gate(h_TD)
                 router_s = clock() - step_start
                 self.step_wait_s = self.step_compute_s = 0.0
-                out_Pd, hits, misses = self._experts(pool, kind, h_Pd, logits_PE, offsets[step], offsets[step + 1])
-                x_Pd = x_Pd + out_Pd
+                out_TD, hits, misses = self._experts(pool, kind, h_TD, logits_TE, offsets[step], offsets[step + 1])
+                x_BTD = x_BTD + out_TD
                 if kind == DECODE:
                     parts["attention_router"] += router_s
                     parts["flash_wait"] += self.step_wait_s
@@ -203,7 +208,7 @@ class ReplayEngine:
                 records.outcomes[prefix + "miss"] += misses
                 if layer == last_layer:
                     head_start = clock()
-                    next_token = int(lm_head(x_Pd, weights.final_norm, weights.lm_head).argmax())  # greedy decode
+                    next_token = int(model.head(x_BTD[:, -1:]).argmax())  # greedy decode of the last position
                     end = clock()
                     latency = end - pass_start
                     records.generated.append(next_token)

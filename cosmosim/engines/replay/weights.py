@@ -1,7 +1,9 @@
 """Random weights of real sizes: the resident part in RAM, the experts in a file on disk.
 
 The values are random (seeded): replay measures time, and time depends on shapes and bytes, not on
-what the numbers are. Matrices are stored as torch's `F.linear` wants them, [out, in].
+what the numbers are. The resident part is the training model itself (`cosmosim.model.llama.Decoder`)
+built without its experts. Expert matrices are stored as torch's `F.linear` wants them, [out, in],
+and computed from transposed views ([in, out], `cosmosim.model.layers.swiglu`), as F.linear does.
 
 Expert file layout: expert `key = layer * n_experts + expert` starts at `key * stride`; its matrices
 follow one another (bfloat16), and the stride is the expert's bytes padded to ALIGN, so every
@@ -20,6 +22,8 @@ import torch
 from cosmosim.engines.replay.storage import align_up, write_durably
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture
+from cosmosim.model.config import ModelConfig
+from cosmosim.model.llama import Decoder
 
 DTYPE = torch.bfloat16  # replay's weights and activations: 16-bit, the simulator's --weight-bits 16
 DTYPE_NAME = "bfloat16"
@@ -78,6 +82,13 @@ class ExpertLayout:
             offset += rows * cols * DTYPE.itemsize
         return tuple(views)
 
+    def factors(self, buffer, slot: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """The expert in cache slot `slot` as `swiglu` takes it: gate, up and down, each one [in, out]
+        matrix or its two rank-r factors (first applied first), as views of `buffer`."""
+        matrices = [matrix.T for matrix in self.views(buffer, slot)]
+        per_projection = len(matrices) // 3
+        return tuple(tuple(matrices[i * per_projection:(i + 1) * per_projection]) for i in range(3))
+
 
 def _random(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Normal values scaled by 1/sqrt(fan-in), so activations stay finite through the layers."""
@@ -101,38 +112,22 @@ def write_expert_file(path: Path, arch: Architecture, seed: int = 0) -> ExpertLa
 
 
 @dataclass(frozen=True)
-class LayerWeights:
-    attn_norm: torch.Tensor  # [d]
-    wq: torch.Tensor  # [heads * head_dim, d]
-    wk: torch.Tensor  # [kv_heads * head_dim, d]
-    wv: torch.Tensor  # [kv_heads * head_dim, d]
-    wo: torch.Tensor  # [d, d]
-    ffn_norm: torch.Tensor  # [d]
-    router: torch.Tensor  # [n_experts, d]
-
-
-@dataclass(frozen=True)
 class ResidentWeights:
-    """Everything but the experts, in RAM: what a real offloading runtime keeps resident."""
+    """Everything but the experts, in RAM: what a real offloading runtime keeps resident. It is the
+    training model, bfloat16, its MoE layers holding only their routers; decoding switches its KV
+    cache and rotary tables on first (`Decoder.setup_cache`)."""
 
-    embedding: torch.Tensor  # [vocab, d]
-    layers: tuple[LayerWeights, ...]
-    final_norm: torch.Tensor  # [d]
-    lm_head: torch.Tensor  # [vocab, d]
+    model: Decoder
 
     @classmethod
     def random(cls, arch: Architecture, seed: int = 0) -> ResidentWeights:
+        with torch.device("meta"):  # shapes only: the values come below, straight in bfloat16
+            model = Decoder(ModelConfig.of(arch), resident_experts=False)
         generator = torch.Generator().manual_seed(seed + 1)  # not the experts' stream
-        d, kv_width = arch.d_model, arch.n_kv_heads * arch.head_dim
-        ones = torch.ones(d, dtype=DTYPE)
-
-        def layer() -> LayerWeights:
-            return LayerWeights(ones, _random((d, d), generator), _random((kv_width, d), generator),
-                                _random((kv_width, d), generator), _random((d, d), generator), ones,
-                                _random((arch.n_experts, d), generator))
-
-        return cls(_random((arch.vocab_size, d), generator), tuple(layer() for _ in range(arch.n_layers)), ones,
-                   _random((arch.vocab_size, d), generator))
+        values = {name: torch.ones(tuple(weight.shape), dtype=DTYPE) if weight.dim() == 1  # the norms
+                  else _random(tuple(weight.shape), generator) for name, weight in model.named_parameters()}
+        model.load_state_dict(values, assign=True)
+        return cls(model.train(False))
 
     @staticmethod
     def nbytes_of(arch: Architecture) -> int:
