@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cosmosim.cli import main
-from cosmosim.inputs.profiles import profiles_dir
+from cosmosim.inputs.profiles import CACHE_DIR_ENV, host_profile_path, profiles_dir
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import save_trace
 
@@ -127,3 +127,14 @@ def test_npy_file_and_unwritable_output(capsys, tmp_path, fixture_trace):
     code, out, err = cli(capsys, "run", "--profile", "wearable", "--trace", str(fixture_trace), "--tokens", "200",
                          "--json", str(tmp_path / "file" / "out.json"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+
+
+def test_run_accepts_the_host_profile_once_calibrated(capsys, tmp_path, monkeypatch, fixture_trace):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    args = ["run", "--profile", "host", "--trace", str(fixture_trace), "--tokens", "200"]
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "run `cosmosim calibrate` first" in err
+    host_profile_path().parent.mkdir()
+    host_profile_path().write_text((profiles_dir() / "wearable.toml").read_text().replace('name = "wearable"', 'name = "host"'))
+    code, out, _ = cli(capsys, *args)
+    assert code == 0 and "on host" in out

@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
-from cosmosim.inputs.profiles import FlashSpec, load_profile, profile_from_dict, profiles_dir, shipped_profiles
+from cosmosim.inputs.profiles import (
+    CACHE_DIR_ENV,
+    FlashSpec,
+    host_profile_path,
+    load_profile,
+    profile_from_dict,
+    profiles_dir,
+    shipped_profiles,
+)
 
 SOURCE = "device_profiles/x.toml"
 
@@ -82,6 +90,16 @@ def test_profiles_dir_env_override(tmp_path, monkeypatch):
     assert load_profile("watch").name == "wearable"
     with pytest.raises(InputError, match=r"\(watch\)"):
         load_profile("phone")
+
+
+def test_host_is_the_calibrated_profile_once_written(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    with pytest.raises(InputError, match=r"^device profile 'host': not calibrated yet .*run `cosmosim calibrate` first$"):
+        load_profile("host")
+    assert host_profile_path() == tmp_path / "profiles" / "host.toml"
+    host_profile_path().parent.mkdir()
+    shutil.copy(profiles_dir() / "wearable.toml", host_profile_path())
+    assert load_profile("host").path == host_profile_path().resolve()
 
 
 # ------------------------------------------------------------------------------ files

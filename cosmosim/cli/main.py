@@ -23,11 +23,13 @@ PROG = "cosmosim"
 
 
 def usage_message(error: typer.TyperException) -> str:
-    """Click's message on one line, the parameter first, and where help is:
-    "--cache-mb: Input should be a valid number, ... (see `cosmosim run --help`)"."""
-    param = getattr(error, "param", None)
-    if isinstance(error, typer.BadParameter) and param is not None and error.message:
-        text = f"{' / '.join(param.opts)}: {error.message}"
+    """Click's message on one line, the parameter and the value given first, and where help is:
+    "--cache-mb: 'abc': Input should be a valid number, ... (see `cosmosim run --help`)"."""
+    if isinstance(error, typer.BadParameter) and error.param is not None and error.message:
+        cause = error.__cause__  # typer converts values with pydantic, whose error keeps the input
+        problems = cause.errors() if hasattr(cause, "errors") else []
+        given = [repr(problems[0]["input"])] if problems and "input" in problems[0] else []
+        text = ": ".join([" / ".join(error.param.opts), *given, error.message])
     else:
         text = " ".join(error.format_message().split())
     ctx = getattr(error, "ctx", None)
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001: a bug, not the user's doing
         if debug:
             traceback.print_exc()
-        hint = "the traceback is above" if debug else f"rerun with --debug (or {DEBUG_ENV}=1) to see the traceback"
-        fail(f"internal error: {type(error).__name__}: {error} (a bug in cosmosim; {hint})", 1)
+        what = " ".join([f"{type(error).__name__}:", *str(error).split()]).rstrip(":")
+        hint = ("the traceback is above" if debug
+                else f"rerun as `{PROG} --debug ...` or with {DEBUG_ENV}=1 for the traceback")
+        fail(f"internal error: {what} (a bug in cosmosim; {hint})", 1)
     sys.exit(0)
