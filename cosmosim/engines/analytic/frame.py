@@ -48,6 +48,7 @@ from cosmosim.workload.stream import DECODE
 _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
 _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch")
 _INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)))
+_COLUMN_KINDS = {"per_layer_cache": "flag", "cache_mb": "number", "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
 
 
 def frame_column(metric: Metric) -> str:
@@ -65,7 +66,6 @@ _PERCENTILE_METRICS = tuple(catalog.BY_KEY[f"tpot_ms.p{q}"] for q in PERCENTILES
 _METRICS = tuple(metric for metric in catalog.COLUMNS if metric not in _PERCENTILE_METRICS)
 METRIC_COLUMNS = tuple(frame_column(metric) for metric in _METRICS)
 PERCENTILE_COLUMNS = tuple(frame_column(metric) for metric in _PERCENTILE_METRICS)
-_COLUMN_KINDS = {"per_layer_cache": "flag", "cache_mb": "number", "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
 DEFAULT_CACHE = StatsCache()
 
 
