@@ -14,6 +14,18 @@ from pathlib import Path
 
 from cosmosim.errors import InputError
 
+CACHE_DIR_ENV = "COSMOSIM_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """The user's cosmosim cache folder: $COSMOSIM_CACHE_DIR, else $XDG_CACHE_HOME/cosmosim,
+    else ~/.cache/cosmosim. Calibrated profiles and default scratch folders go here, never into
+    the repository."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cosmosim"
+
 
 def _current_umask() -> int:
     mask = os.umask(0)

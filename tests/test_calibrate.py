@@ -12,8 +12,8 @@ import pytest
 from cosmosim.device.hardware import Flash
 from cosmosim.engines.replay import engine, storage
 from cosmosim.engines.replay.compute import torch_threads
-from cosmosim.engines.replay.profile import host_profile_path
 from cosmosim.errors import InputError
+from cosmosim.files import CACHE_DIR_ENV
 from cosmosim.host.calibrate import (
     calibrate,
     load_record,
@@ -26,7 +26,7 @@ from cosmosim.host.calibrate import (
 from cosmosim.host.effort import FULL, QUICK
 from cosmosim.host.flash_measure import MIN_LATENCY_S, fit_latency
 from cosmosim.inputs.arch import Architecture, get_arch
-from cosmosim.inputs.profiles import load_profile, profile_from_dict, profiles_dir
+from cosmosim.inputs.profiles import host_profile_path, load_profile, profile_from_dict, profiles_dir
 
 TINY = Architecture(name="tiny", n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_hidden=128,
                     n_experts=8, top_k=2, wd_rank=None)
@@ -122,9 +122,9 @@ def test_full_effort_reads_every_curve_size():
 
 
 def test_default_output_is_the_user_cache_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     assert host_profile_path() == tmp_path / "cache" / "profiles" / "host.toml"
-    monkeypatch.delenv(storage.CACHE_DIR_ENV)
+    monkeypatch.delenv(CACHE_DIR_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert host_profile_path() == tmp_path / "xdg" / "cosmosim" / "profiles" / "host.toml"
 

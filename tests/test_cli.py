@@ -5,7 +5,8 @@ import json
 import pytest
 
 from cosmosim.cli import main
-from cosmosim.inputs.profiles import CACHE_DIR_ENV, host_profile_path, profiles_dir
+from cosmosim.files import CACHE_DIR_ENV
+from cosmosim.inputs.profiles import host_profile_path, profiles_dir
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import save_trace
 

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
+from cosmosim.files import CACHE_DIR_ENV
 from cosmosim.inputs.profiles import (
-    CACHE_DIR_ENV,
     FlashSpec,
     host_profile_path,
     load_profile,

@@ -23,6 +23,7 @@ from cosmosim.engines.replay.storage import (
 )
 from cosmosim.engines.replay.weights import DTYPE, ExpertLayout, ResidentWeights, scaled_arch, write_expert_file
 from cosmosim.errors import InputError
+from cosmosim.files import CACHE_DIR_ENV
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.model.config import ModelConfig
@@ -261,6 +262,6 @@ def test_replay_refuses_when_disk_is_short(disk, trace, monkeypatch):
 
 
 def test_host_profile_must_be_calibrated_first(trace, tmp_path, monkeypatch):
-    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
     with pytest.raises(InputError, match="run `cosmosim calibrate` first"):
         replay("host", trace, TINY, RunConfig(cache_experts=8))

@@ -11,6 +11,7 @@ from cosmosim import runner
 from cosmosim.cli import main
 from cosmosim.engines.replay import storage
 from cosmosim.errors import InputError
+from cosmosim.files import CACHE_DIR_ENV
 from cosmosim.host.calibrate import load_record
 from cosmosim.host.validate import (
     GOAL,
@@ -122,7 +123,7 @@ def test_validate_refuses_fewer_than_three_repeats():
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
     for args, expected in [(["calibrate", "--quick", "--out", str(tmp_path / "x.txt")], "expected a .toml path"),
                            (["calibrate", "--quick", "--arch", "laptop"], "unknown architecture"),
                            (["replay", "--trace", str(tmp_path / "missing.npz")], "no such trace file"),
@@ -136,7 +137,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
 def test_cli_replay_and_validate_end_to_end(tmp_path, capsys, monkeypatch):
     if storage.filesystem_type(tmp_path) in storage.MEMORY_FILESYSTEMS:
         pytest.skip("the temporary folder is in RAM: cold reads need a disk")
-    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     for module in (cosmosim.scenario.build, cosmosim.host.validate):  # the tiny architecture by name
         monkeypatch.setattr(module, "get_arch", lambda name: TINY if name == "tiny" else get_arch(name))
     trace = save_trace(sticky_trace(n_tokens=640, n_layers=4, seq_len=64, seed=1), tmp_path / "t.npz")

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 
 from cosmosim.engines.des import simulate
 from cosmosim.engines.replay.compute import default_threads, torch_threads
-from cosmosim.engines.replay.profile import host_profile_path
 from cosmosim.engines.replay.run import HostModel, Progress
 from cosmosim.engines.replay.storage import available_memory_bytes
 from cosmosim.engines.replay.weights import DTYPE, DTYPE_NAME, ExpertLayout, expert_shapes, scaled_arch
@@ -46,7 +45,7 @@ from cosmosim.host.effort import FULL, QUICK, Effort
 from cosmosim.host.flash_measure import KNEE, MIN_LATENCY_S, QUEUE_DEPTHS, fit_latency, measure_flash
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.locality import random_routing
-from cosmosim.inputs.profiles import DeviceProfile, load_profile, profile_from_dict
+from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_profile, profile_from_dict
 from cosmosim.inputs.trace import SCHEMA_VERSION, Trace
 from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig

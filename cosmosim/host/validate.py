@@ -22,13 +22,12 @@ import numpy as np
 from cosmosim import runner
 from cosmosim.device.policies import POLICIES
 from cosmosim.engines.replay.compute import torch_threads
-from cosmosim.engines.replay.profile import host_profile_path
 from cosmosim.engines.replay.run import HostModel, Progress
 from cosmosim.engines.replay.weights import DTYPE_NAME, scaled_arch
 from cosmosim.errors import InputError
 from cosmosim.host.calibrate import METHOD, calibrate, load_record
 from cosmosim.inputs.arch import Architecture, get_arch
-from cosmosim.inputs.profiles import DeviceProfile, load_profile
+from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_profile
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.provenance import REPOSITORY

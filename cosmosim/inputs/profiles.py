@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from cosmosim.errors import InputError
+from cosmosim.files import cache_dir
 from cosmosim.provenance import REPOSITORY
 from cosmosim.units import GIB, KIB
 
 PROFILES_DIR_ENV = "COSMOSIM_PROFILES_DIR"
-CACHE_DIR_ENV = "COSMOSIM_CACHE_DIR"
 HOST = "host"  # the profile name of this machine, as `cosmosim calibrate` measured it
 
 
@@ -290,16 +290,6 @@ def profiles_dir() -> Path:
     if override:
         return Path(override)
     return REPOSITORY / "device_profiles"
-
-
-def cache_dir() -> Path:
-    """The user's cosmosim cache folder: $COSMOSIM_CACHE_DIR, else $XDG_CACHE_HOME/cosmosim,
-    else ~/.cache/cosmosim. Calibrated profiles and default scratch folders go here, never into
-    the repository."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cosmosim"
 
 
 def host_profile_path() -> Path:

@@ -21,7 +21,6 @@ import torch
 
 from cosmosim.engines.replay.compute import default_threads, torch_threads
 from cosmosim.engines.replay.engine import ReplayEngine, ReplayRecords
-from cosmosim.engines.replay.profile import resolve_profile
 from cosmosim.engines.replay.storage import ColdReader, check_memory, scratch_folder
 from cosmosim.engines.replay.weights import DTYPE_NAME, ExpertLayout, ResidentWeights, scaled_arch, write_expert_file
 from cosmosim.inputs.arch import Architecture
@@ -116,7 +115,7 @@ def replay(profile: str | Path | DeviceProfile, trace: str | Path | Trace, arch:
     """
     trace = trace if isinstance(trace, Trace) else load_trace(trace)
     target = scaled_arch(resolve_arch(arch, trace), scale)
-    scenario = prepare(resolve_profile(profile), trace, target, config or RunConfig())
+    scenario = prepare(profile, trace, target, config or RunConfig())
     threads = default_threads() if threads is None else threads
     with torch_threads(threads), HostModel(target, directory, seed=seed, progress=progress) as model:
         if progress:

@@ -27,23 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cosmosim.errors import InputError
+from cosmosim.files import cache_dir
 from cosmosim.units import MB
 
 ALIGN = 4096  # O_DIRECT alignment: a page, a multiple of every common logical block size
 
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 DISK_MARGIN_BYTES = 64 * 2**20  # left free for everyone else when we check free space
-CACHE_DIR_ENV = "COSMOSIM_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """The user's cosmosim cache folder: $COSMOSIM_CACHE_DIR, else $XDG_CACHE_HOME/cosmosim,
-    else ~/.cache/cosmosim. Calibrated profiles and default scratch folders go here, never into
-    the repository."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cosmosim"
 
 
 def align_up(nbytes: int, to: int = ALIGN) -> int:
