@@ -13,9 +13,8 @@ from cosmosim.engines.replay import storage
 from cosmosim.errors import InputError
 from cosmosim.files import CACHE_DIR_ENV
 from cosmosim.host.calibrate import load_record
+from cosmosim.host.goals import GOAL, MIN_CASES
 from cosmosim.host.validate import (
-    GOAL,
-    MIN_CASES,
     PART_MAP,
     ValidationTrace,
     case_matrix,

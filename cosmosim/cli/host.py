@@ -10,11 +10,8 @@ from rich.table import Table
 
 from cosmosim.cli.app import app
 from cosmosim.cli.run import POLICY_HELP
-from cosmosim.engines.replay.run import replay as replay_trace
 from cosmosim.files import atomic_write_json
-from cosmosim.host.calibrate import calibrate as calibrate_host
-from cosmosim.host.validate import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
-from cosmosim.host.validate import validate as validate_host
+from cosmosim.host.goals import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
 from cosmosim.scenario.settings import RunConfig
 
 _DEFAULTS = RunConfig()
@@ -48,6 +45,8 @@ def calibrate(
     Reads bypass the page cache (O_DIRECT, else posix_fadvise DONTNEED); a filesystem in RAM is refused.
     Takes about a minute (--quick: seconds). Example: cosmosim calibrate --dir /data/tmp
     """
+    from cosmosim.host.calibrate import calibrate as calibrate_host  # torch: loaded by this command only
+
     profile, path = calibrate_host(arch, scale=scale, threads=threads, out=out, directory=directory, quick=quick,
                                    progress=_progress(quiet))
     flash, compute = profile.flash, profile.compute
@@ -88,6 +87,8 @@ def replay(
     """
     config = RunConfig(policy=policy, cache_mb=cache_mb, cache_experts=cache_experts, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)
+    from cosmosim.engines.replay.run import replay as replay_trace  # torch: loaded by this command only
+
     result = replay_trace(profile, trace, arch, config, scale=scale, directory=directory, threads=threads,
                           progress=_progress(quiet))
     if json_path is not None:
@@ -132,6 +133,8 @@ def validate(
     Calibrates first when no host profile fits. Goal: median |error| <= 10 %, p95 <= 20 %. About 15 minutes.
     Example: cosmosim validate --json v.json
     """
+    from cosmosim.host.validate import validate as validate_host  # torch: loaded by this command only
+
     report = validate_host(traces=trace or None, arch=arch, scale=scale, repeats=repeats, tokens=tokens,
                            budget_s=budget_min * 60, min_cases=min_cases, directory=directory,
                            recalibrate=recalibrate, quick=quick, progress=_progress(quiet))

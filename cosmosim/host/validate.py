@@ -26,6 +26,7 @@ from cosmosim.engines.replay.run import HostModel, Progress
 from cosmosim.engines.replay.weights import DTYPE_NAME, scaled_arch
 from cosmosim.errors import InputError
 from cosmosim.host.calibrate import METHOD, calibrate, load_record
+from cosmosim.host.goals import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_profile
 from cosmosim.inputs.synthetic import sticky_trace
@@ -34,13 +35,8 @@ from cosmosim.provenance import REPOSITORY
 from cosmosim.results import catalog
 from cosmosim.scenario.settings import RunConfig
 
-GOAL = {"median_abs_error_pct": 10.0, "p95_abs_error_pct": 20.0}
 VALIDATED_POLICIES = ("lru", "belady", "kactive")
 ENGINES = ("des", "analytic")  # the engines whose predictions are compared with the replay
-MIN_CASES = 40
-MIN_REPEATS = 3
-BUDGET_S = 15 * 60
-DEFAULT_TOKENS = 64  # per replay, prompt included: 16 prompt + 48 decoded
 CACHE_FRACTIONS = (0.15, 0.85)  # cache sizes spread over this share of all experts
 SYNTHETIC_STAYS = (0.3, 0.6, 0.9)  # the fixture traces' chance of keeping the last token's experts
 SYNTHETIC_SEQUENCE, SYNTHETIC_SEQUENCES = 256, 10
