@@ -25,6 +25,8 @@ except SystemExit as stop:
     ["arch"],
     ["profiles"],
     ["trace", "info", "traces/bles.npz"],
+    ["--help"],
+    ["validate", "--help"],
 ], ids=" ".join)
 def test_light_commands_never_import_torch_or_plotly(args):
     done = subprocess.run([sys.executable, "-c", CHECK, *args], cwd=REPOSITORY, capture_output=True, text=True,
