@@ -108,6 +108,7 @@ _PICO = Fraction(1, 10**12)
 class _Field:
     attr: str
     to_si: Fraction  # exact, so 80 us becomes 8e-05 s rather than 7.999...e-05
+    plausible: tuple[float, float]  # (lowest, highest) any real device could have, in the TOML unit
     integer: bool = False  # a count in SI (bytes, requests): rounded after scaling
     toml_integer: bool = False  # must be written as a TOML integer (a fractional queue depth is a typo)
 
@@ -117,29 +118,29 @@ _CURVE_POINT_KEYS = ("read_kib", "mb_per_s")
 
 _SECTIONS: dict[str, dict[str, _Field]] = {
     "flash": {
-        "latency_us": _Field("latency_s", _MICRO),
-        "queue_depth": _Field("queue_depth", Fraction(1), integer=True, toml_integer=True),
-        "max_request_kib": _Field("max_request_bytes", Fraction(KIB), integer=True),
+        "latency_us": _Field("latency_s", _MICRO, (1e-3, 1e6)),  # 1 ns .. 1 s
+        "queue_depth": _Field("queue_depth", Fraction(1), (1, 65536), integer=True, toml_integer=True),  # NVMe's most
+        "max_request_kib": _Field("max_request_bytes", Fraction(KIB), (0.5, 2**20), integer=True),  # 512 B .. 1 GiB
     },
     "dram": {
-        "capacity_gib": _Field("capacity_bytes", Fraction(GIB), integer=True),
-        "app_budget_gib": _Field("app_budget_bytes", Fraction(GIB), integer=True),
-        "bandwidth_gb_per_s": _Field("bandwidth_bytes_per_s", _GIGA),
+        "capacity_gib": _Field("capacity_bytes", Fraction(GIB), (2**-20, 2**16), integer=True),  # 1 KiB .. 64 TiB
+        "app_budget_gib": _Field("app_budget_bytes", Fraction(GIB), (2**-20, 2**16), integer=True),
+        "bandwidth_gb_per_s": _Field("bandwidth_bytes_per_s", _GIGA, (1e-6, 1e5)),  # 1 kB/s .. 100 TB/s
     },
     "compute": {
-        "gemv_gflops": _Field("gemv_flops_per_s", _GIGA),
-        "gemm_gflops": _Field("gemm_flops_per_s", _GIGA),
-        "layer_overhead_us": _Field("layer_overhead_s", _MICRO),
+        "gemv_gflops": _Field("gemv_flops_per_s", _GIGA, (1e-6, 1e8)),  # 1 kFLOP/s .. 100 PFLOP/s
+        "gemm_gflops": _Field("gemm_flops_per_s", _GIGA, (1e-6, 1e8)),
+        "layer_overhead_us": _Field("layer_overhead_s", _MICRO, (1e-6, 1e6)),
     },
     "energy": {
-        "flash_pj_per_byte": _Field("flash_j_per_byte", _PICO),
-        "dram_pj_per_bit": _Field("dram_j_per_byte", 8 * _PICO),
-        "pj_per_flop": _Field("j_per_flop", _PICO),
-        "idle_mw": _Field("idle_w", Fraction(1, 1000)),
+        "flash_pj_per_byte": _Field("flash_j_per_byte", _PICO, (1e-6, 1e9)),
+        "dram_pj_per_bit": _Field("dram_j_per_byte", 8 * _PICO, (1e-6, 1e9)),
+        "pj_per_flop": _Field("j_per_flop", _PICO, (1e-6, 1e9)),
+        "idle_mw": _Field("idle_w", Fraction(1, 1000), (1e-6, 1e7)),  # 1 nW .. 10 kW
     },
 }
-_CURVE_READ_SIZE = _Field("read_bytes", Fraction(KIB), integer=True)
-_CURVE_BANDWIDTH = _Field("bytes_per_s", Fraction(10**6))
+_CURVE_READ_SIZE = _Field("read_bytes", Fraction(KIB), (0.5, 2**20), integer=True)
+_CURVE_BANDWIDTH = _Field("bytes_per_s", Fraction(10**6), (1e-3, 1e8))
 _TOP_LEVEL_KEYS = ("name", "description", *_SECTIONS)
 
 
@@ -177,14 +178,12 @@ def _positive_number(source: str, field: str, value: Any, integer_only: bool = F
 
 
 def _to_si(source: str, field: str, value: float, spec: _Field) -> int | float:
+    low, high = spec.plausible
+    if not low <= value <= high:
+        raise InputError(f"{source}: {field} must be between {low:g} and {high:g} (any real device), got {value!r}")
     # Fraction(repr) takes the decimal the user wrote (68.26), not its binary approximation.
     scaled = Fraction(repr(value)) * spec.to_si
-    if not spec.integer:
-        return float(scaled)
-    rounded = round(scaled)
-    if rounded < 1:
-        raise InputError(f"{source}: {field} must be at least 1 after conversion to base units, got {value!r}")
-    return rounded
+    return round(scaled) if spec.integer else float(scaled)  # the plausible range keeps a count >= 1
 
 
 def _parse_curve(source: str, points: Any) -> tuple[tuple[int, float], ...]:
