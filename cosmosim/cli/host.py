@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cosmosim.cli.app import app
 from cosmosim.cli.run import POLICY_HELP
-from cosmosim.files import atomic_write_json
+from cosmosim.files import atomic_write_json, check_outputs
 from cosmosim.host.goals import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
 from cosmosim.scenario.settings import RunConfig
 
@@ -47,6 +47,7 @@ def calibrate(
     """
     from cosmosim.host.calibrate import calibrate as calibrate_host  # torch: loaded by this command only
 
+    check_outputs({"--out": out})
     profile, path = calibrate_host(arch, scale=scale, threads=threads, out=out, directory=directory, quick=quick,
                                    progress=_progress(quiet))
     flash, compute = profile.flash, profile.compute
@@ -85,6 +86,7 @@ def replay(
     (under --dir), removed afterwards; refuses to start when free disk or RAM is short.
     Example: cosmosim replay --trace traces/moe.npz --profile host --arch wearable-moe --cache-mb 200 --policy lru
     """
+    check_outputs({"--json": json_path}, {"--trace": trace, "--profile": Path(profile)})
     config = RunConfig(policy=policy, cache_mb=cache_mb, cache_experts=cache_experts, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)
     from cosmosim.engines.replay.run import replay as replay_trace  # torch: loaded by this command only
@@ -135,6 +137,7 @@ def validate(
     """
     from cosmosim.host.validate import validate as validate_host  # torch: loaded by this command only
 
+    check_outputs({"--json": json_path}, {f"--trace {path}": path for path in trace or ()})
     report = validate_host(traces=trace or None, arch=arch, scale=scale, repeats=repeats, tokens=tokens,
                            budget_s=budget_min * 60, min_cases=min_cases, directory=directory,
                            recalibrate=recalibrate, quick=quick, progress=_progress(quiet))

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cosmosim.cli.app import app
+from cosmosim.files import check_outputs, check_outside
 from cosmosim.model.config import MINI_CONFIGS
 
 corpus_app = typer.Typer(help="The real-text corpus the mini models train on (docs/corpus.md).")
@@ -72,5 +73,7 @@ def record(
     from cosmosim.data.corpus import default_corpus_dir
     from cosmosim.model.record import record as record_trace  # torch: only here
 
+    check_outputs({"--out": out})
+    check_outside(out, checkpoint, "--out")
     path = record_trace(checkpoint, out, corpus_dir=corpus or default_corpus_dir(), n_tokens=tokens)
     typer.echo(f"wrote {path}")

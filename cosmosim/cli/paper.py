@@ -20,7 +20,7 @@ from cosmosim.engines.analytic.paper import (
     predict,
     sensitivity,
 )
-from cosmosim.files import atomic_write_json
+from cosmosim.files import atomic_write_json, check_outputs
 
 paper_app = typer.Typer(help="Reproduce published results with cosmosim's models.")
 app.add_typer(paper_app, name="paper")
@@ -68,6 +68,7 @@ def bles_speedup(
 ) -> None:
     """Fit one per-layer offload overhead on CoSMoEs' MoE + offload row (ExRep 43.82%, 15.02 tok/s), then
     predict the BlES row (ExRep 6.55%; measured 23.10 tok/s, x1.54). Formulas: docs/analytic-model.md."""
+    check_outputs({"--json": json_path})
     main = predict(link, overhead, n_sequences=sequences, seed=seed)
     rows = sensitivity(n_sequences=sequences, seed=seed)
     if json_path is not None:

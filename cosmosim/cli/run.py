@@ -13,7 +13,7 @@ from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.engines.analytic.engine import EVICTION_RULES
 from cosmosim.errors import InputError
-from cosmosim.files import atomic_write_json
+from cosmosim.files import atomic_write_json, check_outputs
 from cosmosim.results.timeline import DEFAULT_MAX_PASSES, write_timeline
 from cosmosim.runner import ENGINES, run_with_timeline
 from cosmosim.runner import run as run_scenario
@@ -87,6 +87,7 @@ def run(
     time (batch 1). The first 10% of sequences only teach policies and prefetchers their statistics.
     Example: cosmosim run --profile wearable --trace traces/bles.npz --json out.json
     """
+    check_outputs({"--json": json_path, "--timeline": timeline_path}, {"--trace": trace, "--profile": Path(profile)})
     config = RunConfig(policy=policy, prefetch=prefetch, cache_mb=cache_mb, cache_experts=cache_experts,
                        per_layer_cache=per_layer_cache, weight_bits=weight_bits, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cosmosim.cli.app import app
+from cosmosim.files import check_outputs, check_outside
 from cosmosim.runner import ENGINES
 from cosmosim.scenario.settings import choices
 from cosmosim.sweep.dataset import export_csv, read_results
@@ -29,6 +30,9 @@ def sweep(
 
     Example: cosmosim sweep examples/wearable_analytic.toml --out results/wearable --workers 2
     """
+    check_outputs({"--csv": csv}, {"SPEC": spec})
+    if csv is not None:
+        check_outside(csv, out, "--csv")
     summary = run_sweep(spec, out, engine=engine, workers=workers, scheduler=scheduler, points_per_part=points_per_part,
                         progress=not quiet, connect_timeout_s=connect_timeout)
     if csv is not None:
@@ -53,6 +57,10 @@ def report(
     """
     from cosmosim.sweep.report import static_export_available, write_pngs, write_report  # plotly: only here
 
+    check_outputs({"--out": out})
+    for flag, path in (("--out", out), ("--png-dir", png_dir)):
+        if path is not None:
+            check_outside(path, results, flag)
     write_report(results, out)
     typer.echo(f"wrote {out}")
     if png_dir is not None:

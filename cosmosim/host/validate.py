@@ -177,6 +177,8 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     started = time.perf_counter()
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < MIN_REPEATS:
         raise InputError(f"--repeats: expected an integer >= {MIN_REPEATS} (a median of fewer runs is not robust), got {repeats!r}")
+    if not (isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0):
+        raise InputError(f"--budget-min: expected a finite number of minutes > 0, got {budget_s / 60!r}")
     target = scaled_arch(arch if isinstance(arch, Architecture) else get_arch(arch), scale)
     profile_path = Path(profile) if profile is not None else host_profile_path()
     host, record, calibrated_now = _host_profile(profile_path, target, recalibrate, directory, quick, say)

@@ -123,6 +123,8 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, engine: str 
     engine = engine or spec.engine or DEFAULT_ENGINE
     if engine not in ENGINES:
         raise InputError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    if not (isinstance(connect_timeout_s, (int, float)) and math.isfinite(connect_timeout_s) and connect_timeout_s > 0):
+        raise InputError(f"--connect-timeout: expected a finite number of seconds > 0, got {connect_timeout_s!r}")
     if workers < 1:
         raise InputError(f"--workers: expected >= 1, got {workers}")
     if points_per_part is not None and points_per_part < 1:

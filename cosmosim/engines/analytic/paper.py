@@ -90,6 +90,8 @@ def synthetic_routing(exrep_target: float, *, n_sequences: int = 100, generated_
     tokens. Synthetic, labelled so in its meta, and never written to disk here."""
     if not 0 <= exrep_target <= 1:
         raise InputError(f"exrep: expected a fraction in [0, 1], got {exrep_target}")
+    if seed < 0:
+        raise InputError(f"--seed: expected an integer >= 0, got {seed}")
     arch, rng = get_arch(ARCH), np.random.default_rng(seed)
     n_layers, n_experts, top_k = arch.n_layers, arch.n_experts, arch.top_k
     seq_len = PROMPT_TOKENS + generated_tokens
