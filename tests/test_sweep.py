@@ -134,6 +134,22 @@ def test_interrupted_sweep_resumes_to_exactly_the_rows_of_an_uninterrupted_one(t
     assert (done.n_already_done, done.n_computed, done.parts_written) == (8, 0, 0)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda rows: rows.assign(stranger=1), "column 'stranger' is not a sweep column"),
+    (lambda rows: rows.drop(columns=["hit_rate"]), "column 'hit_rate' is missing"),
+    (lambda rows: rows.assign(hit_rate="high"), "column 'hit_rate' holds large_string, expected Float64"),
+])
+def test_a_foreign_part_names_its_file_and_column(tmp_path, spec_path, damage, message):
+    out = tmp_path / "r"
+    run_sweep(spec_path, out, progress=False)
+    first = sorted(out.glob("part-*.parquet"))[0]
+    foreign = out / "part-9999999.parquet"
+    damage(pd.read_parquet(first).assign(point_id=lambda rows: rows["point_id"] + 10**6)).to_parquet(foreign)
+    for action in (lambda: read_results(out), lambda: run_sweep(spec_path, out, progress=False)):
+        with pytest.raises(InputError, match=f"{foreign}: {message}"):
+            action()
+
+
 def test_a_different_spec_or_trace_is_refused(tmp_path, traces, spec_path):
     run_sweep(spec_path, tmp_path / "r", progress=False)
     changed = write_spec(traces, **{**BASE_AXES, "policy": ["lru", "lfu"]})

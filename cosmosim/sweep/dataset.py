@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import cosmosim
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from cosmosim.sweep.evaluate import as_frame
+from cosmosim.sweep.evaluate import COLUMNS, as_frame
 from cosmosim.sweep.spec import SweepSpec
 
 FORMAT = "cosmosim-sweep/1"
@@ -99,8 +99,30 @@ def _part_paths(out_dir: Path) -> list[Path]:
     return sorted(out_dir.glob(PART_GLOB))
 
 
+# The Arrow type each column's pandas dtype is stored as (strings may come back as large_string).
+_ARROW_KINDS = {"int64": pa.types.is_int64, "Int64": pa.types.is_int64, "Float64": pa.types.is_float64,
+                "boolean": pa.types.is_boolean,
+                "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)}
+
+
+def _check_part(path: Path, schema: pa.Schema) -> None:
+    """A part of this format has exactly the sweep's columns, each of its kind; say which one is off."""
+    for name in schema.names:
+        if name not in COLUMNS:
+            raise InputError(f"{path}: column {name!r} is not a sweep column; not a part of a cosmosim sweep "
+                             "(move it out of the results folder)")
+    for name, dtype in COLUMNS.items():
+        if name not in schema.names:
+            raise InputError(f"{path}: column {name!r} is missing; delete the part to recompute its points")
+        kind = schema.field(name).type
+        if not (_ARROW_KINDS[dtype](kind) or pa.types.is_null(kind)):
+            raise InputError(f"{path}: column {name!r} holds {kind}, expected {dtype}; delete the part to recompute "
+                             "its points")
+
+
 def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
+        _check_part(path, pq.read_schema(path))
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as error:
         raise InputError(f"{path}: not a readable Parquet part ({error}); delete it to recompute its points") from None
