@@ -60,3 +60,16 @@ def tiny_profile():
 def tiny_arch():
     """`tiny_arch(n_layers=1, n_experts=2, top_k=1)`: d_model 64, vocab 32, experts of width 128."""
     return make_tiny_arch
+
+
+@pytest.fixture
+def cli(capsys):
+    """`cli("run", "--profile", ...)` -> (exit code, stdout, stderr) of the command line, run in process."""
+    from cosmosim.cli import main
+
+    def invoke(*args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as stop:
+            main([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return stop.value.code, out, err
+    return invoke

@@ -247,22 +247,15 @@ def test_evaluate_points_can_record_errors_per_row(trace_file):
 
 # -- command line ---------------------------------------------------------------------------------------
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from cosmosim.cli import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
 
 
-def test_cli_engine_analytic_writes_the_same_keys(capsys, tmp_path, trace_file):
+def test_cli_engine_analytic_writes_the_same_keys(cli, tmp_path, trace_file):
     import json
 
     outputs = {}
     for engine in ("des", "analytic"):
         path = tmp_path / f"{engine}.json"
-        code, out, _ = cli(capsys, "run", "--profile", "wearable", "--trace", str(trace_file), "--arch", "wearable-moe",
+        code, out, _ = cli("run", "--profile", "wearable", "--trace", str(trace_file), "--arch", "wearable-moe",
                            "--cache-experts", "40", "--engine", engine, "--json", str(path))
         assert code == 0 and f"engine {engine}" in out
         outputs[engine] = json.loads(path.read_text())
@@ -275,7 +268,7 @@ def test_cli_engine_analytic_writes_the_same_keys(capsys, tmp_path, trace_file):
     (["--engine", "analytic", "--policy", "pinned"], "--policy pinned is not modelled"),
     (["--engine", "analytic", "--timeline", "{tmp}/t.json"], "--timeline: only --engine des has a timeline"),
 ])
-def test_cli_engine_bad_input_is_one_line_and_exit_2(capsys, tmp_path, trace_file, args, expected):
+def test_cli_engine_bad_input_is_one_line_and_exit_2(cli, tmp_path, trace_file, args, expected):
     base = ["run", "--profile", "wearable", "--trace", str(trace_file), "--arch", "wearable-moe", "--cache-experts", "40"]
-    code, out, err = cli(capsys, *base, *[a.format(tmp=tmp_path) for a in args])
+    code, out, err = cli(*base, *[a.format(tmp=tmp_path) for a in args])
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from cosmosim.cli import main
 from cosmosim.files import CACHE_DIR_ENV
 from cosmosim.inputs.profiles import host_profile_path, profiles_dir
 from cosmosim.inputs.synthetic import sticky_trace
@@ -21,16 +20,11 @@ def fixture_trace(tmp_path_factory):
     return save_trace(trace, tmp_path_factory.mktemp("traces") / "fixture.npz")
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
 
 
-def test_run_writes_every_key(capsys, tmp_path, fixture_trace):
+def test_run_writes_every_key(cli, tmp_path, fixture_trace):
     out_json = tmp_path / "out.json"
-    code, out, _ = cli(capsys, "run", "--profile", "wearable", "--trace", str(fixture_trace), "--json", str(out_json))
+    code, out, _ = cli("run", "--profile", "wearable", "--trace", str(fixture_trace), "--json", str(out_json))
     assert code == 0 and "TPOT" in out
     result = json.loads(out_json.read_text())
     assert REQUIRED_KEYS <= result.keys()
@@ -39,14 +33,14 @@ def test_run_writes_every_key(capsys, tmp_path, fixture_trace):
     assert len(result["provenance"]["trace_sha256"]) == 64
 
 
-def test_dense_arch_runs_without_trace(capsys):
-    code, out, _ = cli(capsys, "run", "--arch", "wearable-dense-fa", "--profile", "wearable", "--tokens", "300")
+def test_dense_arch_runs_without_trace(cli):
+    code, out, _ = cli("run", "--arch", "wearable-dense-fa", "--profile", "wearable", "--tokens", "300")
     assert code == 0 and "wearable-dense-fa" in out
 
 
-def test_trace_validate_and_info(capsys, fixture_trace):
-    assert cli(capsys, "trace", "validate", str(fixture_trace))[0] == 0
-    code, out, _ = cli(capsys, "trace", "info", str(fixture_trace), "--json")
+def test_trace_validate_and_info(cli, fixture_trace):
+    assert cli("trace", "validate", str(fixture_trace))[0] == 0
+    code, out, _ = cli("trace", "info", str(fixture_trace), "--json")
     assert code == 0 and json.loads(out)["tokens"] == 2048
 
 
@@ -73,35 +67,35 @@ def bad_profile(tmp_path):
     (["run", "--profile", "wearable", "--arch", "wearable-moe"], "give a routing --trace"),
     (["trace", "validate", "{cut}"], "not a readable .npz"),
 ])
-def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, fixture_trace, args, expected):
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, fixture_trace, args, expected):
     cut = tmp_path / "cut.npz"
     cut.write_bytes(fixture_trace.read_bytes()[:1000])
     values = {"tmp": tmp_path, "trace": fixture_trace, "cut": cut, "bad_profile": bad_profile(tmp_path)}
-    code, out, err = cli(capsys, *[a.format(**values) for a in args])
+    code, out, err = cli(*[a.format(**values) for a in args])
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
 
 
-def test_unknown_flag_is_a_usage_error(capsys):
-    code, _, err = cli(capsys, "run", "--profile", "wearable", "--no-such-flag")
+def test_unknown_flag_is_a_usage_error(cli):
+    code, _, err = cli("run", "--profile", "wearable", "--no-such-flag")
     assert code == 2 and "no-such-flag" in err
 
 
-def test_trace_stats_json_and_markdown(capsys, fixture_trace):
-    code, out, _ = cli(capsys, "trace", "stats", str(fixture_trace), "--json")
+def test_trace_stats_json_and_markdown(cli, fixture_trace):
+    code, out, _ = cli("trace", "stats", str(fixture_trace), "--json")
     stats = json.loads(out)[str(fixture_trace)]
     assert code == 0 and stats["exrep"]["random"] == pytest.approx(0.75)
     assert 0 <= stats["exrep"]["value"] < stats["exrep"]["random"]  # the fixture is sticky by construction
-    code, out, _ = cli(capsys, "trace", "stats", str(fixture_trace), "--markdown")
+    code, out, _ = cli("trace", "stats", str(fixture_trace), "--markdown")
     assert code == 0 and "| fixture |" in out and "| random top-2 of 8 |" in out
 
 
-def test_catalog_commands(capsys):
-    code, out, _ = cli(capsys, "arch")
+def test_catalog_commands(cli):
+    code, out, _ = cli("arch")
     assert code == 0 and "wearable-wd" in out and "377/377" in out
-    code, out, _ = cli(capsys, "arch", "--csv", "--weight-bits", "4")
+    code, out, _ = cli("arch", "--csv", "--weight-bits", "4")
     assert code == 0 and out.splitlines()[0].startswith("name,") and len(out.splitlines()) == 9
-    code, out, _ = cli(capsys, "profiles")
+    code, out, _ = cli("profiles")
     assert code == 0 and "phone" in out and "wearable" in out
 
 
@@ -112,30 +106,30 @@ def test_catalog_commands(capsys):
     (["--prompt-tokens", "64", "--context-len", "32"], "--prompt-tokens: expected <= --context-len (32)"),
     (["--cache-mb", "nan", "--arch", "wearable-moe"], "--cache-mb: expected a finite number > 0"),
 ])
-def test_dense_and_shared_flags_are_checked(capsys, args, expected):
+def test_dense_and_shared_flags_are_checked(cli, args, expected):
     arch = [] if "--arch" in args else ["--arch", "wearable-dense-fa"]
-    code, out, err = cli(capsys, "run", "--profile", "wearable", *arch, *args)
+    code, out, err = cli("run", "--profile", "wearable", *arch, *args)
     assert code == 2 and expected in err and "Traceback" not in err + out
 
 
-def test_npy_file_and_unwritable_output(capsys, tmp_path, fixture_trace):
+def test_npy_file_and_unwritable_output(cli, tmp_path, fixture_trace):
     import numpy as np
 
     np.save(tmp_path / "one.npy", np.zeros(3))
-    code, _, err = cli(capsys, "trace", "validate", str(tmp_path / "one.npy"))
+    code, _, err = cli("trace", "validate", str(tmp_path / "one.npy"))
     assert code == 2 and "a single array (.npy)" in err
     (tmp_path / "file").write_text("not a folder")
-    code, out, err = cli(capsys, "run", "--profile", "wearable", "--trace", str(fixture_trace), "--tokens", "200",
+    code, out, err = cli("run", "--profile", "wearable", "--trace", str(fixture_trace), "--tokens", "200",
                          "--json", str(tmp_path / "file" / "out.json"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
 
 
-def test_run_accepts_the_host_profile_once_calibrated(capsys, tmp_path, monkeypatch, fixture_trace):
+def test_run_accepts_the_host_profile_once_calibrated(cli, tmp_path, monkeypatch, fixture_trace):
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
     args = ["run", "--profile", "host", "--trace", str(fixture_trace), "--tokens", "200"]
-    code, _, err = cli(capsys, *args)
+    code, _, err = cli(*args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "run `cosmosim calibrate` first" in err
     host_profile_path().parent.mkdir()
     host_profile_path().write_text((profiles_dir() / "wearable.toml").read_text().replace('name = "wearable"', 'name = "host"'))
-    code, out, _ = cli(capsys, *args)
+    code, out, _ = cli(*args)
     assert code == 0 and "on host" in out

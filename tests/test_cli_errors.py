@@ -4,19 +4,11 @@ the choices of the registries."""
 
 import pytest
 
-from cosmosim.cli import main
 from cosmosim.cli.app import DEBUG_ENV
 from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.runner import ENGINES
 from cosmosim.scenario.settings import WEIGHT_BITS
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
 
 
 def one_line(err: str) -> str:
@@ -36,15 +28,15 @@ def one_line(err: str) -> str:
     (["frobnicate"], "cosmosim: error: No such command 'frobnicate'"),
     (["--no-such-flag"], "cosmosim: error: No such option: --no-such-flag"),
 ])
-def test_usage_error_is_one_line_and_exit_2(capsys, args, expected):
-    code, out, err = cli(capsys, *args)
+def test_usage_error_is_one_line_and_exit_2(cli, args, expected):
+    code, out, err = cli(*args)
     line = one_line(err)
     assert code == 2 and out == "" and line.startswith(expected)
     assert "╭" not in line and "Usage:" not in line
 
 
-def test_input_error_is_one_line_and_exit_2(capsys):
-    code, _, err = cli(capsys, "run", "--profile", "mars", "--arch", "wearable-dense-fa")
+def test_input_error_is_one_line_and_exit_2(cli):
+    code, _, err = cli("run", "--profile", "mars", "--arch", "wearable-dense-fa")
     assert code == 2 and one_line(err).startswith("cosmosim: error: unknown device profile 'mars'")
 
 
@@ -60,8 +52,8 @@ def bug(monkeypatch):
     monkeypatch.delenv(DEBUG_ENV, raising=False)
 
 
-def test_a_bug_is_an_internal_error_with_exit_1(capsys, bug):
-    code, out, err = cli(capsys, "profiles")
+def test_a_bug_is_an_internal_error_with_exit_1(cli, bug):
+    code, out, err = cli("profiles")
     line = one_line(err)
     assert code == 1 and "Traceback" not in err + out
     assert line.startswith("cosmosim: internal error: ZeroDivisionError: division by zero")
@@ -69,22 +61,22 @@ def test_a_bug_is_an_internal_error_with_exit_1(capsys, bug):
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
-def test_debug_shows_the_traceback(capsys, monkeypatch, bug, how):
+def test_debug_shows_the_traceback(cli, monkeypatch, bug, how):
     if how == "env":
         monkeypatch.setenv(DEBUG_ENV, "1")
-    code, _, err = cli(capsys, *(["--debug"] if how == "flag" else []), "profiles")
+    code, _, err = cli(*(["--debug"] if how == "flag" else []), "profiles")
     assert code == 1 and err.startswith("Traceback") and "in broken" in err
     assert err.strip().splitlines()[-1].startswith("cosmosim: internal error: ZeroDivisionError")
 
 
-def test_help_is_not_an_error(capsys):
-    code, out, err = cli(capsys, "run", "--help")
+def test_help_is_not_an_error(cli):
+    code, out, err = cli("run", "--help")
     assert code == 0 and "--profile" in out and err == ""
 
 
-def test_run_help_lists_the_registries(capsys, monkeypatch):
+def test_run_help_lists_the_registries(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")  # one option a line, so no name is wrapped
-    _, out, _ = cli(capsys, "run", "--help")
+    _, out, _ = cli("run", "--help")
     lines = {flag: next(line for line in out.splitlines() if f" {flag} " in line)
              for flag in ("--policy", "--prefetch", "--weight-bits", "--engine")}
     for flag, registry in (("--policy", POLICIES), ("--prefetch", PREFETCHERS), ("--weight-bits", WEIGHT_BITS),

@@ -6,7 +6,6 @@ import time
 import pandas as pd
 import pytest
 
-from cosmosim.cli import main
 from cosmosim.errors import InputError
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import save_trace
@@ -268,26 +267,21 @@ def test_bad_run_options_are_input_errors(tmp_path, spec_path):
 # ---------------------------------------------------------------------------- command line and CSV
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(arg) for arg in args])
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
 
 
-def test_cli_sweep_with_csv_then_report(capsys, tmp_path, spec_path):
-    code, out, _ = cli(capsys, "sweep", spec_path, "--out", tmp_path / "r", "--csv", tmp_path / "r.csv", "--quiet")
+def test_cli_sweep_with_csv_then_report(cli, tmp_path, spec_path):
+    code, out, _ = cli("sweep", spec_path, "--out", tmp_path / "r", "--csv", tmp_path / "r.csv", "--quiet")
     assert code == 0 and out == ""
     frame = pd.read_csv(tmp_path / "r.csv")
     assert len(frame) == 8 and frame["point_id"].tolist() == list(range(8))
     assert json.loads((tmp_path / "r" / MANIFEST).read_text())["n_points"] == 8
-    code, out, _ = cli(capsys, "report", tmp_path / "r", "--out", tmp_path / "report.html")
+    code, out, _ = cli("report", tmp_path / "r", "--out", tmp_path / "report.html")
     assert code == 0 and (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js inlined
 
 
-def test_cli_bad_spec_exits_2_with_one_line(capsys, tmp_path, traces):
+def test_cli_bad_spec_exits_2_with_one_line(cli, tmp_path, traces):
     spec = write_spec(tmp_path, profile=["wearable"], policy=["fifo"])
-    code, _, err = cli(capsys, "sweep", spec, "--out", tmp_path / "r")
+    code, _, err = cli("sweep", spec, "--out", tmp_path / "r")
     assert code == 2 and err.count("\n") == 1 and "axes.policy: 'fifo'" in err
 
 
