@@ -1,4 +1,4 @@
-"""`cosmosim trace validate|info|stats`: check, describe and measure routing traces."""
+"""`cosmosim trace validate|info|stats|synth`: check, describe, measure and synthesize routing traces."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cosmosim.errors import InputError
 from cosmosim.files import read_json
 from cosmosim.inputs.trace import load_trace, trace_info
 
-trace_app = typer.Typer(help="Check, describe and measure routing traces (format v1, docs/trace-format.md).")
+trace_app = typer.Typer(help="Check, describe, measure and synthesize routing traces (format v1, docs/trace-format.md).")
 app.add_typer(trace_app, name="trace")
 
 
@@ -122,3 +122,40 @@ def stats(
     else:
         for path, (_, _, summary) in zip(paths, rows):
             typer.echo(f"{path}\n{format_summary(summary)}\n")
+
+
+@trace_app.command()
+def synth(
+    out: Path = typer.Option(..., help="Where to write the synthetic trace (.npz); never inside the repository's traces/."),
+    like: Path = typer.Option(None, help="A trace to imitate: its per-layer expert popularity, layer-to-layer "
+                                         "co-occurrence, gates, shape and target_arch are kept; only switching changes."),
+    exrep_target: float = typer.Option(None, "--exrep", help="ExRep to hit (docs/metrics.md), within 0.01. Default with "
+                                                             "--like: the source's own; required without."),
+    layers: int = typer.Option(None, help="Without --like: MoE layers (default 19, the wearable MoE's)."),
+    experts: int = typer.Option(None, help="Without --like: experts per layer (default 8)."),
+    top_k: int = typer.Option(None, "--top-k", help="Without --like: experts per token and layer (default 2)."),
+    tokens: int = typer.Option(None, help="Tokens (default: the source's, else 32768)."),
+    seq_len: int = typer.Option(None, help="Tokens per sequence (default: the source's own sequences, else 128)."),
+    skew: float = typer.Option(None, help="Without --like: Zipf exponent of expert popularity, ∝ 1/(e+1)^skew in "
+                                          "every layer (default 1.0; 0: uniform)."),
+    seed: int = typer.Option(0, help="Seed: the same seed and inputs give the same trace."),
+) -> None:
+    """Write a synthetic trace with a locality dial: the routing of --like (or of a stated popularity),
+    switching at the asked ExRep. The model, its guarantees and its limits: docs/trace-format.md."""
+    from cosmosim.files import check_outputs
+    from cosmosim.inputs.synthetic import synthesize
+    from cosmosim.inputs.trace import save_trace
+    from cosmosim.provenance import REPOSITORY
+
+    check_outputs({"--out": out}, {"--like": like})
+    recorded = REPOSITORY / "traces"
+    if recorded.resolve() in out.resolve().parents:
+        raise InputError(f"--out {out}: is inside {recorded}, which holds only traces recorded from trained models; "
+                         "write synthetic traces elsewhere")
+    trace = synthesize(like=None if like is None else load_trace(like), exrep_target=exrep_target, n_layers=layers,
+                       n_experts=experts, top_k=top_k, n_tokens=tokens, seq_len=seq_len, skew=skew, seed=seed)
+    save_trace(trace, out)
+    made = trace.meta["synthetic"]
+    typer.echo(f"{out}: {trace.n_tokens} tokens, {len(trace.sequences())} sequences, {trace.n_layers} layers, "
+               f"top-{trace.top_k} of {trace.n_experts}; ExRep {made['measured_exrep']:.4f} "
+               f"(target {made['target_exrep']:.4f}), seed {made['seed']}")

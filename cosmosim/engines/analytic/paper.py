@@ -36,7 +36,8 @@ from cosmosim.errors import InputError
 from cosmosim.inputs.arch import get_arch
 from cosmosim.inputs.locality import exrep
 from cosmosim.inputs.profiles import FlashSpec
-from cosmosim.inputs.trace import SCHEMA_VERSION, Trace
+from cosmosim.inputs.synthetic import synthesize
+from cosmosim.inputs.trace import Trace
 from cosmosim.workload.stream import build_workload
 
 ARCH = "phone-moe"
@@ -84,32 +85,16 @@ OVERHEADS = {
 
 def synthetic_routing(exrep_target: float, *, n_sequences: int = 100, generated_tokens: int = GENERATED_TOKENS,
                       seed: int = 0) -> Trace:
-    """Phone-MoE routing with a given ExRep: from one token to the next, each of a layer's top_k experts is
+    """Phone-MoE routing with a given ExRep, from `cosmosim.inputs.synthetic.synthesize` without a source
+    and with uniform popularity: from one token to the next, each of a layer's top_k experts is
     replaced, independently with probability `exrep_target`, by an expert the layer did not use;
     so E|S_t \\ S_t-1| / top_k = exrep_target. Each sequence is the 1-token prompt + the generated
     tokens. Synthetic, labelled so in its meta, and never written to disk here."""
-    if not 0 <= exrep_target <= 1:
-        raise InputError(f"exrep: expected a fraction in [0, 1], got {exrep_target}")
-    if seed < 0:
-        raise InputError(f"--seed: expected an integer >= 0, got {seed}")
-    arch, rng = get_arch(ARCH), np.random.default_rng(seed)
-    n_layers, n_experts, top_k = arch.n_layers, arch.n_experts, arch.top_k
-    seq_len = PROMPT_TOKENS + generated_tokens
-    shape = (n_sequences, n_layers)
-    experts = np.empty((n_sequences, seq_len, n_layers, top_k), dtype=np.int16)
-    experts[:, 0] = current = np.argsort(rng.random((*shape, n_experts)), axis=2)[:, :, :top_k]
-    for t in range(1, seq_len):
-        # Candidates: the layer's unused experts in random order (the used ones sort last).
-        keys = rng.random((*shape, n_experts))
-        np.put_along_axis(keys, current, 2.0, axis=2)
-        unused = np.argsort(keys, axis=2)[:, :, :top_k]
-        experts[:, t] = current = np.where(rng.random((*shape, top_k)) < exrep_target, unused, current)
-    positions = np.tile(np.arange(seq_len, dtype=np.int32), n_sequences)
-    meta = {"schema_version": SCHEMA_VERSION, "model": {"n_layers": n_layers, "n_experts": n_experts, "top_k": top_k},
-            "training": None, "target_arch": ARCH,
-            "source": f"synthetic: per-slot replacement with probability {exrep_target} (CoSMoEs ExRep), seed {seed}"}
-    flat = experts.reshape(-1, n_layers, top_k)
-    return Trace(flat, np.full(flat.shape, 1 / top_k, dtype=np.float16), positions, meta)
+    arch, seq_len = get_arch(ARCH), PROMPT_TOKENS + generated_tokens
+    trace = synthesize(exrep_target=exrep_target, n_layers=arch.n_layers, n_experts=arch.n_experts, top_k=arch.top_k,
+                       n_tokens=n_sequences * seq_len, seq_len=seq_len, skew=0.0, seed=seed)
+    trace.meta["target_arch"] = ARCH
+    return trace
 
 
 @lru_cache(maxsize=8)
