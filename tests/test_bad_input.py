@@ -255,6 +255,12 @@ def test_bad_flags_are_one_line_and_touch_nothing(tmp_path, good_trace, flags):
     ["run"], ["run", "--profile"], ["trace"], ["trace", "stats"], ["sweep"], ["nonsense"], ["run", "--help", "--x"],
     ["report", "{out}", "--out", "{out}/inside.html"], ["sweep", "{spec}", "--out", "{out}", "--csv", "{out}/rows.csv"],
     ["paper", "bles-speedup", "--seed", "-1"], ["trace", "stats", "{trace}", "--rho", "nan"],
+    ["run", "--profile", "wearable", "--arch", "wearable-dense-fa", "--policy", "belady"],
+    ["run", "--profile", "wearable", "--arch", "wearable-dense-fa", "--cache-mb", "50", "--prefetch", "oracle"],
+    ["run", "--profile", "wearable", "--arch", "wearable-dense-fa", "--tokens", "1000000000"],
+    ["run", "--profile", "wearable", "--arch", "wearable-dense-fa", "--trace", "{trace}"],
+    ["sweep", "{spec}", "--out", "{out}/new", "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "nan"],
+    ["validate", "--budget-min", "nan"], ["validate", "--repeats", "1"], ["run", "--profile", "{spec}"],
 ])
 def test_usage_errors_and_misplaced_outputs_are_one_line(tmp_path, good_trace, argv):
     trace = tmp_path / "good.npz"

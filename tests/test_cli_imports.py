@@ -25,6 +25,7 @@ except SystemExit as stop:
     ["arch"],
     ["profiles"],
     ["trace", "info", "traces/bles.npz"],
+    ["trace", "synth", "--help"],
     ["--help"],
     ["validate", "--help"],
 ], ids=" ".join)
