@@ -36,6 +36,12 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _refuse_folder(path: Path, label: str) -> None:
+    """An output path must name a file: "" and "." are the working folder, not a file."""
+    if str(path) in ("", ".") or path.is_dir():
+        raise InputError(f"{label}: is a folder, not a file path; give a file name")
+
+
 def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
@@ -47,8 +53,7 @@ def check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str |
     given_inputs = {flag: Path(path) for flag, path in (inputs or {}).items() if path is not None}
     seen: dict[str, Path] = {}
     for flag, path in given_outputs.items():
-        if str(path) in ("", ".") or path.is_dir():
-            raise InputError(f"{flag} {str(path) or repr('')}: is a folder, not a file path; give a file name")
+        _refuse_folder(path, f"{flag} {str(path) or repr('')}")
         for input_flag, input_path in given_inputs.items():
             if _same(path, input_path):
                 raise InputError(f"{flag} {path}: is the {input_flag} input; writing it would destroy it")
@@ -84,8 +89,7 @@ def exclusive_folder(folder: str | Path, flag: str) -> Iterator[Path]:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
-    if str(path) in ("", ".") or path.is_dir():
-        raise InputError(f"{str(path) or repr('')}: is a folder, not a file path; give a file name")
+    _refuse_folder(path, str(path) or repr(""))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
