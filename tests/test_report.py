@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cosmosim.cli import main
 from cosmosim.errors import InputError
+from cosmosim.files import CACHE_DIR_ENV
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import save_trace
 from cosmosim.results.timeline import chrome_trace, write_timeline
@@ -102,8 +103,11 @@ def results_dir(tmp_path_factory):
         save_trace(trace, folder / f"{name}.npz")
     spec = spec_from_dict({"axes": {"profile": ["wearable", "phone"], "arch": ["wearable-moe", "wearable-dense-fa"],
                                     "trace": ["moe.npz", "bles.npz"], "cache_fraction": [0.3, 0.7],
-                                    "policy": ["lru", "belady"], "tokens": [300]}}, base_dir=folder, source="report-test")
-    run_sweep(spec, folder / "results", progress=False)
+                                    "policy": ["lru", "belady"], "tokens": [300], "exrep": ["recorded", 0.2]}},
+                          base_dir=folder, source="report-test")
+    with pytest.MonkeyPatch.context() as patch:  # synthesised traces into this test's own cache folder
+        patch.setenv(CACHE_DIR_ENV, str(folder / "cache"))
+        run_sweep(spec, folder / "results", progress=False)
     return folder / "results"
 
 

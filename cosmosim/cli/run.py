@@ -80,6 +80,8 @@ def run(
     timeline_path: Path = typer.Option(None, "--timeline", help=f"Also write a Chrome-trace/Perfetto timeline (JSON) of the first {DEFAULT_MAX_PASSES} passes: flash reads, compute, by layer. Open it at https://ui.perfetto.dev."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
     engine: str = typer.Option("des", help=f"Engine: {choices(ENGINES)} (des: the discrete-event simulation; analytic: the closed-form model, same JSON keys, no prefetch, policies {choices(EVICTION_RULES)}; docs/analytic-model.md)."),
+    target_tps: float = typer.Option(None, "--target-tps", help="Instead of one run, answer: the largest ExRep at which this device, architecture, cache and policy still decode this many tokens/s, with routing synthesised like --trace (its popularity kept, only switching dialled; about 9 runs, docs/sweeps.md)."),
+    seed: int = typer.Option(0, help="With --target-tps: the seed of the synthesised traces."),
 ) -> None:
     """Replay a routing trace through the discrete-event simulation of flash -> DRAM expert cache -> compute.
 
@@ -91,6 +93,9 @@ def run(
     config = RunConfig(policy=policy, prefetch=prefetch, cache_mb=cache_mb, cache_experts=cache_experts,
                        per_layer_cache=per_layer_cache, weight_bits=weight_bits, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)
+    if target_tps is not None:
+        _answer_target(profile, trace, arch, config, engine, target_tps, seed, timeline_path, json_path, quiet)
+        return
     if timeline_path is None:
         result = run_scenario(profile, trace, arch, config, engine)
     elif engine != "des":
@@ -105,3 +110,31 @@ def run(
         for written in (json_path, timeline_path):
             if written is not None:
                 Console().print(f"wrote {written}")
+
+
+def _answer_target(profile: str, trace: Path | None, arch: str | None, config: RunConfig, engine: str,
+                   target_tps: float, seed: int, timeline_path: Path | None, json_path: Path | None, quiet: bool) -> None:
+    """`run --target-tps`: the largest ExRep that reaches the speed, each probe printed as it ends."""
+    from cosmosim.sweep.target import REACHED, check_target, largest_exrep
+
+    check_target(target_tps)
+    if timeline_path is not None:
+        raise InputError("--timeline and --target-tps: a search runs many replays; drop one of them")
+    if trace is None:
+        raise InputError("--target-tps: needs --trace, the routing to synthesise like (its popularity is kept)")
+    console = Console(quiet=quiet)
+    console.print(f"largest ExRep reaching {target_tps:g} tokens/s, routing synthesised like {trace} (engine {engine}):")
+    answer = largest_exrep(profile, trace, target_tps, arch=arch, config=config, engine=engine, seed=seed,
+                           on_probe=lambda p: console.print(f"  ExRep {p.exrep:.4f}: {p.tokens_per_s:.4g} tokens/s, "
+                                                            f"TPOT {p.tpot_ms:.4g} ms, hit rate {p.hit_rate:.3f}"))
+    inputs = answer.inputs
+    console.print(f"{inputs['arch']} on {inputs['profile']} · {inputs['policy']} · cache {inputs['cache_experts']}/"
+                  f"{inputs['total_experts']} experts · {inputs['weight_bits']}-bit")
+    headline = f"[bold]{answer.verdict}[/]"
+    if answer.verdict == REACHED:
+        headline = (f"[bold]largest ExRep: {answer.largest_exrep:.3f}[/] (the next probe, "
+                    f"{answer.smallest_failing_exrep:.3f}, falls short)")
+    console.print(f"{headline}: {answer.reason}")
+    if json_path is not None:
+        atomic_write_json(json_path, answer.to_dict())
+        console.print(f"wrote {json_path}")

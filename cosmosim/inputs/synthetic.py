@@ -7,13 +7,18 @@ Never written under traces/, which holds only traces recorded from trained model
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 
 import cosmosim
 from cosmosim.errors import InputError
-from cosmosim.inputs.locality import exrep
-from cosmosim.inputs.switching import row_chain, slot_chain
-from cosmosim.inputs.trace import MAX_EXPERTS, SCHEMA_VERSION, Trace
+from cosmosim.files import cache_dir
+from cosmosim.inputs import switching
+from cosmosim.inputs.locality import exrep, expert_usage
+from cosmosim.inputs.switching import reachable_exrep, row_chain, slot_chain
+from cosmosim.inputs.trace import MAX_EXPERTS, SCHEMA_VERSION, Trace, load_trace, save_trace
 from cosmosim.provenance import repository_commit, sha256_file
 
 WEARABLE_SHAPE = (19, 8, 2)  # the wearable MoE's layers, experts per layer, top_k (CoSMoEs Table 1)
@@ -150,3 +155,29 @@ def _trace(experts_NLK: np.ndarray, gates_NLK: np.ndarray, positions_N: np.ndarr
             "source": f"synthetic ({how['method'].split(':')[0]}): ExRep {measured:.4f} for a target of {target:g}, "
                       f"seed {seed}", "synthetic": synthetic}
     return Trace(experts_NLK.astype(np.int16), gates_NLK.astype(np.float16), positions_N, meta)
+
+
+def highest_exrep_like(like: Trace) -> float:
+    """The largest ExRep `synthesize(like=like, ...)` reaches: its popularity's independent-redraw rate."""
+    return reachable_exrep(expert_usage(like.experts, like.n_experts), like.top_k)
+
+
+def _synthesis_version() -> str:
+    """A digest of the code that makes a synthetic trace: a cached trace is reused only while it is unchanged."""
+    digest = hashlib.sha256()
+    for module in (__file__, switching.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def synthesized_like(like_path: str | Path, like_sha256: str, exrep_target: float, seed: int = 0) -> Path:
+    """The file of `synthesize(like=<like_path>, exrep_target=..., seed=...)`, made once per user and
+    kept in the cache folder (`cosmosim.files.cache_dir()/synthetic`), so sweeps and searches that ask
+    for the same point again, in any process, load it instead of re-synthesising. The name carries the
+    source's sha256, the target, the seed and the synthesis code's digest; writes are atomic, so two
+    processes making the same file at once both leave a whole one."""
+    name = f"{like_sha256[:16]}-exrep{exrep_target:.6f}-seed{seed}-{_synthesis_version()}.npz"
+    path = cache_dir() / "synthetic" / name
+    if not path.is_file():
+        save_trace(synthesize(like=load_trace(like_path), exrep_target=exrep_target, seed=seed), path)
+    return path

@@ -17,6 +17,7 @@ from cosmosim.engines.analytic.frame import evaluate_points, frame_column
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
+from cosmosim.inputs.synthetic import synthesized_like
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.provenance import sha256_file
 from cosmosim.results import catalog
@@ -30,7 +31,8 @@ INPUT_COLUMNS = {
     "point_id": "int64", "profile": "string", "arch": "string", "wd_rank": "Int64", "trace": "string",
     "policy": "string", "prefetch": "string", "cache_mb_requested": "Float64", "cache_experts_requested": "Int64",
     "cache_fraction": "Float64", "per_layer_cache": "boolean", "weight_bits": "int64", "tokens": "Int64",
-    "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
+    "prompt_tokens": "int64", "context_len": "int64", "engine": "string", "exrep_target": "Float64",
+    "synth_seed": "Int64",
 }
 TRACE_COLUMNS = {
     "trace_sha256": "string", "trace_tokens": "Int64", "trace_exrep": "Float64", "trace_model_wd_rank": "Int64",
@@ -51,14 +53,26 @@ def _trace(path: str, sha256: str) -> Trace:
     return load_trace(path)
 
 
+@lru_cache(maxsize=8)
+def _synthetic(like_path: str, like_sha256: str, exrep_target: float, seed: int) -> tuple[str, Trace]:
+    """The trace synthesised like `like_path` at `exrep_target` (from the cache folder once made), and its path."""
+    _trace(like_path, like_sha256)  # the source is checked as any trace is
+    path = str(synthesized_like(like_path, like_sha256, exrep_target, seed))
+    return path, load_trace(path)
+
+
 @lru_cache(maxsize=16)
 def _profile(path: str) -> DeviceProfile:
     return load_profile(path)
 
 
-def _trace_columns(facts: TraceFacts | None) -> dict:
+def _trace_columns(facts: TraceFacts | None, synthetic: Trace | None) -> dict:
+    """The trace's facts; a synthetic one keeps its source's name and sha256 but no training of its own."""
     if facts is None:
         return {}
+    if synthetic is not None:
+        return {"trace_sha256": facts.sha256, "trace_tokens": synthetic.n_tokens,
+                "trace_exrep": synthetic.meta["synthetic"]["measured_exrep"]}
     training = facts.training
     return {
         "trace_sha256": facts.sha256, "trace_tokens": facts.n_tokens, "trace_exrep": facts.exrep,
@@ -69,9 +83,14 @@ def _trace_columns(facts: TraceFacts | None) -> dict:
 
 
 def _resolve(point: Point, engine: str):
-    """A point's input columns, and the trace, architecture and config it runs with."""
+    """A point's input columns, and the trace (its path too), architecture and config it runs with."""
     facts = point.trace_facts
-    trace = None if facts is None else _trace(facts.path, facts.sha256)
+    trace_path, trace, synthetic = None if facts is None else facts.path, None, None
+    if point.exrep is not None:
+        trace_path, synthetic = _synthetic(facts.path, facts.sha256, point.exrep, point.synth_seed)
+        trace = synthetic
+    elif facts is not None:
+        trace = _trace(facts.path, facts.sha256)
     arch = resolve_arch(point.arch, trace)
     if point.wd_rank is not None:
         arch = arch.with_wd_rank(None if point.wd_rank == FULL_RANK else point.wd_rank)
@@ -87,14 +106,15 @@ def _resolve(point: Point, engine: str):
         "cache_experts_requested": point.config.cache_experts, "cache_fraction": point.cache_fraction,
         "per_layer_cache": config.per_layer_cache if routed else None, "weight_bits": config.weight_bits,
         "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
-        "engine": engine, **_trace_columns(facts),
+        "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed,
+        **_trace_columns(facts, synthetic),
     }
-    return row, trace, arch, config
+    return row, (trace_path, trace), arch, config
 
 
 def evaluate_point(point: Point, engine: str) -> dict:
     """The row of one point: its inputs, its trace's facts, and the run's metrics (or its error)."""
-    row, trace, arch, config = _resolve(point, engine)
+    row, (_, trace), arch, config = _resolve(point, engine)
     try:
         result = run(_profile(point.profile_path), trace, arch, config, engine)
     except InputError as error:
@@ -110,8 +130,8 @@ def _analytic_rows(points: list[Point]) -> list[dict]:
     frame = pd.DataFrame([{
         "profile": point.profile_path, "arch": arch.name,
         "wd_rank": (arch.wd_rank or FULL_RANK) if arch.is_moe else None,
-        "trace": point.trace_facts.path if point.trace_facts else None, **asdict(config),
-    } for point, (_, _, arch, config) in zip(points, resolved)])
+        "trace": trace_path, **asdict(config),
+    } for point, (_, (trace_path, _), arch, config) in zip(points, resolved)])
     evaluated = evaluate_points(frame, percentiles=True, on_error="record")
     rows = []
     for (row, _, _, _), metrics in zip(resolved, evaluated.to_dict("records")):

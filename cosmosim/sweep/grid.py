@@ -4,7 +4,8 @@ Some settings do not apply to some points, and the product would otherwise repea
 different labels. They are dropped before points are compared:
 
 - a dense architecture routes nothing: trace, WD rank, policy, prefetch and cache size do not apply;
-- a policy that sizes the cache itself (`kactive`) ignores the cache-size axis and per-layer flag.
+- a policy that sizes the cache itself (`kactive`) ignores the cache-size axis and per-layer flag;
+- a trace replayed as recorded (no `exrep`, or `exrep = "recorded"`) has no synthesis seed.
 
 Points keep the order of the product (axes in the order written, the last one fastest) and are
 numbered from 0, so the same spec always gives the same `point_id` for the same run: that is what
@@ -19,9 +20,10 @@ from dataclasses import dataclass, fields
 from cosmosim.device.policies import POLICIES
 from cosmosim.inputs.arch import get_arch
 from cosmosim.scenario.settings import CACHE_SIZE_SETTINGS, ROUTING_SETTINGS, RunConfig
-from cosmosim.sweep.spec import SweepSpec, TraceFacts
+from cosmosim.sweep.spec import RECORDED, SweepSpec, TraceFacts
 
-ROUTING_ONLY = ("trace", "wd_rank", *ROUTING_SETTINGS, "cache_fraction")  # a sweep's cache_fraction sizes the cache too
+# A sweep's cache_fraction sizes the cache too; exrep and synth_seed make the trace.
+ROUTING_ONLY = ("trace", "wd_rank", *ROUTING_SETTINGS, "cache_fraction", "exrep", "synth_seed")
 CACHE_SIZING = (*CACHE_SIZE_SETTINGS, "cache_fraction")
 CONFIG_AXES = tuple(field.name for field in fields(RunConfig))
 
@@ -39,6 +41,8 @@ class Point:
     trace_facts: TraceFacts | None
     cache_fraction: float | None  # of all the architecture's experts; resolved once the arch is known
     config: RunConfig
+    exrep: float | None = None  # replay a trace synthesised like `trace` at this ExRep; None: `trace` itself
+    synth_seed: int | None = None  # the synthesis seed (with `exrep`)
 
 
 def _arch_name(settings: dict, spec: SweepSpec) -> str:
@@ -51,6 +55,10 @@ def _applicable(settings: dict, spec: SweepSpec) -> dict:
     """The settings with those that cannot change this point's result dropped."""
     if not get_arch(_arch_name(settings, spec)).is_moe:
         return {name: value for name, value in settings.items() if name not in ROUTING_ONLY}
+    if settings.get("exrep", RECORDED) == RECORDED:
+        settings = {name: value for name, value in settings.items() if name not in ("exrep", "synth_seed")}
+    else:
+        settings = {"synth_seed": 0, **settings}  # one seed unless the spec sweeps them
     policy = settings.get("policy", RunConfig.policy)
     if not POLICIES[policy].needs_cache_size:
         return {name: value for name, value in settings.items() if name not in CACHE_SIZING}
@@ -63,7 +71,7 @@ def _point(point_id: int, settings: dict, spec: SweepSpec) -> Point:
     return Point(
         point_id=point_id, profile=profile.name, profile_path=profile.path, arch=settings.get("arch"),
         wd_rank=settings.get("wd_rank"), trace=trace, trace_facts=None if trace is None else spec.traces[trace],
-        cache_fraction=settings.get("cache_fraction"),
+        cache_fraction=settings.get("cache_fraction"), exrep=settings.get("exrep"), synth_seed=settings.get("synth_seed"),
         config=RunConfig(**{name: value for name, value in settings.items() if name in CONFIG_AXES}),
     )
 

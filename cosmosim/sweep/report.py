@@ -6,6 +6,7 @@ Figures (each a function of the results frame, so notebooks draw them too):
     tpot-vs-dram       TPOT vs DRAM: the fastest point within each budget, per trace and device
     hit-rate-vs-cache  expert-cache hit rate vs cache size, per policy
     bles               ExRep, TPOT and validation loss vs the BlES weight λ (per τ)
+    exrep              tokens/s and TPOT vs ExRep: synthesised traces as lines, recorded ones as points
     pareto             Pareto fronts of (peak DRAM, TPOT), one per device
     memory-breakdown   peak DRAM by part, for the points on the fronts
     time-breakdown     TPOT by part, for the points on the fronts
@@ -23,6 +24,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from plotly.subplots import make_subplots
 
+from cosmosim.engines.analytic.paper import BLES, OFFLOAD
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_bytes, atomic_write_text
 from cosmosim.results import catalog
@@ -95,6 +97,43 @@ def bles_effect(results: pd.DataFrame) -> go.Figure:
     return figure.update_layout(title=title, template=TEMPLATE, height=800)
 
 
+TOKENS_PER_S = catalog.column_of("tokens_per_s")
+
+
+def _exrep_medians(rows: pd.DataFrame) -> pd.DataFrame:
+    """Median tokens/s and TPOT per (device, policy, trace, ExRep), over the other axes."""
+    rows = _with_series(rows).assign(exrep=rows["trace_exrep"].astype(float))
+    keys = ["profile", "policy", "series", "exrep_target", "exrep"]
+    return (rows.astype({"exrep_target": object}).fillna({"exrep_target": "recorded"})
+                .groupby(keys)[[TOKENS_PER_S, TPOT]].median().reset_index().sort_values("exrep"))
+
+
+def exrep_effect(results: pd.DataFrame) -> go.Figure:
+    title = ("Tokens/s and TPOT vs ExRep: traces synthesised like each trace (lines) and the traces as recorded "
+             "(diamonds); median over the other axes")
+    rows = feasible(results, [TOKENS_PER_S, TPOT, "trace_exrep"])
+    if rows.empty or rows["exrep_target"].isna().all():
+        return _no_data(title, "this sweep has no exrep axis (see docs/sweeps.md)")
+    medians = _exrep_medians(rows)
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=("tokens/s", "TPOT mean (ms)"))
+    for (profile, policy, series), group in medians.groupby(["profile", "policy", "series"]):
+        name = f"{profile} · {policy} · {series}"
+        synthetic, recorded = group[group["exrep_target"] != "recorded"], group[group["exrep_target"] == "recorded"]
+        for panel, column in ((1, TOKENS_PER_S), (2, TPOT)):
+            figure.add_trace(go.Scatter(x=synthetic["exrep"], y=synthetic[column].astype(float), mode="lines+markers",
+                                        name=name, legendgroup=name, showlegend=panel == 1), row=panel, col=1)
+            if not recorded.empty:
+                figure.add_trace(go.Scatter(x=recorded["exrep"], y=recorded[column].astype(float), mode="markers",
+                                            marker={"symbol": "diamond", "size": 11}, name=f"{name} (recorded)",
+                                            legendgroup=name, showlegend=panel == 1), row=panel, col=1)
+    for paper in (OFFLOAD, BLES):
+        figure.add_vline(x=paper.exrep, line_dash="dash", line_color="gray",
+                         annotation_text=f"paper: {paper.name}, ExRep {paper.exrep:.3f}", annotation_position="top")
+    figure.update_xaxes(title_text="ExRep (measured on the replayed trace)", row=2, col=1)
+    return figure.update_layout(title=title, template=TEMPLATE, height=800)
+
+
 def pareto_fronts(results: pd.DataFrame) -> go.Figure:
     title = "Pareto fronts of (peak DRAM, TPOT), per device: no other point is both smaller and faster"
     rows = feasible(results)
@@ -141,6 +180,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
     "tpot-vs-dram": tpot_vs_dram,
     "hit-rate-vs-cache": hit_rate_vs_cache,
     "bles": bles_effect,
+    "exrep": exrep_effect,
     "pareto": pareto_fronts,
     "memory-breakdown": memory_breakdown,
     "time-breakdown": time_breakdown,

@@ -10,6 +10,8 @@
     weight_bits = [16, 8, 4]
     cache_mb = [50, 100, 200]               # or cache_experts, or cache_fraction (of all experts)
     policy = ["lru", "belady", "kactive"]
+    exrep = ["recorded", 0.1, 0.3, 0.5]     # each trace as recorded, or synthesised like it at that ExRep
+    synth_seed = [0, 1]                     # seeds of the synthesised traces (default 0)
 
 Every value is checked when the spec loads (profiles and traces are read, checksummed and their
 training metadata kept), so a typo fails at once with one line naming the file, the axis and the
@@ -29,6 +31,7 @@ from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK, catalog, get_arch
 from cosmosim.inputs.locality import exrep
 from cosmosim.inputs.profiles import load_profile
+from cosmosim.inputs.synthetic import highest_exrep_like
 from cosmosim.inputs.trace import load_trace
 from cosmosim.provenance import sha256_file
 from cosmosim.runner import ENGINES
@@ -36,6 +39,7 @@ from cosmosim.scenario.settings import FIELD_CHECKS, BadValue, positive_number
 
 TOP_LEVEL_KEYS = ("name", "description", "engine", "axes")
 CACHE_AXES = ("cache_mb", "cache_experts", "cache_fraction")
+RECORDED = "recorded"  # an `exrep` axis value: the trace itself, not one synthesised like it
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class TraceFacts:
     exrep: float  # the trace's expert replacement rate (cosmosim.inputs.locality.exrep)
     training: dict  # meta.training: val_loss, bles_lambda, bles_tau, steps, config_name... ({} if none)
     model_wd_rank: int | None  # the recorded mini's own WD rank (meta.model.wd_rank)
+    highest_exrep: float  # the most a trace synthesised like this one can switch (an `exrep` axis value's bound)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,20 @@ def _text(value):
     return value
 
 
+def _exrep(value):
+    if value == RECORDED:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails too
+        raise BadValue(f"expected an ExRep in [0, 1] or {RECORDED!r} (the trace as recorded)")
+    return float(value)
+
+
+def _seed(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadValue("expected an integer seed >= 0")
+    return value
+
+
 def _arch(value):
     if value not in catalog():
         raise BadValue(f"expected one of {', '.join(catalog())}")
@@ -117,6 +136,8 @@ AXES: dict[str, Callable[[Any], Any]] = {
     "trace": _text,
     **{name: FIELD_CHECKS[name] for name in SWEEP_SETTINGS},
     "cache_fraction": _fraction,
+    "exrep": _exrep,
+    "synth_seed": _seed,
 }
 
 
@@ -166,10 +187,26 @@ def _trace_facts(source: str, base_dir: Path, value: str) -> TraceFacts:
         path=str(path.resolve()), sha256=sha256_file(path), n_tokens=trace.n_tokens, n_experts=trace.n_experts,
         top_k=trace.top_k, target_arch=trace.meta.get("target_arch"), exrep=exrep(trace.experts, trace.positions)[0],
         training=training if isinstance(training, dict) else {}, model_wd_rank=trace.meta["model"].get("wd_rank"),
+        highest_exrep=highest_exrep_like(trace),
     )
 
 
 # ---------------------------------------------------------------------------- combinations
+
+
+def _check_exrep_axis(source: str, axes: dict[str, tuple], traces: dict[str, TraceFacts]) -> None:
+    """An ExRep is synthesised like each trace, so it needs traces, and must be one each can reach."""
+    if "synth_seed" in axes and "exrep" not in axes:
+        raise InputError(f"{source}: axes.synth_seed: seeds synthesised traces; add an exrep axis or drop it")
+    if "exrep" not in axes:
+        return
+    if not traces:
+        raise InputError(f"{source}: axes.exrep: needs a trace axis (each ExRep is synthesised like each trace)")
+    for value in axes["exrep"]:
+        for name, facts in traces.items():
+            if value != RECORDED and value > facts.highest_exrep + 1e-12:
+                raise InputError(f"{source}: axes.exrep: {value!r}: outside the range {name!r}'s expert popularity "
+                                 f"reaches, [0, {facts.highest_exrep:.4f}]")
 
 
 def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, TraceFacts]) -> None:
@@ -179,6 +216,7 @@ def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, T
                          f"{', '.join(CACHE_AXES)}, not {' and '.join(given_cache_axes)}")
     if "arch" not in axes and not traces:
         raise InputError(f"{source}: axes: give an arch axis, or a trace axis whose traces name their architecture")
+    _check_exrep_axis(source, axes, traces)
     archs = [get_arch(name) for name in axes.get("arch", ())]
     if "arch" not in axes:
         for value, facts in traces.items():
