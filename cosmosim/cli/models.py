@@ -61,19 +61,50 @@ def train(
     typer.echo(f"checkpoint in {out_dir}")
 
 
+_HF_ONLY = ("--text", "--token-ids", "--corpus-split", "--seq-len", "--arch-out")
+
+
 @app.command()
 def record(
-    checkpoint: Path = typer.Option(..., help="Checkpoint folder written by `cosmosim train`."),
+    checkpoint: Path = typer.Option(None, help="Checkpoint folder written by `cosmosim train` (this or --hf)."),
+    hf: Path = typer.Option(None, "--hf", help="Hugging Face MoE model folder (config.json + *.safetensors; Mixtral, "
+                                               "OLMoE, Qwen2-MoE, Qwen3-MoE, ...), loaded offline with transformers "
+                                               "(this or --checkpoint)."),
     out: Path = typer.Option(..., help="Trace to write (.npz, format v1)."),
-    tokens: int = typer.Option(None, help="Record at most this many tokens of the trace split. Default: all of it."),
+    tokens: int = typer.Option(None, help="Record at most this many tokens (whole windows). Default: all of them."),
     corpus: Path = typer.Option(None, help=_CORPUS_HELP),
+    text: Path = typer.Option(None, help="--hf: a UTF-8 text to route, encoded with the model folder's tokenizer."),
+    token_ids: Path = typer.Option(None, help="--hf: token ids to route: a .npy integer array or a text file of "
+                                              "whitespace-separated ints."),
+    corpus_split: str = typer.Option(None, help="--hf: route this split (train, val, trace) of the corpus, its raw "
+                                                "text encoded with the model folder's tokenizer."),
+    seq_len: int = typer.Option(None, help="--hf: tokens per sequence. Default: min(max_position_embeddings, 256)."),
+    arch_out: Path = typer.Option(None, help="--hf: also write the model's architecture (meta.architecture) as TOML."),
 ) -> None:
-    """Run a trained mini model over the held-out trace split (all domains, sequences of the training
-    length) and write its routing as a trace with full provenance in `meta`."""
+    """Write a routing trace with full provenance in `meta`: from a trained mini (--checkpoint, over the
+    held-out trace split, all domains, sequences of the training length), or from a Hugging Face MoE
+    model (--hf, over --text, --token-ids or --corpus-split; needs `pip install "cosmosim\\[hf]"`)."""
     from cosmosim.data.corpus import default_corpus_dir
-    from cosmosim.model.record import record as record_trace  # torch: only here
+    from cosmosim.errors import InputError
 
-    check_outputs({"--out": out})
-    check_outside(out, checkpoint, "--out")
-    path = record_trace(checkpoint, out, corpus_dir=corpus or default_corpus_dir(), n_tokens=tokens)
+    if (checkpoint is None) == (hf is None):
+        raise InputError("--checkpoint, --hf: give exactly one model to record from")
+    hf_only = dict(zip(_HF_ONLY, (text, token_ids, corpus_split, seq_len, arch_out)))
+    check_outputs({"--out": out, "--arch-out": arch_out}, {"--text": text, "--token-ids": token_ids})
+    if checkpoint is not None:
+        from cosmosim.model.record import record as record_trace  # torch: only here
+
+        given = [flag for flag, value in hf_only.items() if value is not None]
+        if given:
+            raise InputError(f"{given[0]}: only with --hf; a checkpoint records the corpus's trace split")
+        check_outside(out, checkpoint, "--out")
+        path = record_trace(checkpoint, out, corpus_dir=corpus or default_corpus_dir(), n_tokens=tokens)
+    else:
+        from cosmosim.model.record_hf import record_hf  # torch and transformers: only here
+
+        for flag, path in (("--out", out), ("--arch-out", arch_out)):
+            if path is not None:
+                check_outside(path, hf, flag)
+        path = record_hf(hf, out, text=text, token_ids=token_ids, corpus_split=corpus_split,
+                         corpus_dir=corpus, n_tokens=tokens, seq_len=seq_len, arch_out=arch_out)
     typer.echo(f"wrote {path}")
