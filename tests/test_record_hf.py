@@ -107,7 +107,7 @@ def test_recorded_routing_is_the_routers(cli, models, token_ids, family, tmp_pat
     np.testing.assert_array_equal(trace.positions, np.tile(np.arange(SEQ_LEN), n_windows))
 
     meta = trace.meta
-    assert meta["gates"]["renormalised_top_k"] is renormalised
+    assert meta["gates"]["renormalised_top_k"] is renormalised and meta["gates"]["present"] is True
     sums = trace.gates.astype(np.float32).sum(-1)
     assert np.allclose(sums, 1, atol=2e-3) if renormalised else (sums <= 1.001).all() and sums.mean() < 0.95
     assert meta["model"]["n_experts"] == n_experts and meta["model"]["top_k"] == 2

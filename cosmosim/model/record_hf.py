@@ -348,7 +348,7 @@ def record_hf(model_dir: str | Path, out_path: str | Path, *, text: str | Path |
                   "ffn_hidden": shape["ffn_hidden"], "wd_rank": None, "vocab_size": arch["vocab_size"],
                   "seq_len": seq_len, "moe_layers": moe_layers, "n_model_layers": arch["n_layers"],
                   "n_shared_experts": shape["n_shared_experts"], "shared_ffn_hidden": shape["shared_ffn_hidden"]},
-        "gates": {"renormalised_top_k": renormalised, "how": how},
+        "gates": {"present": True, "renormalised_top_k": renormalised, "how": how},
         "hf": {"path": str(model_dir), "model_type": model_type, "config": raw_config,
                "transformers_version": transformers.__version__},
         "architecture": arch,
