@@ -98,40 +98,45 @@ def bles_effect(results: pd.DataFrame) -> go.Figure:
 
 
 TOKENS_PER_S = catalog.column_of("tokens_per_s")
+PALETTE = px.colors.qualitative.Plotly + px.colors.qualitative.Dark24
 
 
 def _exrep_medians(rows: pd.DataFrame) -> pd.DataFrame:
-    """Median tokens/s and TPOT per (device, policy, trace, ExRep), over the other axes."""
+    """Median tokens/s and TPOT per (device, architecture, policy, trace, ExRep), over the other axes."""
     rows = _with_series(rows).assign(exrep=rows["trace_exrep"].astype(float))
-    keys = ["profile", "policy", "series", "exrep_target", "exrep"]
+    keys = ["profile", "arch", "policy", "series", "exrep_target", "exrep"]
     return (rows.astype({"exrep_target": object}).fillna({"exrep_target": "recorded"})
                 .groupby(keys)[[TOKENS_PER_S, TPOT]].median().reset_index().sort_values("exrep"))
 
 
 def exrep_effect(results: pd.DataFrame) -> go.Figure:
-    title = ("Tokens/s and TPOT vs ExRep: traces synthesised like each trace (lines) and the traces as recorded "
+    title = ("Tokens/s and TPOT vs ExRep: traces synthesised like each trace (lines), the traces as recorded "
              "(diamonds); median over the other axes")
     rows = feasible(results, [TOKENS_PER_S, TPOT, "trace_exrep"])
     if rows.empty or rows["exrep_target"].isna().all():
         return _no_data(title, "this sweep has no exrep axis (see docs/sweeps.md)")
-    medians = _exrep_medians(rows)
-    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                           subplot_titles=("tokens/s", "TPOT mean (ms)"))
-    for (profile, policy, series), group in medians.groupby(["profile", "policy", "series"]):
-        name = f"{profile} · {policy} · {series}"
-        synthetic, recorded = group[group["exrep_target"] != "recorded"], group[group["exrep_target"] == "recorded"]
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                           subplot_titles=("tokens/s (log)", "TPOT mean (ms, log)"))
+    groups = _exrep_medians(rows).groupby(["profile", "arch", "policy", "series"])
+    for index, ((profile, arch, policy, series), group) in enumerate(groups):
+        name, color = f"{profile} · {arch} · {policy} · {series}", PALETTE[index % len(PALETTE)]
+        recorded = group["exrep_target"] == "recorded"
         for panel, column in ((1, TOKENS_PER_S), (2, TPOT)):
-            figure.add_trace(go.Scatter(x=synthetic["exrep"], y=synthetic[column].astype(float), mode="lines+markers",
-                                        name=name, legendgroup=name, showlegend=panel == 1), row=panel, col=1)
-            if not recorded.empty:
-                figure.add_trace(go.Scatter(x=recorded["exrep"], y=recorded[column].astype(float), mode="markers",
-                                            marker={"symbol": "diamond", "size": 11}, name=f"{name} (recorded)",
-                                            legendgroup=name, showlegend=panel == 1), row=panel, col=1)
+            shown = {"legendgroup": name, "showlegend": panel == 1}
+            figure.add_trace(go.Scatter(x=group.loc[~recorded, "exrep"], y=group.loc[~recorded, column].astype(float),
+                                        mode="lines+markers", name=name, line={"color": color}, **shown), row=panel, col=1)
+            if recorded.any():
+                figure.add_trace(go.Scatter(x=group.loc[recorded, "exrep"], y=group.loc[recorded, column].astype(float),
+                                            mode="markers", marker={"symbol": "diamond", "size": 12, "color": color},
+                                            name=f"{name} (recorded)", **{**shown, "showlegend": False}), row=panel, col=1)
     for paper in (OFFLOAD, BLES):
-        figure.add_vline(x=paper.exrep, line_dash="dash", line_color="gray",
-                         annotation_text=f"paper: {paper.name}, ExRep {paper.exrep:.3f}", annotation_position="top")
+        figure.add_vline(x=paper.exrep, line_dash="dash", line_color="gray", row=1, col=1,
+                         annotation_text=f"paper: {paper.name.split(' + ', 1)[1]}, {paper.exrep:.3f}",
+                         annotation_position="bottom right")
+        figure.add_vline(x=paper.exrep, line_dash="dash", line_color="gray", row=2, col=1)
+    figure.update_yaxes(type="log")
     figure.update_xaxes(title_text="ExRep (measured on the replayed trace)", row=2, col=1)
-    return figure.update_layout(title=title, template=TEMPLATE, height=800)
+    return figure.update_layout(title=title, template=TEMPLATE, height=850)
 
 
 def pareto_fronts(results: pd.DataFrame) -> go.Figure:
@@ -241,7 +246,7 @@ def write_pngs(results: pd.DataFrame, out_dir: str | Path, width: int = 1100, he
     written = []
     for name, figure in figures(results).items():
         try:
-            data = figure.to_image(format="png", width=width, height=height)
+            data = figure.to_image(format="png", width=width, height=figure.layout.height or height)
         except (RuntimeError, ValueError, OSError) as error:
             raise InputError(f"PNG export: kaleido could not render {name} ({error}); is chromium installed?") from None
         written.append(atomic_write_bytes(Path(out_dir) / f"{name}.png", data))
