@@ -18,16 +18,17 @@ from cosmosim.inputs.synthetic import trace_from_experts
 from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
-from cosmosim.workload.stream import DECODE
+from cosmosim.workload.stream import access_stream
 
 N_LAYERS, N_EXPERTS, TOP_K = 2, 5, 2
 
 
-def optimal_loads(steps: list[tuple[int, list[int]]], capacity: int) -> int:
-    """Fewest loads over every eviction schedule (dynamic programming over the cache's contents)."""
+def optimal_loads(steps: list[tuple[bool, list[int]]], capacity: int) -> int:
+    """Fewest loads over every eviction schedule of (decode?, keys) steps (dynamic programming over
+    the cache's contents)."""
     best: dict[frozenset, int] = {frozenset(): 0}
-    for kind, keys in steps:
-        groups = [keys] if kind == DECODE else [[key] for key in keys]  # what must be resident together
+    for decode, keys in steps:
+        groups = [keys] if decode else [[key] for key in keys]  # what must be resident together
         for group in groups:
             need = set(group)
             following: dict[frozenset, int] = {}
@@ -41,12 +42,6 @@ def optimal_loads(steps: list[tuple[int, list[int]]], capacity: int) -> int:
                         following[state] = cost + len(missing)
             best = following
     return min(best.values())
-
-
-def workload_steps(scenario) -> list[tuple[int, list[int]]]:
-    w = scenario.workload
-    keys, offsets = w.access_key.tolist(), w.step_offsets.tolist()
-    return [(int(kind), keys[offsets[s]:offsets[s + 1]]) for s, kind in enumerate(w.step_kind.tolist())]
 
 
 routing = st.lists(st.lists(st.lists(st.integers(0, N_EXPERTS - 1), min_size=TOP_K, max_size=TOP_K, unique=True),
@@ -65,7 +60,7 @@ def test_belady_loads_what_an_exhaustive_search_finds_optimal(experts, capacity,
     config = RunConfig(policy="belady", cache_experts=capacity, prompt_tokens=prompt, warmup_fraction=0.0)
     arch, profile = tiny_arch(N_LAYERS, N_EXPERTS, TOP_K), tiny_profile()
     scenario = prepare(profile, trace, arch, config)
-    optimum = optimal_loads(workload_steps(scenario), scenario.cache_capacity)
+    optimum = optimal_loads(access_stream(scenario.workload).steps(), scenario.cache_capacity)
     assert loads(run(profile, trace, arch, config)) == optimum
     for policy in ("lru", "lfu", "pinned"):  # no demand-only policy needs fewer loads
         other = RunConfig(policy=policy, cache_experts=capacity, prompt_tokens=prompt, warmup_fraction=0.0)
@@ -80,6 +75,6 @@ def test_belady_loads_what_an_exhaustive_search_finds_optimal(experts, capacity,
 def test_the_search_knows_a_step_must_fit_together():
     """A step's pair stays co-resident: the bare stream 0 1 0 2 1 2 needs only 3 loads at 2 entries
     (load 2 over 0, whose next use is never), but the step [0, 2] still computes with 0."""
-    steps = [(DECODE, [0, 1]), (DECODE, [0, 2]), (DECODE, [1, 2])]
+    steps = [(True, [0, 1]), (True, [0, 2]), (True, [1, 2])]
     assert optimal_loads(steps, 2) == 4  # 0 1 | 2 over 1 | 1 over 0
     assert optimal_loads(steps, 3) == 3

@@ -1,4 +1,5 @@
-"""`cosmosim trace validate|info|stats|synth`: check, describe, measure and synthesize routing traces."""
+"""`cosmosim trace validate|info|stats|synth|import|export`: check, describe, measure, synthesize, import
+routing traces, and export their access streams."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from cosmosim.cli.app import app
 from cosmosim.errors import InputError
 from cosmosim.files import read_json
 from cosmosim.inputs.trace import load_trace, trace_info
+from cosmosim.scenario.settings import RunConfig, check_settings
 
-trace_app = typer.Typer(help="Check, describe, measure and synthesize routing traces (format v1, docs/trace-format.md).")
+trace_app = typer.Typer(help="Check, describe, measure, synthesize and import routing traces (format v1, "
+                             "docs/trace-format.md), and export their access streams.")
 app.add_typer(trace_app, name="trace")
+_DEFAULTS = RunConfig()
 
 
 @trace_app.command()
@@ -159,3 +163,89 @@ def synth(
     typer.echo(f"{out}: {trace.n_tokens} tokens, {len(trace.sequences())} sequences, {trace.n_layers} layers, "
                f"top-{trace.top_k} of {trace.n_experts}; ExRep {made['measured_exrep']:.4f} "
                f"(target {made['target_exrep']:.4f}), seed {made['seed']}")
+
+
+def _import_help() -> str:
+    from cosmosim.inputs.importers.formats import IMPORTERS
+
+    return "Log format: " + "; ".join(f"{name}: {what}" for name, (_, what) in IMPORTERS.items()) + "."
+
+
+@trace_app.command("import")
+def import_log(
+    format_name: str = typer.Argument(..., metavar="FORMAT", help=_import_help()),
+    src: Path = typer.Argument(..., metavar="SRC", help="The log file."),
+    out: Path = typer.Option(..., help="Where to write the trace (.npz)."),
+    n_experts: int = typer.Option(None, "--n-experts", help="Experts per MoE layer of the model that served the log. "
+                                  "Default: what the log says (SGLang's expert map), else the largest id seen + 1."),
+    seq_len: int = typer.Option(None, help="Cut each request into sequences of at most this many tokens (each a "
+                                           "request to the simulator). Default: one sequence per request."),
+    arch: str = typer.Option(None, help="Target architecture for meta.target_arch, the default --arch of `cosmosim run` "
+                                        "(see `cosmosim arch`). Default: none."),
+) -> None:
+    """Turn a serving engine's routing log into a v1 trace: each request, its tokens in order, one sequence.
+
+    Interleaved requests are taken apart; layers that route nothing (dense layers) are left out.
+
+    A log without gates gets uniform 1/k (meta.gates.present false).
+
+    Fields read, and the versions whose source defines them: docs/trace-format.md, "Importing".
+
+    Example: cosmosim trace import vllm responses.jsonl --out mine.npz --arch phone-moe
+    """
+    from cosmosim.files import check_outputs
+    from cosmosim.inputs.importers.formats import import_trace
+    from cosmosim.inputs.trace import save_trace
+
+    check_outputs({"--out": out}, {"SRC": src})
+    trace = import_trace(format_name, src, n_experts=n_experts, seq_len=seq_len, arch=arch)
+    save_trace(trace, out)
+    made = trace.meta["import"]
+    typer.echo(f"{out}: {trace.n_tokens} tokens of {made['requests']} requests ({len(trace.sequences())} sequences), "
+               f"{trace.n_layers} layers, top-{trace.top_k} of {trace.n_experts} experts "
+               f"({made['n_experts_from']}), gates {'kept' if trace.meta['gates']['present'] else 'absent: 1/k'}")
+
+
+@trace_app.command()
+def export(
+    path: Path = typer.Argument(..., metavar="TRACE", help="Trace file (.npz)."),
+    format_name: str = typer.Option("libcachesim-csv", "--format", help="File layout: libcachesim-csv (time, obj_id, "
+                                    "obj_size per access, with a header; libCacheSim's csv reader)."),
+    out: Path = typer.Option(..., help="Where to write the stream (.csv)."),
+    arch: str = typer.Option(None, help="Target architecture: its layer mapping, and its expert bytes as the object size. "
+                                        "Default: the trace's meta.target_arch; with none, the trace's layers and size 1."),
+    weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help="Weight bit-width of the object size, as "
+                                                                "`cosmosim run --weight-bits`."),
+    prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request, as "
+                                                                    "`cosmosim run --prompt-tokens`."),
+    warmup_fraction: float = typer.Option(_DEFAULTS.warmup_fraction, help="Leading fraction of sequences held out, "
+                                                                          "as the engines do (0: none)."),
+    tokens: int = typer.Option(None, help="About this many tokens, as `cosmosim run --tokens`. Default: all after warm-up."),
+) -> None:
+    """Write the demand access stream every engine replays, one access per line, for other cache simulators.
+
+    Columns: time, the step (one layer of one pass); obj_id, layer * n_experts + expert; obj_size, its bytes.
+
+    Reader options of libCacheSim's cachesim and Python bindings: docs/trace-format.md, "Exporting".
+
+    Example: cosmosim trace export traces/bles.npz --out bles.csv
+    """
+    import numpy as np
+
+    from cosmosim.files import check_outputs
+    from cosmosim.scenario.build import resolve_arch
+    from cosmosim.workload.export import EXPORT_FORMATS, LIBCACHESIM_TRACE_PARAMS, export_stream
+
+    check_outputs({"--out": out}, {"TRACE": path})
+    if format_name not in EXPORT_FORMATS:
+        raise InputError(f"--format {format_name}: expected one of {', '.join(EXPORT_FORMATS)}")
+    check_settings(RunConfig(weight_bits=weight_bits, prompt_tokens=prompt_tokens, warmup_fraction=warmup_fraction,
+                             tokens=tokens))
+    trace = load_trace(path)
+    target = resolve_arch(arch, trace) if arch or trace.meta.get("target_arch") else None
+    stream = export_stream(trace, target, weight_bits=weight_bits, prompt_tokens=prompt_tokens,
+                           warmup_fraction=warmup_fraction, max_tokens=tokens)
+    EXPORT_FORMATS[format_name](stream, out)
+    typer.echo(f"{out}: {stream.key.size} accesses ({int(stream.decode.sum())} in decode steps), "
+               f"{np.unique(stream.key).size} experts of {stream.size} bytes; "
+               f"cachesim {out} csv lru SIZE -t \"{LIBCACHESIM_TRACE_PARAMS}\"")

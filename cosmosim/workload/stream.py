@@ -11,6 +11,10 @@ experts that step needs, in a fixed order:
 The first `warmup_fraction` of the sequences (rounded up) are not replayed: policies and
 prefetchers learn their statistics there, so every policy starts from an empty cache on the same
 remaining sequences. The schema is in docs/simulator.md.
+
+`access_stream` flattens a workload into one row per access (step, key, object size): the stream
+that `cosmosim trace export` writes for other cache simulators and that the tests' reference caches
+replay, so all of them read the one stream the engines replay.
 """
 
 from __future__ import annotations
@@ -147,3 +151,26 @@ def build_workload(trace: Trace, target_layers: int, *, prompt_tokens: int, cont
         warmup_sequences=warmup,
         layer_map=mapping,
     )
+
+
+@dataclass(frozen=True)
+class AccessStream:
+    """A workload's demand accesses, one row per access, in replay order."""
+
+    time: np.ndarray  # int64 [A]: the step the access belongs to; one step's accesses share it
+    key: np.ndarray  # int64 [A]: layer * n_experts + expert
+    decode: np.ndarray  # bool [A]: True in a decode step, False in a prefill step
+    size: int  # bytes of every object: the cache holds experts of one size
+
+    def steps(self) -> list[tuple[bool, list[int]]]:
+        """(decode?, keys) of each step with accesses, in replay order."""
+        starts = np.flatnonzero(np.diff(self.time, prepend=-1))
+        keys = np.split(self.key, starts[1:])
+        return [(bool(self.decode[start]), group.tolist()) for start, group in zip(starts.tolist(), keys)]
+
+
+def access_stream(workload: Workload, size: int = 1) -> AccessStream:
+    """The accesses of `workload` in replay order, each object `size` bytes (1: a cache counted in experts)."""
+    step = np.repeat(np.arange(workload.step_kind.size, dtype=np.int64), np.diff(workload.step_offsets))
+    return AccessStream(time=step, key=workload.access_key.astype(np.int64),
+                        decode=workload.step_kind[step] == DECODE, size=size)
