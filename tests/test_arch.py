@@ -95,7 +95,7 @@ def test_tiny_moe_parameter_counts_by_hand():
     # head_dim 4, one KV head: q, o 8x8 each; k, v 8x4 each.
     assert arch.attention_params_per_layer() == 2 * 64 + 2 * 32 == 192
     # + two RMSNorm weights (8 each) + router 4x8
-    assert arch.nonexpert_params_per_layer() == 192 + 16 + 32 == 240
+    assert arch.nonexpert_params_of(0) == 192 + 16 + 32 == 240
     assert arch.expert_params() == 3 * 8 * 16 == 384
     assert arch.embedding_params() == arch.lm_head_params() == 80
     assert arch.resident_params() == 80 + 2 * 240 + 8 + 80 == 648
@@ -107,7 +107,7 @@ def test_tiny_dense_counts_by_hand():
     dense = tiny_moe(n_layers=1, n_kv_heads=2, n_experts=1, top_k=1)
     assert not dense.is_moe
     # MHA 4 x 64, norms 16, the FFN 3 x 8 x 16, no router
-    assert dense.nonexpert_params_per_layer() == 256 + 16 + 384 == 656
+    assert dense.nonexpert_params_of(0) == 256 + 16 + 384 == 656
     assert dense.total_params() == 80 + 656 + 8 + 80 == 824
 
 
@@ -150,7 +150,7 @@ def test_bytes_scale_with_bits(name):
     arch = get_arch(name)
     for count, to_bytes in [
         (arch.expert_params(), arch.expert_bytes),
-        (arch.nonexpert_params_per_layer(), arch.nonexpert_bytes_per_layer),
+        (arch.nonexpert_params_of(0), lambda bits: arch.nonexpert_bytes_of(0, bits)),
         (arch.resident_params(), arch.resident_bytes),
     ]:
         assert to_bytes(16) == 2 * count
@@ -179,7 +179,7 @@ def test_tiny_moe_flops_by_hand():
     arch = tiny_moe()
     assert arch.expert_flops_per_token() == 2 * 384 == 768
     # projections + router: 2 x (240 - 16 norm weights); attention: 2 x 2 x d x 5 keys
-    assert arch.nonexpert_flops_per_layer(5) == 448 + 160 == 608
+    assert arch.nonexpert_flops_of(0, 5) == 448 + 160 == 608
     assert arch.lm_head_flops_per_token() == 2 * 10 * 8 == 160
     assert arch.decode_flops_per_token(5) == 2 * (608 + 2 * 768) + 160 == 4448
     # 3 prompt tokens attend to 1 + 2 + 3 keys; the LM head runs once
@@ -236,3 +236,49 @@ def test_invalid_architectures_raise_input_error(changes, message):
         tiny_moe(**changes)
     assert str(caught.value).startswith("architecture 'tiny': ")
     assert "\n" not in str(caught.value)
+
+
+# ------------------------------------------------------------------------------ shapes beyond Table 1
+
+
+def test_head_dim_other_than_d_over_heads_by_hand():
+    arch = tiny_moe(head_dim=6)  # 2 heads of 6 (12 wide) on d 8, one KV head of 6
+    assert arch.attention_params_per_layer() == 2 * 8 * 12 + 2 * 8 * 6 == 288
+    assert arch.kv_bytes_per_token() == 2 * 2 * 1 * 6 * 2
+    # attention: 2 x 2 x (heads x head_dim) per key
+    assert arch.nonexpert_flops_of(0, 5) == 2 * (288 + 32) + 2 * 2 * 12 * 5
+    assert tiny_moe(n_heads=3, head_dim=4).head_dim == 4  # 3 does not divide 8: fine once head_dim is given
+
+
+def test_shared_experts_are_resident_and_active_by_hand():
+    base, shared = tiny_moe(), tiny_moe(n_shared_experts=2, shared_ffn_hidden=4)
+    one_shared = 3 * 8 * 4
+    assert shared.shared_expert_params() == one_shared
+    assert shared.nonexpert_params_of(1) == base.nonexpert_params_of(1) + 2 * one_shared
+    assert shared.resident_params() == base.resident_params() + 2 * 2 * one_shared
+    assert shared.total_params() - base.total_params() == shared.active_params() - base.active_params() == 4 * one_shared
+    assert tiny_moe(n_shared_experts=1).shared_ffn_hidden == 16  # defaults to the routed experts' width
+
+
+def test_dense_layers_have_a_dense_ffn_and_no_experts_by_hand():
+    arch = tiny_moe(dense_layers=(0,), dense_ffn_hidden=32)
+    assert arch.moe_layers == (1,) and arch.n_moe_layers == 1 and arch.total_experts == 4
+    assert arch.nonexpert_params_of(0) == 192 + 16 + 3 * 8 * 32  # attention, norms, dense FFN; no router
+    assert arch.nonexpert_params_of(1) == 240
+    assert arch.total_params() == 80 + (192 + 16 + 768) + 240 + 8 + 80 + 4 * 384
+    assert arch.active_params() == arch.resident_params() + 2 * 384
+    assert arch.decode_flops_per_token(5) == (2 * (192 + 768) + 2 * 2 * 8 * 5) + 608 + 2 * 768 + 160
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"dense_layers": (2,)}, r"dense_layers must be distinct indices in \[0, 2\), got \[2\]"),
+    ({"dense_layers": (0, 0)}, "dense_layers must be distinct"),
+    ({"dense_layers": (0, 1)}, "lists every one of the 2 layers"),
+    ({"n_shared_experts": -1}, "n_shared_experts must be an integer >= 0"),
+    ({"n_experts": 1, "top_k": 1, "n_shared_experts": 1}, "apply to a MoE"),
+    ({"head_dim": 0}, "head_dim must be a positive integer"),
+    ({"shared_ffn_hidden": 0, "n_shared_experts": 1}, "shared_ffn_hidden must be a positive integer"),
+])
+def test_bad_new_fields_name_the_field(changes, message):
+    with pytest.raises(InputError, match=message):
+        tiny_moe(**changes)

@@ -33,11 +33,11 @@ def test_hits_and_misses_cost_exactly_what_the_parts_add_up_to(tiny_profile, tin
     read_s = 100e-6 + costs.expert_bytes / 100e6  # latency + transfer: one request, idle device
     expected = []
     for position, miss in zip(range(1, 5), [False, True, False, True]):
-        nonexpert = costs.nonexpert_decode(position + 1).time_s + 10e-6
+        nonexpert = costs.nonexpert_decode(position + 1, 0).time_s + 10e-6
         expected.append(nonexpert + (read_s if miss else 0) + costs.expert_decode.time_s + costs.lm_head.time_s)
     assert records.latency_s == pytest.approx(expected, rel=1e-12)
     assert records.layer_outcomes["miss"].tolist() == [2] and records.layer_outcomes["hit"].tolist() == [2]
-    prefill = costs.nonexpert_prefill(1).time_s + 10e-6 + read_s + costs.expert_decode.time_s + costs.lm_head.time_s
+    prefill = costs.nonexpert_prefill(1, 0).time_s + 10e-6 + read_s + costs.expert_decode.time_s + costs.lm_head.time_s
     assert records.ttft_s == pytest.approx([prefill], rel=1e-12)
 
 
@@ -50,7 +50,7 @@ def test_two_misses_overlap_reads_with_compute(queue_depth, tiny_profile, tiny_a
     records = simulate(scenario)
     costs = scenario.costs
     latency, transfer, compute = 100e-6, costs.expert_bytes / 100e6, costs.expert_decode.time_s
-    router_done = costs.nonexpert_decode(2).time_s + 10e-6
+    router_done = costs.nonexpert_decode(2, 0).time_s + 10e-6
     first = router_done + latency + transfer
     # Queue depth 1: the second read's latency starts after the first read ends; 2: it overlaps.
     second = first + transfer + (latency if queue_depth == 1 else 0)

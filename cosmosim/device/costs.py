@@ -62,18 +62,19 @@ class StepCosts:
     def kv_bytes_per_token_per_layer(self) -> float:
         return self.arch.kv_bytes_per_token(ACTIVATION_BYTES * 8) / self.arch.n_layers
 
-    def nonexpert_decode(self, context_len: int) -> OpCost:
-        """Attention, router and norms of one layer for one token attending over `context_len` tokens."""
+    def nonexpert_decode(self, context_len: int, layer: int) -> OpCost:
+        """Layer `layer` bar its routed experts (attention, norms, router and shared experts, or a dense
+        FFN) for one token attending over `context_len` tokens."""
         arch = self.arch
-        dram_bytes = arch.nonexpert_bytes_per_layer(self.weight_bits) + context_len * self.kv_bytes_per_token_per_layer()
-        return roofline(arch.nonexpert_flops_per_layer(context_len), dram_bytes,
+        dram_bytes = arch.nonexpert_bytes_of(layer, self.weight_bits) + context_len * self.kv_bytes_per_token_per_layer()
+        return roofline(arch.nonexpert_flops_of(layer, context_len), dram_bytes,
                         self.profile.compute.gemv_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
 
-    def nonexpert_prefill(self, prompt_len: int) -> OpCost:
-        """One layer's attention, router and norms over a whole prompt (GEMM: weights read once)."""
+    def nonexpert_prefill(self, prompt_len: int, layer: int) -> OpCost:
+        """Layer `layer` bar its routed experts over a whole prompt (GEMM: weights read once)."""
         arch = self.arch
-        flops = sum(arch.nonexpert_flops_per_layer(c) for c in range(1, prompt_len + 1))
-        dram_bytes = arch.nonexpert_bytes_per_layer(self.weight_bits) + 2 * prompt_len * self.kv_bytes_per_token_per_layer()
+        flops = sum(arch.nonexpert_flops_of(layer, c) for c in range(1, prompt_len + 1))
+        dram_bytes = arch.nonexpert_bytes_of(layer, self.weight_bits) + 2 * prompt_len * self.kv_bytes_per_token_per_layer()
         return roofline(flops, dram_bytes, self.profile.compute.gemm_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
 
     def expert_prefill(self, n_tokens: int) -> OpCost:

@@ -43,7 +43,7 @@ class Simulation:
         self.cache = scenario.expert_cache() if scenario.arch.is_moe else None
         self.prefetcher = None if config.prefetch == "none" else PREFETCHERS[config.prefetch](workload)
         self._prefetched: set[int] = set()  # keys prefetched for the next step, to score accuracy
-        self._nonexpert: dict[tuple[int, int], OpCost] = {}
+        self._nonexpert: dict[tuple[int, int, int], OpCost] = {}
         self._expert: dict[int, OpCost] = {}
 
     def run(self) -> Records:
@@ -56,12 +56,12 @@ class Simulation:
         return self.records
 
     # -- costs, memoised: the same few values are asked for millions of times ---------------------
-    def _nonexpert_cost(self, kind: int, context: int) -> OpCost:
-        cost = self._nonexpert.get((kind, context))
+    def _nonexpert_cost(self, kind: int, context: int, layer: int) -> OpCost:
+        cost = self._nonexpert.get((kind, context, layer))
         if cost is None:
             costs = self.scenario.costs
-            cost = costs.nonexpert_decode(context) if kind == DECODE else costs.nonexpert_prefill(context)
-            self._nonexpert[(kind, context)] = cost
+            cost = costs.nonexpert_decode(context, layer) if kind == DECODE else costs.nonexpert_prefill(context, layer)
+            self._nonexpert[(kind, context, layer)] = cost
         return cost
 
     def _expert_cost(self, n_tokens: int) -> OpCost:
@@ -102,7 +102,7 @@ class Simulation:
     def _step(self, step: int, kind: int, layer: int, context: int, keys: list[int], tokens: list[int],
               lo: int, hi: int) -> float:
         records, cache, compute, timeline = self.records, self.cache, self.compute, self.timeline
-        nonexpert = self._nonexpert_cost(kind, context)
+        nonexpert = self._nonexpert_cost(kind, context, layer)
         overhead_s = self.scenario.costs.layer_overhead_s
         layer_start, router_done = compute.run(self.env.now, nonexpert.time_s + overhead_s)
         records.add_op(kind, "nonexpert", nonexpert, overhead_s)

@@ -12,7 +12,10 @@ Conventions:
   a final RMSNorm, q/k/v/o projections with grouped-query attention.
 - MoE layers: n_experts SwiGLU experts (gate and up: d x f, down: f x d), a linear router
   (E x d), top_k experts per token. A weight-decomposed (WD) expert stores each n x m matrix
-  as n x r times r x m.
+  as n x r times r x m. Optionally n_shared_experts SwiGLU experts of width shared_ffn_hidden
+  that every token takes (resident weights, like attention), and `dense_layers` whose FFN is one
+  dense SwiGLU of width dense_ffn_hidden instead of experts (DeepSeek's and OLMoE-style first
+  dense layers). Attention heads may be narrower or wider than d / n_heads (`head_dim`).
 - A dense model is one whose FFN every token takes: n_experts = top_k = 1 (the convention of
   this whole package, the minis included). It has no router, its FFN counts as non-expert
   weight, resident like attention, and `expert_params()` is 0 for it.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from cosmosim.errors import InputError
@@ -55,13 +59,18 @@ class Architecture:
     n_heads: int
     n_kv_heads: int
     vocab_size: int
-    ffn_hidden: int  # expert FFN width (MoE) or the dense FFN width
+    ffn_hidden: int  # one routed expert's FFN width (MoE) or the dense FFN width
     n_experts: int  # 1 for dense
     top_k: int  # 1 for dense
     wd_rank: int | None  # None = full-rank experts
     tied_embeddings: bool = False
     paper_active_params: float | None = None
     paper_total_params: float | None = None
+    head_dim: int | None = None  # None: d_model / n_heads
+    n_shared_experts: int = 0  # MoE: experts every token takes at every MoE layer, besides its top_k
+    shared_ffn_hidden: int | None = None  # one shared expert's width; None: ffn_hidden
+    dense_layers: tuple[int, ...] = ()  # MoE: layers with a dense FFN instead of experts
+    dense_ffn_hidden: int | None = None  # their FFN width; None: ffn_hidden
 
     def __post_init__(self) -> None:
         def fail(what: str) -> NoReturn:
@@ -74,10 +83,15 @@ class Architecture:
                 fail(f"{field} must be a positive integer, got {value!r}")
         if self.top_k > self.n_experts:
             fail(f"top_k must be <= n_experts ({self.n_experts}), got {self.top_k}")
-        if self.d_model % self.n_heads:
-            fail(f"n_heads must divide d_model ({self.d_model}), got {self.n_heads}")
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                fail(f"n_heads must divide d_model ({self.d_model}), got {self.n_heads} (or give head_dim)")
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)  # frozen: filled in once, here
+        elif not _is_int(self.head_dim) or self.head_dim <= 0:
+            fail(f"head_dim must be a positive integer, got {self.head_dim!r}")
         if self.n_heads % self.n_kv_heads:
             fail(f"n_kv_heads must divide n_heads ({self.n_heads}), got {self.n_kv_heads}")
+        self._check_ffns(fail)
         if self.wd_rank is not None:
             if not self.is_moe:
                 fail(f"wd_rank applies to MoE experts only (n_experts > 1), got {self.wd_rank!r} on a dense model")
@@ -85,13 +99,46 @@ class Architecture:
             if not _is_int(self.wd_rank) or not 1 <= self.wd_rank <= max_rank:
                 fail(f"wd_rank must be an integer in [1, {max_rank}] (min(d_model, ffn_hidden)), got {self.wd_rank!r}")
 
+    def _check_ffns(self, fail: Callable[[str], NoReturn]) -> None:
+        """Shared experts and dense layers: only on a MoE, and at least one layer keeps its experts."""
+        if not _is_int(self.n_shared_experts) or self.n_shared_experts < 0:
+            fail(f"n_shared_experts must be an integer >= 0, got {self.n_shared_experts!r}")
+        layers = self.dense_layers
+        if not isinstance(layers, tuple) or not all(_is_int(layer) for layer in layers):
+            fail(f"dense_layers must be a tuple of layer indices, got {layers!r}")
+        if not self.is_moe and (self.n_shared_experts or layers):
+            fail("n_shared_experts and dense_layers apply to a MoE (n_experts > 1); a dense model's every layer is dense")
+        if any(not 0 <= layer < self.n_layers for layer in layers) or len(set(layers)) < len(layers):
+            fail(f"dense_layers must be distinct indices in [0, {self.n_layers}), got {list(layers)}")
+        if self.is_moe and len(layers) == self.n_layers:
+            fail(f"dense_layers lists every one of the {self.n_layers} layers: no layer has experts")
+        object.__setattr__(self, "dense_layers", tuple(sorted(layers)))
+        for field in ("shared_ffn_hidden", "dense_ffn_hidden"):
+            value = getattr(self, field)
+            if value is None:
+                object.__setattr__(self, field, self.ffn_hidden)
+            elif not _is_int(value) or value <= 0:
+                fail(f"{field} must be a positive integer, got {value!r}")
+
     @property
     def is_moe(self) -> bool:
         return self.n_experts > 1
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def moe_layers(self) -> tuple[int, ...]:
+        """The layers whose FFN is routed experts, ascending (none for a dense model)."""
+        if not self.is_moe:
+            return ()
+        return tuple(layer for layer in range(self.n_layers) if layer not in self.dense_layers)
+
+    @property
+    def n_moe_layers(self) -> int:
+        return len(self.moe_layers)
+
+    @property
+    def total_experts(self) -> int:
+        """Routed experts of the whole model: what an expert cache can hold."""
+        return self.n_moe_layers * self.n_experts
 
     def with_wd_rank(self, rank: int | None) -> Architecture:
         """The same architecture with rank-`rank` decomposed experts (None: full rank)."""
@@ -99,27 +146,34 @@ class Architecture:
 
     # ------------------------------------------------------------------ parameter counts
 
-    def _ffn_params(self) -> int:
-        """One SwiGLU FFN of width ffn_hidden: three d x f matrices, or their rank-r factors."""
-        d, f = self.d_model, self.ffn_hidden
-        if self.wd_rank is None:
-            return SWIGLU_MATRICES * d * f
-        return SWIGLU_MATRICES * self.wd_rank * (d + f)  # each d x f becomes d x r + r x f
+    def _swiglu_params(self, width: int, rank: int | None = None) -> int:
+        """One SwiGLU FFN: three d x width matrices, or their rank-r factors."""
+        d = self.d_model
+        if rank is None:
+            return SWIGLU_MATRICES * d * width
+        return SWIGLU_MATRICES * rank * (d + width)  # each d x f becomes d x r + r x f
 
     def expert_params(self) -> int:
-        """One expert's weights; 0 for a dense model, whose FFN is non-expert weight."""
-        return self._ffn_params() if self.is_moe else 0
+        """One routed expert's weights; 0 for a dense model, whose FFN is non-expert weight."""
+        return self._swiglu_params(self.ffn_hidden, self.wd_rank) if self.is_moe else 0
+
+    def shared_expert_params(self) -> int:
+        """One shared expert (full rank: WD decomposes the routed experts)."""
+        return self._swiglu_params(self.shared_ffn_hidden) if self.n_shared_experts else 0
 
     def attention_params_per_layer(self) -> int:
-        kv_width = self.n_kv_heads * self.head_dim
-        return 2 * self.d_model * self.d_model + 2 * self.d_model * kv_width  # q, o + k, v
+        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        return 2 * self.d_model * q_width + 2 * self.d_model * kv_width  # q, o + k, v
 
-    def nonexpert_params_per_layer(self) -> int:
-        norms = 2 * self.d_model
-        if self.is_moe:
-            router = self.n_experts * self.d_model
-            return self.attention_params_per_layer() + norms + router
-        return self.attention_params_per_layer() + norms + self._ffn_params()
+    def nonexpert_params_of(self, layer: int) -> int:
+        """Layer `layer`'s resident weights: attention, two norms, and the router and shared experts
+        of a MoE layer, or the FFN of a dense one (a dense layer of a MoE, or any layer of a dense model)."""
+        base = self.attention_params_per_layer() + 2 * self.d_model
+        if not self.is_moe:
+            return base + self._swiglu_params(self.ffn_hidden)
+        if layer in self.dense_layers:
+            return base + self._swiglu_params(self.dense_ffn_hidden)
+        return base + self.n_experts * self.d_model + self.n_shared_experts * self.shared_expert_params()
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.d_model
@@ -128,26 +182,26 @@ class Architecture:
         return 0 if self.tied_embeddings else self.vocab_size * self.d_model
 
     def resident_params(self) -> int:
-        """Everything but the experts: embeddings, every layer's non-expert weights, final norm, LM head."""
+        """Everything but the routed experts: embeddings, every layer's non-expert weights, final norm, LM head."""
         final_norm = self.d_model
-        layers = self.n_layers * self.nonexpert_params_per_layer()
+        layers = sum(self.nonexpert_params_of(layer) for layer in range(self.n_layers))
         return self.embedding_params() + layers + final_norm + self.lm_head_params()
 
     def total_params(self) -> int:
-        return self.resident_params() + self.n_layers * self.n_experts * self.expert_params()
+        return self.resident_params() + self.total_experts * self.expert_params()
 
     def active_params(self) -> int:
         """Weights one token touches: the resident ones (the whole embedding table, as the
-        paper counts it) and top_k experts per layer."""
-        return self.resident_params() + self.n_layers * self.top_k * self.expert_params()
+        paper counts it) and top_k routed experts per MoE layer."""
+        return self.resident_params() + self.n_moe_layers * self.top_k * self.expert_params()
 
     # ------------------------------------------------------------------ bytes
 
     def expert_bytes(self, weight_bits: int) -> int:
         return _bytes(self.expert_params(), weight_bits)
 
-    def nonexpert_bytes_per_layer(self, weight_bits: int) -> int:
-        return _bytes(self.nonexpert_params_per_layer(), weight_bits)
+    def nonexpert_bytes_of(self, layer: int, weight_bits: int) -> int:
+        return _bytes(self.nonexpert_params_of(layer), weight_bits)
 
     def resident_bytes(self, weight_bits: int) -> int:
         return _bytes(self.resident_params(), weight_bits)
@@ -161,31 +215,30 @@ class Architecture:
     def expert_flops_per_token(self) -> int:
         return 2 * self.expert_params()
 
-    def _projection_flops_per_layer(self) -> int:
-        """One token through one layer's non-expert matrices: q, k, v, o, the router (MoE) or
-        the FFN (dense). Norm weights are parameters but not matrix products."""
-        norms = 2 * self.d_model
-        return 2 * (self.nonexpert_params_per_layer() - norms)
+    def _projection_flops_of(self, layer: int) -> int:
+        """One token through one layer's non-expert matrices: q, k, v, o, and the router and shared
+        experts (MoE layer) or the FFN (dense layer). Norm weights are parameters, not matrix products."""
+        return 2 * (self.nonexpert_params_of(layer) - 2 * self.d_model)
 
     def _attention_flops_per_layer(self, keys: int) -> int:
         """q.k scores and the weighted sum of values over `keys` cached positions, all heads
-        (each is d_model multiply-adds per key; grouped KV heads share keys, not the work)."""
-        return 2 * 2 * self.d_model * keys
+        (head_dim multiply-adds each per key; grouped KV heads share keys, not the work)."""
+        return 2 * 2 * self.n_heads * self.head_dim * keys
 
-    def nonexpert_flops_per_layer(self, context_len: int) -> int:
-        """One token through one layer bar its experts, attending to context_len keys in the
-        KV cache (its own included)."""
+    def nonexpert_flops_of(self, layer: int, context_len: int) -> int:
+        """One token through layer `layer` bar its routed experts, attending to context_len keys in
+        the KV cache (its own included)."""
         if context_len < 1:
             raise ValueError(f"context_len must be >= 1, got {context_len}")
-        return self._projection_flops_per_layer() + self._attention_flops_per_layer(context_len)
+        return self._projection_flops_of(layer) + self._attention_flops_per_layer(context_len)
 
     def lm_head_flops_per_token(self) -> int:
         return 2 * self.vocab_size * self.d_model
 
     def _weight_flops_per_token(self) -> int:
-        """Every layer's matrix products for one token, top_k experts each; no attention."""
-        per_layer = self._projection_flops_per_layer() + self.top_k * self.expert_flops_per_token()
-        return self.n_layers * per_layer
+        """Every layer's matrix products for one token, top_k routed experts per MoE layer; no attention."""
+        projections = sum(self._projection_flops_of(layer) for layer in range(self.n_layers))
+        return projections + self.n_moe_layers * self.top_k * self.expert_flops_per_token()
 
     def decode_flops_per_token(self, context_len: int) -> int:
         """One generated token with context_len keys in the KV cache (its own included)."""

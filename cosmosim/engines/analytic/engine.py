@@ -106,7 +106,7 @@ def _fill_decode(records: Records, scenario: Scenario, steps: StepArrays, misses
     """Per decode token: latency, flash bytes, FLOPs, DRAM bytes; and the time breakdown."""
     costs, top_k = scenario.costs, steps.top_k
     overhead_s, expert, lm_head = costs.layer_overhead_s, costs.expert_decode, costs.lm_head
-    nonexpert = nonexpert_ops(costs, DECODE, steps.decode_context)  # [tokens, layers]
+    nonexpert = nonexpert_ops(costs, DECODE, steps.decode_context, np.arange(steps.n_layers))  # [tokens, layers]
     phase_s = decode_phase_s(costs, scenario.profile.flash, top_k)[misses] if top_k else np.zeros(misses.shape)
     records.latency_s = (nonexpert.time_s + overhead_s + phase_s).sum(axis=1) + lm_head.time_s
     records.flash_bytes = misses.sum(axis=1).astype(float) * costs.expert_bytes
@@ -127,6 +127,7 @@ def _fill_decode(records: Records, scenario: Scenario, steps: StepArrays, misses
 
 def _fill_prefill(records: Records, scenario: Scenario, steps: StepArrays, phase_s: np.ndarray) -> None:
     costs = scenario.costs
-    nonexpert_s = costs.nonexpert_prefill(steps.prefill_context).time_s + costs.layer_overhead_s
+    nonexpert_s = nonexpert_ops(costs, PREFILL, np.array(steps.prefill_context), np.arange(steps.n_layers)).time_s \
+        + costs.layer_overhead_s  # [layers]
     per_step = nonexpert_s + phase_s.reshape(steps.n_requests, steps.n_layers)
     records.ttft_s = (per_step.sum(axis=1) + costs.lm_head.time_s).tolist()

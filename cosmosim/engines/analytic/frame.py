@@ -43,7 +43,7 @@ from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, Met
 from cosmosim.scenario.build import NO_CACHE, Scenario, build_scenario, resolve_cache
 from cosmosim.scenario.settings import RunConfig, check_settings
 from cosmosim.units import MB
-from cosmosim.workload.stream import DECODE
+from cosmosim.workload.stream import DECODE, PREFILL
 
 _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
 _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch")
@@ -232,15 +232,18 @@ class _Prices:
     def __init__(self, stats: TraceStats, scenario: Scenario, nonexpert_memo: dict) -> None:
         self.stats, self.scenario, self.costs = stats, scenario, scenario.costs
         costs, steps, flash = scenario.costs, stats.steps, scenario.profile.flash
-        nonexpert = nonexpert_ops(costs, DECODE, stats.context_values, nonexpert_memo)
-        counts = stats.context_counts
-        self.nonexpert_s = float(nonexpert.time_s @ counts)  # summed over every decode step
+        # Every decode pass visits each layer once at one context: steps at a context / n_layers passes.
+        layers = np.arange(steps.n_layers)
+        nonexpert = nonexpert_ops(costs, DECODE, stats.context_values[:, None], layers[None, :], nonexpert_memo)
+        passes = np.broadcast_to((stats.context_counts / steps.n_layers)[:, None], nonexpert.time_s.shape)
+        self.nonexpert_s = float((nonexpert.time_s * passes).sum())  # summed over every decode step
         bound = nonexpert.memory_bound
-        self.nonexpert_dram_bound_s = float(nonexpert.time_s[bound] @ counts[bound])
-        self.nonexpert_compute_bound_s = float(nonexpert.time_s[~bound] @ counts[~bound])
-        self.nonexpert_flops = float(nonexpert.flops @ counts)
-        self.nonexpert_dram_bytes = float(nonexpert.dram_bytes @ counts)
-        self.prefill_step_s = costs.nonexpert_prefill(steps.prefill_context).time_s + costs.layer_overhead_s
+        self.nonexpert_dram_bound_s = float((nonexpert.time_s * passes)[bound].sum())
+        self.nonexpert_compute_bound_s = float((nonexpert.time_s * passes)[~bound].sum())
+        self.nonexpert_flops = float((nonexpert.flops * passes).sum())
+        self.nonexpert_dram_bytes = float((nonexpert.dram_bytes * passes).sum())
+        prefill = nonexpert_ops(costs, PREFILL, np.array(steps.prefill_context), layers, nonexpert_memo)
+        self.prefill_step_s = prefill.time_s + costs.layer_overhead_s  # [layers]
         self.memory = scenario.memory(0)
         if scenario.arch.is_moe:
             self.decode_phase_s = decode_phase_s(costs, flash, steps.top_k)
@@ -252,7 +255,8 @@ class _Prices:
     def token_base_s(self) -> np.ndarray:
         """float [tokens]: each decode token's time without its expert phases (percentiles only)."""
         costs = self.costs
-        nonexpert = nonexpert_ops(costs, DECODE, self.stats.steps.decode_context)
+        steps = self.stats.steps
+        nonexpert = nonexpert_ops(costs, DECODE, steps.decode_context, np.arange(steps.n_layers))
         return (nonexpert.time_s + costs.layer_overhead_s).sum(axis=1) + costs.lm_head.time_s
 
 
@@ -282,7 +286,7 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
 
     expert_s = decode_steps * top_k * expert.time_s
     tpot_s = (prices.nonexpert_s + decode_steps * costs.layer_overhead_s + expert_phase_s) / n_tokens + lm_head.time_s
-    ttft_s = n_layers * prices.prefill_step_s + prefill_phase_s / n_requests + lm_head.time_s
+    ttft_s = prices.prefill_step_s.sum() + prefill_phase_s / n_requests + lm_head.time_s
     flash_bytes = decode_misses * costs.expert_bytes / n_tokens
     dram_bytes = (prices.nonexpert_dram_bytes + decode_steps * top_k * expert.dram_bytes) / n_tokens + lm_head.dram_bytes
     flops = (prices.nonexpert_flops + decode_steps * top_k * expert.flops) / n_tokens + lm_head.flops

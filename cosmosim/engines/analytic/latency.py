@@ -77,19 +77,22 @@ class OpArrays:
     memory_bound: np.ndarray
 
 
-def nonexpert_ops(costs: StepCosts, kind: int, contexts: np.ndarray, memo: dict | None = None) -> OpArrays:
-    """Attention, router and norms of one layer at each context (decode) or prompt length (prefill).
+def nonexpert_ops(costs: StepCosts, kind: int, contexts: np.ndarray, layers: np.ndarray,
+                  memo: dict | None = None) -> OpArrays:
+    """Each layer bar its routed experts at each context (decode) or prompt length (prefill): `contexts`
+    and `layers` broadcast together to the shape of the result.
 
-    `memo` ((id(costs), kind, context) -> OpCost) shares prices between calls that keep `costs` alive.
+    `memo` ((id(costs), kind, context, layer) -> OpCost) shares prices between calls that keep `costs` alive.
     """
-    values, inverse = np.unique(contexts, return_inverse=True)
+    contexts, layers = np.broadcast_arrays(contexts, layers)
+    pairs, inverse = np.unique(np.stack([contexts.ravel(), layers.ravel()], axis=1), axis=0, return_inverse=True)
     price = costs.nonexpert_decode if kind == DECODE else costs.nonexpert_prefill
     memo = {} if memo is None else memo
     ops = []
-    for context in values.tolist():
-        key = (id(costs), kind, context)
+    for context, layer in pairs.tolist():
+        key = (id(costs), kind, context, layer)
         if key not in memo:
-            memo[key] = price(context)
+            memo[key] = price(context, layer)
         ops.append(memo[key])
-    pick = lambda field: np.array([getattr(op, field) for op in ops])[inverse].reshape(contexts.shape)  # noqa: E731
+    pick = lambda field: np.array([getattr(op, field) for op in ops])[inverse.ravel()].reshape(contexts.shape)  # noqa: E731
     return OpArrays(pick("time_s"), pick("flops"), pick("dram_bytes"), pick("memory_bound"))
