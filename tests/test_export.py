@@ -73,7 +73,7 @@ def test_export_is_the_stream_the_engines_replay(cli, tmp_path, bits):
 
 @pytest.mark.parametrize("args, expected", [
     (["--format", "belady-bin"], "--format belady-bin: expected one of libcachesim-csv"),
-    (["--arch", "phone-dense-fa"], "choose a matching architecture"),
+    (["--arch", "phone-dense-fa"], "is dense: it routes nothing"),
     (["--warmup-fraction", 1], "--warmup-fraction"),
 ])
 def test_bad_export_options_get_one_line(cli, tmp_path, args, expected):

@@ -49,8 +49,8 @@ def spec(like, **axes):
 
 def test_exrep_axis_needs_traces_and_reachable_values(like):
     highest = highest_exrep_like(load_trace(like))
-    with pytest.raises(InputError, match=r"spec.toml: axes.exrep: 0.99: outside the range .*reaches, \[0, "):
-        spec(like, exrep=[0.2, 0.99])
+    with pytest.raises(InputError, match="axes.exrep: 1.5: expected an ExRep in"):
+        spec(like, exrep=[0.2, 1.5])
     with pytest.raises(InputError, match="axes.exrep: 'often': expected an ExRep in"):
         spec(like, exrep=["often"])
     with pytest.raises(InputError, match="axes.synth_seed: seeds synthesised traces; add an exrep axis"):
@@ -67,6 +67,20 @@ def test_grid_gives_recorded_points_no_seed(like):
 
 
 # ---------------------------------------------------------------------------- rows equal plain runs
+
+@pytest.mark.parametrize("engine", ["analytic", "des"])
+def test_an_exrep_its_trace_cannot_reach_is_an_infeasible_row(like, tmp_path, engine):
+    highest = highest_exrep_like(load_trace(like))
+    frame_spec = spec_from_dict({"engine": engine, "axes": {"profile": ["wearable"], "trace": [str(like)],
+                                 "exrep": [0.1, 0.99], "policy": ["kactive"], "tokens": [300]}},
+                                base_dir=like.parent, source="spec.toml")
+    run_sweep(frame_spec, tmp_path / "out", engine=engine)
+    rows = read_results(tmp_path / "out").set_index("point_id")
+    assert pd.isna(rows.loc[0, "error"]) and rows.loc[0, "tokens_per_s"] > 0
+    assert rows.loc[1, "error"] == (f"exrep 0.99: outside the range {like}'s expert popularity reaches, "
+                                    f"[0, {highest:.4f}]")
+    assert pd.isna(rows.loc[1, "tokens_per_s"])
+
 
 def test_exrep_rows_equal_runs_on_traces_synthesised_here(like, tmp_path):
     summary = run_sweep(spec(like, exrep=["recorded", 0.1, 0.4], policy=["kactive"]), tmp_path / "out")

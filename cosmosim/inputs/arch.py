@@ -140,6 +140,17 @@ class Architecture:
         """Routed experts of the whole model: what an expert cache can hold."""
         return self.n_moe_layers * self.n_experts
 
+    def check_routing(self, source: str, n_experts: int, top_k: int) -> None:
+        """A trace routing top-`top_k` of `n_experts` replays on this architecture only if both match;
+        else an InputError saying how to get a trace of this shape."""
+        if not self.is_moe:
+            raise InputError(f"{source}: --arch {self.name} is dense: it routes nothing, so no trace replays on it")
+        if (n_experts, top_k) != (self.n_experts, self.top_k):
+            raise InputError(f"{source}: routes top-{top_k} of {n_experts} experts, but --arch {self.name} has "
+                             f"top-{self.top_k} of {self.n_experts}; replay a trace of that shape (record a mini of "
+                             f"it, or `cosmosim trace synth --layers {self.n_moe_layers} --experts {self.n_experts} "
+                             f"--top-k {self.top_k} --exrep X --out T.npz`)")
+
     def with_wd_rank(self, rank: int | None) -> Architecture:
         """The same architecture with rank-`rank` decomposed experts (None: full rank)."""
         return replace(self, wd_rank=rank)

@@ -181,11 +181,7 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     if arch.dense_layers:
         raise InputError(f"--arch {arch.name}: dense_layers {list(arch.dense_layers)}: the engines do not yet replay "
                          "a MoE with dense layers (its parameter counts are exact; `cosmosim arch` shows them)")
-    if (trace.n_experts, trace.top_k) != (arch.n_experts, arch.top_k):
-        raise InputError(f"{trace.path or 'trace'}: routes top-{trace.top_k} of {trace.n_experts} experts, but --arch "
-                         f"{arch.name} has top-{arch.top_k} of {arch.n_experts}; replay a trace of that shape (record a "
-                         f"mini of it, or `cosmosim trace synth --layers {arch.n_moe_layers} --experts {arch.n_experts} "
-                         f"--top-k {arch.top_k} --exrep X --out T.npz`)")
+    arch.check_routing(str(trace.path or 'trace'), trace.n_experts, trace.top_k)
     warnings: list[str] = []
     if trace.n_layers != arch.n_layers:
         warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "

@@ -8,20 +8,20 @@ any other exception is a bug and stops the sweep (finished parts are kept).
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import pandas as pd
 
 from cosmosim.engines.analytic.frame import evaluate_points, frame_column
 from cosmosim.errors import InputError
-from cosmosim.inputs.arch import FULL_RANK
+from cosmosim.inputs.arch import FULL_RANK, Architecture
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.synthetic import synthesized_like
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.provenance import sha256_file
 from cosmosim.results import catalog
-from cosmosim.runner import run
+from cosmosim.runner import RunConfig, run
 from cosmosim.scenario.build import resolve_arch
 from cosmosim.sweep.grid import Point
 from cosmosim.sweep.spec import TraceFacts
@@ -82,15 +82,29 @@ def _trace_columns(facts: TraceFacts | None, synthetic: Trace | None) -> dict:
     }
 
 
-def _resolve(point: Point, engine: str):
-    """A point's input columns, and the trace (its path too), architecture and config it runs with."""
+@dataclass(frozen=True)
+class Resolved:
+    """A point made concrete: its input columns, and what it runs with (or why it cannot run)."""
+
+    row: dict
+    trace_path: str | None
+    trace: Trace | None
+    arch: Architecture
+    config: RunConfig
+    error: str | None  # set when the point is refused before any run (an ExRep its trace cannot reach)
+
+
+def _resolve(point: Point, engine: str) -> Resolved:
     facts = point.trace_facts
-    trace_path, trace, synthetic = None if facts is None else facts.path, None, None
-    if point.exrep is not None:
+    trace_path, trace, synthetic, error = None if facts is None else facts.path, None, None, None
+    if facts is not None:
+        trace = _trace(facts.path, facts.sha256)
+    if point.exrep is not None and point.exrep > facts.highest_exrep + 1e-12:
+        error = (f"exrep {point.exrep:g}: outside the range {point.trace}'s expert popularity reaches, "
+                 f"[0, {facts.highest_exrep:.4f}]")
+    elif point.exrep is not None:
         trace_path, synthetic = _synthetic(facts.path, facts.sha256, point.exrep, point.synth_seed)
         trace = synthetic
-    elif facts is not None:
-        trace = _trace(facts.path, facts.sha256)
     arch = resolve_arch(point.arch, trace)
     if point.wd_rank is not None:
         arch = arch.with_wd_rank(None if point.wd_rank == FULL_RANK else point.wd_rank)
@@ -109,38 +123,42 @@ def _resolve(point: Point, engine: str):
         "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed,
         **_trace_columns(facts, synthetic),
     }
-    return row, (trace_path, trace), arch, config
+    return Resolved(row, trace_path, trace, arch, config, error)
 
 
 def evaluate_point(point: Point, engine: str) -> dict:
     """The row of one point: its inputs, its trace's facts, and the run's metrics (or its error)."""
-    row, (_, trace), arch, config = _resolve(point, engine)
+    point_run = _resolve(point, engine)
+    if point_run.error:
+        return {**point_run.row, "error": point_run.error}
     try:
-        result = run(_profile(point.profile_path), trace, arch, config, engine)
+        result = run(_profile(point.profile_path), point_run.trace, point_run.arch, point_run.config, engine)
     except InputError as error:
-        return {**row, "error": str(error)}
+        return {**point_run.row, "error": str(error)}
     metrics = {metric.column: catalog.lookup(result, metric) for metric in catalog.COLUMNS}
-    return {**row, **metrics, "warnings": "; ".join(result["warnings"]) or None}
+    return {**point_run.row, **metrics, "warnings": "; ".join(result["warnings"]) or None}
 
 
 def _analytic_rows(points: list[Point]) -> list[dict]:
     """Every point of a part through `evaluate_points` at once: a trace's statistics are computed
     once per worker, then each point is a table lookup (the numbers `run --engine analytic` gives)."""
     resolved = [_resolve(point, "analytic") for point in points]
+    runnable = [(point, done) for point, done in zip(points, resolved) if done.error is None]
     frame = pd.DataFrame([{
-        "profile": point.profile_path, "arch": arch.name,
-        "wd_rank": (arch.wd_rank or FULL_RANK) if arch.is_moe else None,
-        "trace": trace_path, **asdict(config),
-    } for point, (_, (trace_path, _), arch, config) in zip(points, resolved)])
-    evaluated = evaluate_points(frame, percentiles=True, on_error="record")
+        "profile": point.profile_path, "arch": done.arch.name,
+        "wd_rank": (done.arch.wd_rank or FULL_RANK) if done.arch.is_moe else None,
+        "trace": done.trace_path, **asdict(done.config),
+    } for point, done in runnable])
+    evaluated = iter(evaluate_points(frame, percentiles=True, on_error="record").to_dict("records") if runnable else ())
     rows = []
-    for (row, _, _, _), metrics in zip(resolved, evaluated.to_dict("records")):
+    for done in resolved:
+        metrics = {"error": done.error} if done.error else next(evaluated)
         error = metrics.get("error")
         if isinstance(error, str):
-            rows.append({**row, "error": error})
+            rows.append({**done.row, "error": error})
             continue
         values = {metric.column: metrics[frame_column(metric)] for metric in catalog.COLUMNS}
-        rows.append({**row, **values})
+        rows.append({**done.row, **values})
     return rows
 
 

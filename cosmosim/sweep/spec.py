@@ -195,18 +195,12 @@ def _trace_facts(source: str, base_dir: Path, value: str) -> TraceFacts:
 
 
 def _check_exrep_axis(source: str, axes: dict[str, tuple], traces: dict[str, TraceFacts]) -> None:
-    """An ExRep is synthesised like each trace, so it needs traces, and must be one each can reach."""
+    """An ExRep is synthesised like each trace, so it needs traces. A value one trace's popularity cannot
+    reach (a skewed BlES trace tops out lower than a flat one) makes that trace's points infeasible rows."""
     if "synth_seed" in axes and "exrep" not in axes:
         raise InputError(f"{source}: axes.synth_seed: seeds synthesised traces; add an exrep axis or drop it")
-    if "exrep" not in axes:
-        return
-    if not traces:
+    if "exrep" in axes and not traces:
         raise InputError(f"{source}: axes.exrep: needs a trace axis (each ExRep is synthesised like each trace)")
-    for value in axes["exrep"]:
-        for name, facts in traces.items():
-            if value != RECORDED and value > facts.highest_exrep + 1e-12:
-                raise InputError(f"{source}: axes.exrep: {value!r}: outside the range {name!r}'s expert popularity "
-                                 f"reaches, [0, {facts.highest_exrep:.4f}]")
 
 
 def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, TraceFacts]) -> None:
@@ -229,9 +223,7 @@ def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, T
         raise InputError(f"{source}: axes.trace: required: {moe_archs[0].name} is a MoE and replays a routing trace")
     for arch in moe_archs:
         for value, facts in traces.items():
-            if (facts.n_experts, facts.top_k) != (arch.n_experts, arch.top_k):
-                raise InputError(f"{source}: axes.trace: {value!r} routes top-{facts.top_k} of {facts.n_experts} "
-                                 f"experts, but {arch.name} has top-{arch.top_k} of {arch.n_experts}")
+            arch.check_routing(f"{source}: axes.trace: {value!r}", facts.n_experts, facts.top_k)
         for rank in axes.get("wd_rank", ()):
             try:
                 arch.with_wd_rank(None if rank == FULL_RANK else rank)

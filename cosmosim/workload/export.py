@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_bytes
 from cosmosim.inputs.arch import Architecture
 from cosmosim.inputs.trace import Trace
@@ -37,9 +36,7 @@ def export_stream(trace: Trace, arch: Architecture | None, *, weight_bits: int, 
     if arch is None:
         layers, size = trace.n_layers, 1
     else:
-        if (trace.n_experts, trace.top_k) != (arch.n_experts, arch.top_k):
-            raise InputError(f"{trace.path or 'trace'}: routes top-{trace.top_k} of {trace.n_experts} experts, but "
-                             f"--arch {arch.name} has top-{arch.top_k} of {arch.n_experts}; choose a matching architecture")
+        arch.check_routing(str(trace.path or 'trace'), trace.n_experts, trace.top_k)
         layers, size = arch.n_layers, arch.expert_bytes(weight_bits)
     # The context length bounds only the attention cost of a step, never which experts it reads.
     workload = build_workload(trace, layers, prompt_tokens=prompt_tokens, context_len=trace.n_tokens,
