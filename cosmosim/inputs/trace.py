@@ -3,7 +3,7 @@
 One compressed `.npz` (the full schema is in docs/trace-format.md):
 
     experts      int16   [tokens, layers, top_k]    expert ids, by descending gate
-    gates        float16 [tokens, layers, top_k]    renormalised gates
+    gates        float16 [tokens, layers, top_k]    gates as the model weighs them (meta.gates says how)
     positions    int32   [tokens]                   position in its sequence; 0 starts a sequence
     tokens       int32   [tokens]                   optional: token ids
     domains      int8    [tokens]                   optional: index into meta["domain_names"]
