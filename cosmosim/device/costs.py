@@ -8,6 +8,7 @@ FLOPs, joules).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cosmosim.inputs.arch import Architecture
@@ -62,20 +63,39 @@ class StepCosts:
     def kv_bytes_per_token_per_layer(self) -> float:
         return self.arch.kv_bytes_per_token(ACTIVATION_BYTES * 8) / self.arch.n_layers
 
-    def nonexpert_decode(self, context_len: int, layer: int) -> OpCost:
-        """Layer `layer` bar its routed experts (attention, norms, router and shared experts, or a dense
-        FFN) for one token attending over `context_len` tokens."""
+    def _step_nonexpert(self, step: int, price_layer: Callable[[int], OpCost]) -> OpCost:
+        """A replay step's model layers bar their routed experts (`Architecture.step_layers`): the step's
+        MoE layer and the dense layers it runs, each priced alone and run one after another; a dense
+        layer pays its own layer overhead here, the MoE layer's is the step's."""
+        layers = self.arch.step_layers[step]
+        ops = [price_layer(layer) for layer in layers]
+        if len(ops) == 1:
+            return ops[0]
+        memory_s = sum(op.time_s for op in ops if op.memory_bound)
+        time_s = sum(op.time_s for op in ops) + (len(ops) - 1) * self.layer_overhead_s
+        return OpCost(sum(op.flops for op in ops), sum(op.dram_bytes for op in ops), time_s,
+                      memory_s > time_s - memory_s)
+
+    def _layer_decode(self, context_len: int, layer: int) -> OpCost:
         arch = self.arch
         dram_bytes = arch.nonexpert_bytes_of(layer, self.weight_bits) + context_len * self.kv_bytes_per_token_per_layer()
         return roofline(arch.nonexpert_flops_of(layer, context_len), dram_bytes,
                         self.profile.compute.gemv_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
 
-    def nonexpert_prefill(self, prompt_len: int, layer: int) -> OpCost:
-        """Layer `layer` bar its routed experts over a whole prompt (GEMM: weights read once)."""
+    def _layer_prefill(self, prompt_len: int, layer: int) -> OpCost:
         arch = self.arch
         flops = sum(arch.nonexpert_flops_of(layer, c) for c in range(1, prompt_len + 1))
         dram_bytes = arch.nonexpert_bytes_of(layer, self.weight_bits) + 2 * prompt_len * self.kv_bytes_per_token_per_layer()
         return roofline(flops, dram_bytes, self.profile.compute.gemm_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
+
+    def nonexpert_decode(self, context_len: int, step: int) -> OpCost:
+        """Replay step `step` bar its routed experts (attention, norms, router and shared experts; the
+        FFN of dense layers) for one token attending over `context_len` tokens."""
+        return self._step_nonexpert(step, lambda layer: self._layer_decode(context_len, layer))
+
+    def nonexpert_prefill(self, prompt_len: int, step: int) -> OpCost:
+        """Replay step `step` bar its routed experts over a whole prompt (GEMM: weights read once)."""
+        return self._step_nonexpert(step, lambda layer: self._layer_prefill(prompt_len, layer))
 
     def expert_prefill(self, n_tokens: int) -> OpCost:
         """One expert applied to the `n_tokens` prompt tokens routed to it (weights read once)."""

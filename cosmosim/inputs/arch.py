@@ -136,6 +136,24 @@ class Architecture:
         return len(self.moe_layers)
 
     @property
+    def step_layers(self) -> tuple[tuple[int, ...], ...]:
+        """The model layers each replayed step runs, in order. A dense model: one step per layer. A MoE:
+        one step per MoE layer, which also runs the dense layers just before it, and the last step any
+        after the last MoE layer (their compute joins that step's, before its router: the engines replay
+        expert accesses, and a dense layer has none)."""
+        if not self.is_moe:
+            return tuple((layer,) for layer in range(self.n_layers))
+        groups, pending = [], []
+        for layer in range(self.n_layers):
+            pending.append(layer)
+            if layer not in self.dense_layers:
+                groups.append(tuple(pending))
+                pending = []
+        if pending:
+            groups[-1] = (*groups[-1], *pending)
+        return tuple(groups)
+
+    @property
     def total_experts(self) -> int:
         """Routed experts of the whole model: what an expert cache can hold."""
         return self.n_moe_layers * self.n_experts

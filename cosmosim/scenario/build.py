@@ -107,7 +107,7 @@ class Scenario:
             "cache_experts": self.cache_capacity,
             "cache_mb": self.cache_capacity * self.costs.expert_bytes / MB,
             "expert_mb": self.costs.expert_bytes / MB,
-            "total_experts": self.arch.n_layers * self.arch.n_experts if self.arch.is_moe else 0,
+            "total_experts": self.arch.total_experts,
             "offloading_idle": self.offloading_idle,
             "requests": self.workload.n_requests,
             "decode_tokens": self.workload.n_decode_tokens,
@@ -118,7 +118,7 @@ class Scenario:
 def _requested_capacity(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
                         warnings: list[str]) -> int:
     if not POLICIES[config.policy].needs_cache_size:
-        return arch.n_layers * arch.top_k
+        return arch.n_moe_layers * arch.top_k
     if config.cache_experts is not None:
         return config.cache_experts
     if config.cache_mb is not None:
@@ -145,19 +145,20 @@ def resolve_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig,
     warnings: list[str] = []
     capacity = _requested_capacity(arch, profile, config, costs, warnings)
     per_layer = POLICIES[config.policy].per_layer_partitions or config.per_layer_cache
-    if per_layer and capacity % arch.n_layers:
-        floored = capacity - capacity % arch.n_layers
-        warnings.append(f"cache: {capacity} experts split into {arch.n_layers} equal per-layer partitions "
-                        f"hold {floored} ({floored // arch.n_layers} per layer)")
+    layers = arch.n_moe_layers
+    if per_layer and capacity % layers:
+        floored = capacity - capacity % layers
+        warnings.append(f"cache: {capacity} experts split into {layers} equal per-layer partitions "
+                        f"hold {floored} ({floored // layers} per layer)")
         capacity = floored
-    total = arch.n_layers * arch.n_experts
+    total = arch.total_experts
     offloading_idle = capacity >= total
     if offloading_idle:
         warnings.append(f"cache: {capacity} entries hold all {total} experts, so offloading is idle "
                         "(each expert is read from flash once, then stays)")
         capacity = total
     setup = CacheSetup(capacity, per_layer, offloading_idle, tuple(warnings))
-    per_partition = setup.partition_capacity(arch.n_layers)
+    per_partition = setup.partition_capacity(layers)
     if per_partition < arch.top_k:
         where = "per layer" if per_layer else "in all"
         raise InputError(f"cache: capacity {capacity} experts ({per_partition} {where}) is smaller than "
@@ -178,16 +179,14 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
         return Scenario(arch, profile, config, workload, costs, NO_CACHE, None, [])
     if trace is None:
         raise InputError(f"--arch {arch.name} is a MoE: give a routing --trace")
-    if arch.dense_layers:
-        raise InputError(f"--arch {arch.name}: dense_layers {list(arch.dense_layers)}: the engines do not yet replay "
-                         "a MoE with dense layers (its parameter counts are exact; `cosmosim arch` shows them)")
     arch.check_routing(str(trace.path or 'trace'), trace.n_experts, trace.top_k)
     warnings: list[str] = []
-    if trace.n_layers != arch.n_layers:
-        warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {arch.n_layers}; "
-                        f"target layer i replays trace layer floor(i * {trace.n_layers} / {arch.n_layers})")
+    layers = arch.n_moe_layers
+    if trace.n_layers != layers:
+        warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {layers} MoE layers; "
+                        f"its i-th MoE layer replays trace layer floor(i * {trace.n_layers} / {layers})")
     cache = resolve_cache(arch, profile, config, costs)
-    workload = build_workload(trace, arch.n_layers, prompt_tokens=config.prompt_tokens, context_len=config.context_len,
+    workload = build_workload(trace, layers, prompt_tokens=config.prompt_tokens, context_len=config.context_len,
                               max_tokens=config.tokens, warmup_fraction=config.warmup_fraction)
     return Scenario(arch, profile, config, workload, costs, cache, trace, [*warnings, *cache.warnings])
 

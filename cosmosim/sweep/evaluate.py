@@ -110,8 +110,7 @@ def _resolve(point: Point, engine: str) -> Resolved:
         arch = arch.with_wd_rank(None if point.wd_rank == FULL_RANK else point.wd_rank)
     config = point.config
     if point.cache_fraction is not None:
-        all_experts = arch.n_layers * arch.n_experts
-        config = replace(config, cache_experts=max(arch.top_k, round(point.cache_fraction * all_experts)))
+        config = replace(config, cache_experts=max(arch.top_k, round(point.cache_fraction * arch.total_experts)))
     routed = arch.is_moe
     row = {
         "point_id": point.point_id, "profile": point.profile, "arch": arch.name, "wd_rank": arch.wd_rank,

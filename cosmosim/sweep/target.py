@@ -106,7 +106,7 @@ def largest_exrep(profile: str | Path | DeviceProfile, like: str | Path, target_
 
     passing = probe(0.0)
     if passing.tokens_per_s < target_tokens_per_s:
-        return answer(NONE, None, passing, _no_exrep_reason(passing, inputs, architecture.n_layers * architecture.top_k))
+        return answer(NONE, None, passing, _no_exrep_reason(passing, inputs, architecture.n_moe_layers * architecture.top_k))
     failing = probe(highest)
     if failing.tokens_per_s >= target_tokens_per_s:
         return answer(EVERY, failing, None, f"at the most switching this popularity allows (ExRep {failing.exrep:.3f}) "

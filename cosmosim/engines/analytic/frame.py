@@ -203,7 +203,7 @@ class _Rows:
         if trace_path not in self._traces:
             self._traces[trace_path] = cache.trace(trace_path) if trace_path is not None else (None, None)
         trace_key, trace = self._traces[trace_path]
-        shape = (arch.n_layers, arch.n_experts, arch.top_k, arch.is_moe)
+        shape = (len(arch.step_layers), arch.n_experts, arch.top_k, arch.is_moe)
         workload_inputs = (config.prompt_tokens, config.context_len, config.tokens, config.warmup_fraction)
         dense_inputs = () if arch.is_moe else (config.dense_tokens, config.dense_sequence_len)
         stats_key = (trace_key, shape, workload_inputs, dense_inputs)
@@ -215,7 +215,7 @@ class _Rows:
         if arch.is_moe:
             cache_setup = resolve_cache(arch, profile, config, costs)
             capacity = cache_setup.capacity
-            layout = cache_layout(config.policy, config.prefetch, cache_setup, arch.n_layers)
+            layout = cache_layout(config.policy, config.prefetch, cache_setup, arch.n_moe_layers)
             mode = (layout.rule, layout.per_layer)
         else:
             cache_setup = NO_CACHE

@@ -65,10 +65,16 @@ class ExpertLayout:
     def of(cls, arch: Architecture) -> ExpertLayout:
         if not arch.is_moe:
             raise InputError(f"--arch {arch.name} is dense: replay streams experts, so it needs a MoE architecture")
+        beyond = [what for what, present in (("shared experts", arch.n_shared_experts), ("dense layers", arch.dense_layers),
+                                             ("head_dim != d_model / n_heads", arch.head_dim * arch.n_heads != arch.d_model))
+                  if present]
+        if beyond:
+            raise InputError(f"--arch {arch.name}: replay decodes with the minis' layers, which have no {beyond[0]}; "
+                             "the simulator and the analytic model take this architecture")
         shapes = tuple(expert_shapes(arch))
         nbytes = sum(rows * cols for rows, cols in shapes) * DTYPE.itemsize
         assert nbytes == arch.expert_bytes(WEIGHT_BITS), "layout disagrees with cosmosim.inputs.arch"
-        return cls(shapes, nbytes, align_up(nbytes), arch.n_layers * arch.n_experts)
+        return cls(shapes, nbytes, align_up(nbytes), arch.total_experts)
 
     @property
     def file_bytes(self) -> int:
