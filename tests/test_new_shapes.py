@@ -95,3 +95,33 @@ def test_replay_refuses_what_the_minis_layers_cannot_decode(name):
 
     with pytest.raises(InputError, match=re.escape(f"--arch {name}: replay decodes with the minis' layers, which have no ")):
         ExpertLayout.of(shapes()[name])
+
+
+# ---------------------------------------------------------------------------- shared experts in the cache
+
+SHARED = replace(get_arch("wearable-moe"), name="shared", n_shared_experts=1)
+
+
+@pytest.mark.parametrize("config", [RunConfig(cache_experts=100), RunConfig(policy="kactive")], ids=["lru-100", "kactive"])
+def test_cached_shared_experts_are_accessed_by_every_token_and_leave_the_resident_weights(trace, config):
+    resident = run("phone", trace, SHARED, config, "des")
+    cached = {engine: run("phone", trace, SHARED, replace(config, cache_shared_experts=True), engine)
+              for engine in ("des", "analytic")}
+    assert cached["des"]["accesses"] == cached["analytic"]["accesses"]
+    assert cached["analytic"]["tpot_ms"]["mean"] == pytest.approx(cached["des"]["tpot_ms"]["mean"], rel=0.03)
+    # top-2 + 1 shared per MoE layer and decode token, where resident ones left top-2
+    assert cached["des"]["accesses"]["decode"] * 2 == resident["accesses"]["decode"] * 3
+    assert cached["des"]["inputs"]["total_experts"] == 19 * 9
+    # the shared experts' bytes leave the resident weights; their router rows (19 x 432, 16-bit) join them
+    moved_mb = (19 * SHARED.shared_expert_params() * 2 - 19 * 432 * 2) / 1e6
+    assert resident["memory_mb"]["resident_weights"] - cached["des"]["memory_mb"]["resident_weights"] \
+        == pytest.approx(moved_mb, rel=1e-9)
+
+
+def test_caching_shared_experts_needs_the_routed_experts_size(trace):
+    from cosmosim.errors import InputError
+
+    for arch, message in ((get_arch("wearable-moe"), "has no shared experts"),
+                          (replace(SHARED, shared_ffn_hidden=640), "differ in size from its routed ones")):
+        with pytest.raises(InputError, match=f"--cache-shared-experts: .*{message}"):
+            run("phone", trace, arch, RunConfig(cache_shared_experts=True), "des")

@@ -7,8 +7,10 @@ resolved inputs are echoed in every result.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from cosmosim.device.cache import ExpertCache
 from cosmosim.device.costs import StepCosts
@@ -166,6 +168,32 @@ def resolve_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig,
     return setup
 
 
+def shared_as_routed(arch: Architecture) -> Architecture:
+    """--cache-shared-experts: the architecture whose routed experts include the shared ones, ids E..E+S-1 of
+    every MoE layer, chosen by every token ahead of its top-k, so they are read, cached and evicted like
+    the others (a policy keeps them as it keeps any expert reused every token). Their router rows (S x d
+    per layer) are the only weights this adds to the counts. The cache holds experts of one size, so
+    they must be the routed experts' size."""
+    shared = arch.n_shared_experts
+    if not shared:
+        raise InputError(f"--cache-shared-experts: --arch {arch.name} has no shared experts")
+    if arch.shared_ffn_hidden != arch.ffn_hidden or arch.wd_rank is not None:
+        raise InputError(f"--cache-shared-experts: {arch.name}'s shared experts ({arch.shared_expert_params()} weights) "
+                         f"differ in size from its routed ones ({arch.expert_params()}); the expert cache holds one "
+                         "size of expert, so keep them resident")
+    return replace(arch, n_experts=arch.n_experts + shared, top_k=arch.top_k + shared, n_shared_experts=0)
+
+
+def _with_shared_chosen(trace: Trace, n_experts: int, shared: int) -> Trace:
+    """The trace with experts n_experts..n_experts+shared-1 chosen by every token at every layer, first."""
+    ids_TLS = np.broadcast_to(np.arange(n_experts, n_experts + shared, dtype=trace.experts.dtype),
+                              (*trace.experts.shape[:2], shared))
+    gates_TLS = np.ones(ids_TLS.shape, dtype=trace.gates.dtype)  # every token takes them whole
+    model = {**trace.meta["model"], "n_experts": n_experts + shared, "top_k": trace.top_k + shared}
+    return Trace(np.concatenate([ids_TLS, trace.experts], axis=2), np.concatenate([gates_TLS, trace.gates], axis=2),
+                 trace.positions, {**trace.meta, "model": model}, path=trace.path)
+
+
 def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | None, config: RunConfig) -> Scenario:
     check_settings(config)
     costs = StepCosts.build(arch, profile, config.weight_bits)
@@ -180,6 +208,10 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     if trace is None:
         raise InputError(f"--arch {arch.name} is a MoE: give a routing --trace")
     arch.check_routing(str(trace.path or 'trace'), trace.n_experts, trace.top_k)
+    if config.cache_shared_experts:
+        trace = _with_shared_chosen(trace, arch.n_experts, arch.n_shared_experts)
+        arch = shared_as_routed(arch)
+        costs = StepCosts.build(arch, profile, config.weight_bits)
     warnings: list[str] = []
     layers = arch.n_moe_layers
     if trace.n_layers != layers:

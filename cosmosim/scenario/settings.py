@@ -40,6 +40,7 @@ class RunConfig:
     warmup_fraction: float = 0.1
     dense_tokens: int = 4096  # tokens simulated for a dense architecture, which has no trace
     dense_sequence_len: int = 256
+    cache_shared_experts: bool = False  # shared experts live in the expert cache like routed ones (default: resident)
 
 
 class BadValue(ValueError):
@@ -94,6 +95,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "prompt_tokens": positive_int,
     "context_len": positive_int,
     "warmup_fraction": _warmup_fraction,
+    "cache_shared_experts": boolean,
 }
 
 
@@ -125,7 +127,7 @@ def check_settings(config: RunConfig, name_of: Callable[[str], str] = flag) -> N
 
 
 CACHE_SIZE_SETTINGS = ("cache_mb", "cache_experts", "per_layer_cache")
-ROUTING_SETTINGS = ("policy", "prefetch", *CACHE_SIZE_SETTINGS)  # meaningless without experts to cache
+ROUTING_SETTINGS = ("policy", "prefetch", *CACHE_SIZE_SETTINGS, "cache_shared_experts")  # meaningless without experts to cache
 
 
 def check_dense_settings(config: RunConfig, arch_name: str) -> None:

@@ -40,7 +40,7 @@ from cosmosim.inputs.arch import FULL_RANK, Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.results import catalog
 from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, Metric
-from cosmosim.scenario.build import NO_CACHE, Scenario, build_scenario, resolve_cache
+from cosmosim.scenario.build import NO_CACHE, Scenario, build_scenario, resolve_cache, shared_as_routed
 from cosmosim.scenario.settings import RunConfig, check_settings
 from cosmosim.units import MB
 from cosmosim.workload.stream import DECODE, PREFILL
@@ -194,6 +194,9 @@ class _Rows:
         profile, arch = self._profiles[profile_name], self._arch(i)
         config = RunConfig(**{name: self._value(name, i) for name in _CONFIG_DEFAULTS})
         check_settings(config)
+        given_arch = arch  # build_scenario makes the shared experts routed itself
+        if config.cache_shared_experts and arch.is_moe:
+            arch = shared_as_routed(arch)
         cost_key = (profile_name, arch, config.weight_bits)
         if cost_key not in self._costs:
             self._costs[cost_key] = StepCosts.build(arch, profile, config.weight_bits)
@@ -209,7 +212,7 @@ class _Rows:
         stats_key = (trace_key, shape, workload_inputs, dense_inputs)
         # The first row of a workload builds it through build_scenario, which checks the trace
         # against the architecture; later rows of the same key share its shape, so its verdict.
-        stats = cache.stats(stats_key, lambda: build_scenario(profile, arch, trace, config).workload)
+        stats = cache.stats(stats_key, lambda: build_scenario(profile, given_arch, trace, config).workload)
 
         mode, capacity = None, 0
         if arch.is_moe:
