@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cosmosim.cli.app import app
@@ -58,6 +59,8 @@ def print_summary(result: dict, console: Console) -> None:
     for part, mj in result["breakdown"]["energy_mj_per_token"].items():
         table.add_row(f"  energy: {part} (mJ/token)", _fmt(mj, 3))
     console.print(table)
+    for line in result.get("verdict", {}).get("lines", []):  # what limits the run (cosmosim.results.verdict)
+        console.print(f"[bold]verdict:[/] {escape(line)}")
     for warning in result["warnings"]:
         console.print(f"[yellow]note:[/] {warning}")
 

@@ -2,6 +2,7 @@
 (`cosmosim.results.catalog`, docs/metrics.md).
 
 Latencies in milliseconds, sizes in MB (10^6 bytes), energy in millijoules, rates as fractions.
+Every result carries its `verdict` (cosmosim.results.verdict): what limits the run, what would change it.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 import cosmosim
+from cosmosim.device.policies import POLICIES
 from cosmosim.provenance import repository_commit, sha256_file
 from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, nest, parts
 from cosmosim.results.records import ENERGY_PARTS, Records
+from cosmosim.results.verdict import BUDGET, CACHE_EXPERTS, CACHE_MB, POLICY, Sizing, verdict
 from cosmosim.scenario.build import Scenario
 from cosmosim.units import MB
 
@@ -27,6 +30,30 @@ def percentiles_ms(values_s: np.ndarray) -> dict[str, float]:
 
 def _rate(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
+
+
+def sizing_of(scenario: Scenario) -> Sizing:
+    """What the verdict's what-ifs need that a result does not echo: the app budget, the shape (the
+    scenario's: with --cache-shared-experts, shared experts count as routed), and how the cache was
+    sized (the precedence of `cosmosim.scenario.build.resolve_cache`)."""
+    config, arch = scenario.config, scenario.arch
+    if not POLICIES[config.policy].needs_cache_size:
+        cache_from = POLICY
+    elif config.cache_experts is not None:
+        cache_from = CACHE_EXPERTS
+    elif config.cache_mb is not None:
+        cache_from = CACHE_MB
+    else:
+        cache_from = BUDGET
+    layers = arch.n_moe_layers if arch.is_moe else arch.n_layers  # a cache's partitions count MoE layers
+    return Sizing(app_budget_bytes=scenario.profile.dram.app_budget_bytes, n_layers=layers, top_k=arch.top_k,
+                  cache_from=cache_from, cache_mb=config.cache_mb, per_layer=scenario.cache.per_layer,
+                  d_model=arch.d_model, ffn_hidden=arch.ffn_hidden, wd_rank=arch.wd_rank)
+
+
+def verdict_of(scenario: Scenario, result: dict) -> dict:
+    """The verdict of `result`, a summary of `scenario` without its verdict (every engine's summary calls this)."""
+    return verdict(result, sizing_of(scenario))
 
 
 def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
@@ -73,11 +100,15 @@ def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
         "flash_utilisation": _rate(records.flash_busy_s, records.total_s),
         "simulated_s": records.total_s,
     }
-    return {
+    result = {
         "engine": engine,
         **nest(metrics, engine),
         "inputs": scenario.inputs(),
         "warnings": list(scenario.warnings),
+    }
+    return {
+        **result,
+        "verdict": verdict_of(scenario, result),
         "provenance": {
             "cosmosim_version": cosmosim.__version__,
             "commit": repository_commit(),
