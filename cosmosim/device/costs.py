@@ -8,11 +8,13 @@ FLOPs, joules).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from cosmosim.inputs.arch import Architecture
 from cosmosim.inputs.profiles import DeviceProfile
+from cosmosim.workload.stream import DECODE, PREFILL
 
 ACTIVATION_BYTES = 2  # activations and KV cache are kept in 16-bit, whatever the weight bit-width
 LOGIT_BYTES = 4  # the LM head's output is kept in fp32 for sampling
@@ -35,6 +37,24 @@ def roofline(flops: float, dram_bytes: float, flops_per_s: float, dram_bytes_per
 
 
 @dataclass(frozen=True)
+class OpTable:
+    """Operations priced at many points at once: arrays of one shape (e.g. [contexts, steps])."""
+
+    time_s: np.ndarray
+    flops: np.ndarray
+    dram_bytes: np.ndarray
+    memory_bound: np.ndarray
+
+    def op(self, *index) -> OpCost:
+        return OpCost(float(self.flops[index]), float(self.dram_bytes[index]), float(self.time_s[index]),
+                      bool(self.memory_bound[index]))
+
+    def take(self, rows: np.ndarray, columns: np.ndarray) -> OpTable:
+        """The table at (rows, columns), broadcast together."""
+        return OpTable(*(getattr(self, name)[rows, columns] for name in ("time_s", "flops", "dram_bytes", "memory_bound")))
+
+
+@dataclass(frozen=True)
 class StepCosts:
     """Per-operation costs of one architecture on one device at one weight bit-width.
 
@@ -49,6 +69,7 @@ class StepCosts:
     expert_decode: OpCost  # one expert, one token (GEMV)
     lm_head: OpCost  # final norm + LM head, one token
     layer_overhead_s: float
+    step_layers: tuple[tuple[int, ...], ...]  # arch.step_layers, kept: asked for at every priced step
 
     @classmethod
     def build(cls, arch: Architecture, profile: DeviceProfile, weight_bits: int) -> "StepCosts":
@@ -58,44 +79,53 @@ class StepCosts:
                           compute.gemv_flops_per_s, dram.bandwidth_bytes_per_s)
         lm_bytes = arch.lm_head_params() * weight_bits / 8 + arch.vocab_size * LOGIT_BYTES
         lm_head = roofline(arch.lm_head_flops_per_token(), lm_bytes, compute.gemv_flops_per_s, dram.bandwidth_bytes_per_s)
-        return cls(arch, profile, weight_bits, expert_bytes, expert, lm_head, compute.layer_overhead_s)
+        return cls(arch, profile, weight_bits, expert_bytes, expert, lm_head, compute.layer_overhead_s, arch.step_layers)
 
     def kv_bytes_per_token_per_layer(self) -> float:
         return self.arch.kv_bytes_per_token(ACTIVATION_BYTES * 8) / self.arch.n_layers
 
-    def _step_nonexpert(self, step: int, price_layer: Callable[[int], OpCost]) -> OpCost:
-        """A replay step's model layers bar their routed experts (`Architecture.step_layers`): the step's
-        MoE layer and the dense layers it runs, each priced alone and run one after another; a dense
-        layer pays its own layer overhead here, the MoE layer's is the step's."""
-        layers = self.arch.step_layers[step]
-        ops = [price_layer(layer) for layer in layers]
-        if len(ops) == 1:
-            return ops[0]
-        memory_s = sum(op.time_s for op in ops if op.memory_bound)
-        time_s = sum(op.time_s for op in ops) + (len(ops) - 1) * self.layer_overhead_s
-        return OpCost(sum(op.flops for op in ops), sum(op.dram_bytes for op in ops), time_s,
-                      memory_s > time_s - memory_s)
+    def nonexpert_table(self, kind: int, contexts: np.ndarray) -> OpTable:
+        """Every replay step bar its routed experts (attention, norms, router and shared experts; the FFN
+        of dense layers) at each context: decode, one token attending over that many tokens (GEMV);
+        prefill, a whole prompt of that length (GEMM: weights read once). [contexts, steps].
 
-    def _layer_decode(self, context_len: int, layer: int) -> OpCost:
-        arch = self.arch
-        dram_bytes = arch.nonexpert_bytes_of(layer, self.weight_bits) + context_len * self.kv_bytes_per_token_per_layer()
-        return roofline(arch.nonexpert_flops_of(layer, context_len), dram_bytes,
-                        self.profile.compute.gemv_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
-
-    def _layer_prefill(self, prompt_len: int, layer: int) -> OpCost:
-        arch = self.arch
-        flops = sum(arch.nonexpert_flops_of(layer, c) for c in range(1, prompt_len + 1))
-        dram_bytes = arch.nonexpert_bytes_of(layer, self.weight_bits) + 2 * prompt_len * self.kv_bytes_per_token_per_layer()
-        return roofline(flops, dram_bytes, self.profile.compute.gemm_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
+        A step runs its model layers (`Architecture.step_layers`: its MoE layer and the dense layers
+        before it) one after another, each priced alone by the roofline; a dense layer pays its own
+        layer overhead here, the MoE layer's is the step's. Counts are exact integers below 2^53, so
+        these floats equal a scalar computation's."""
+        arch, compute, dram = self.arch, self.profile.compute, self.profile.dram
+        layers = range(arch.n_layers)
+        # A layer's FLOPs are its projections plus attention linear in the keys: split them from two contexts.
+        attention_flops_per_key = float(arch.nonexpert_flops_of(0, 2) - arch.nonexpert_flops_of(0, 1))
+        projection_flops_L = np.array([arch.nonexpert_flops_of(layer, 1) for layer in layers], float) - attention_flops_per_key
+        weight_bytes_L = np.array([arch.nonexpert_bytes_of(layer, self.weight_bits) for layer in layers], float)
+        kv_bytes = self.kv_bytes_per_token_per_layer()
+        contexts_C1 = np.asarray(contexts, dtype=float).reshape(-1, 1)
+        if kind == DECODE:
+            flops_CL = projection_flops_L + attention_flops_per_key * contexts_C1
+            bytes_CL = weight_bytes_L + contexts_C1 * kv_bytes
+            flops_per_s = compute.gemv_flops_per_s
+        else:
+            keys_attended = contexts_C1 * (contexts_C1 + 1) / 2
+            flops_CL = contexts_C1 * projection_flops_L + attention_flops_per_key * keys_attended
+            bytes_CL = weight_bytes_L + 2 * contexts_C1 * kv_bytes
+            flops_per_s = compute.gemm_flops_per_s
+        compute_s, memory_s = flops_CL / flops_per_s, bytes_CL / dram.bandwidth_bytes_per_s
+        time_CL, bound_CL = np.maximum(compute_s, memory_s), memory_s > compute_s
+        starts = np.array([group[0] for group in self.step_layers])
+        extra_layers = np.array([len(group) - 1 for group in self.step_layers])
+        time_CS = np.add.reduceat(time_CL, starts, axis=1) + extra_layers * self.layer_overhead_s
+        bound_time_CS = np.add.reduceat(np.where(bound_CL, time_CL, 0.0), starts, axis=1)
+        return OpTable(time_CS, np.add.reduceat(flops_CL, starts, axis=1), np.add.reduceat(bytes_CL, starts, axis=1),
+                       bound_time_CS > time_CS - bound_time_CS)
 
     def nonexpert_decode(self, context_len: int, step: int) -> OpCost:
-        """Replay step `step` bar its routed experts (attention, norms, router and shared experts; the
-        FFN of dense layers) for one token attending over `context_len` tokens."""
-        return self._step_nonexpert(step, lambda layer: self._layer_decode(context_len, layer))
+        """Replay step `step` bar its routed experts, one token attending over `context_len` tokens."""
+        return self.nonexpert_table(DECODE, np.array([context_len])).op(0, step)
 
     def nonexpert_prefill(self, prompt_len: int, step: int) -> OpCost:
-        """Replay step `step` bar its routed experts over a whole prompt (GEMM: weights read once)."""
-        return self._step_nonexpert(step, lambda layer: self._layer_prefill(prompt_len, layer))
+        """Replay step `step` bar its routed experts over a whole prompt."""
+        return self.nonexpert_table(PREFILL, np.array([prompt_len])).op(0, step)
 
     def expert_prefill(self, n_tokens: int) -> OpCost:
         """One expert applied to the `n_tokens` prompt tokens routed to it (weights read once)."""

@@ -21,6 +21,7 @@ path only tests for None.
 
 from __future__ import annotations
 
+import numpy as np
 import simpy
 
 from cosmosim.device.costs import OpCost
@@ -43,7 +44,7 @@ class Simulation:
         self.cache = scenario.expert_cache() if scenario.arch.is_moe else None
         self.prefetcher = None if config.prefetch == "none" else PREFETCHERS[config.prefetch](workload)
         self._prefetched: set[int] = set()  # keys prefetched for the next step, to score accuracy
-        self._nonexpert: dict[tuple[int, int, int], OpCost] = {}
+        self._nonexpert: dict[tuple[int, int], list[OpCost]] = {}
         self._expert: dict[int, OpCost] = {}
 
     def run(self) -> Records:
@@ -57,12 +58,11 @@ class Simulation:
 
     # -- costs, memoised: the same few values are asked for millions of times ---------------------
     def _nonexpert_cost(self, kind: int, context: int, layer: int) -> OpCost:
-        cost = self._nonexpert.get((kind, context, layer))
-        if cost is None:
-            costs = self.scenario.costs
-            cost = costs.nonexpert_decode(context, layer) if kind == DECODE else costs.nonexpert_prefill(context, layer)
-            self._nonexpert[(kind, context, layer)] = cost
-        return cost
+        by_step = self._nonexpert.get((kind, context))
+        if by_step is None:  # every step at this context, priced at once
+            table = self.scenario.costs.nonexpert_table(kind, np.array([context]))
+            by_step = self._nonexpert[(kind, context)] = [table.op(0, step) for step in range(table.time_s.shape[1])]
+        return by_step[layer]
 
     def _expert_cost(self, n_tokens: int) -> OpCost:
         cost = self._expert.get(n_tokens)

@@ -48,7 +48,8 @@ from cosmosim.workload.stream import DECODE, PREFILL
 _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
 _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch")
 _INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)))
-_COLUMN_KINDS = {"per_layer_cache": "flag", "cache_mb": "number", "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
+_COLUMN_KINDS = {"per_layer_cache": "flag", "cache_shared_experts": "flag", "cache_mb": "number",
+                 "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
 
 
 def frame_column(metric: Metric) -> str:
@@ -102,7 +103,7 @@ def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, on_error
     for (stats_key, cost_key, mode), members in groups.items():
         first = plans[members[0]]
         if (stats_key, cost_key) not in prices:
-            prices[stats_key, cost_key] = _Prices(first.stats, first.scenario(), rows.nonexpert_memo)
+            prices[stats_key, cost_key] = _Prices(first.stats, first.scenario())
         pair = prices[stats_key, cost_key]
         capacities = np.array([plans[i].capacity for i in members])
         values = _group_metrics(pair, mode, capacities, percentiles)
@@ -151,7 +152,6 @@ class _Rows:
         self._archs: dict[tuple, Architecture] = {}
         self._costs: dict[tuple, StepCosts] = {}
         self._traces: dict[str, tuple] = {}
-        self.nonexpert_memo: dict = {}  # shared by every pair of this call: (id(costs), kind, context) -> OpCost
 
     def fail(self, i: int, message: str) -> InputError:
         return InputError(f"points row {self.labels[i]!r}: {message}")
@@ -232,12 +232,12 @@ class _Rows:
 class _Prices:
     """Everything about one (workload, device, architecture, bit-width) pair that no cache size changes."""
 
-    def __init__(self, stats: TraceStats, scenario: Scenario, nonexpert_memo: dict) -> None:
+    def __init__(self, stats: TraceStats, scenario: Scenario) -> None:
         self.stats, self.scenario, self.costs = stats, scenario, scenario.costs
         costs, steps, flash = scenario.costs, stats.steps, scenario.profile.flash
         # Every decode pass visits each layer once at one context: steps at a context / n_layers passes.
         layers = np.arange(steps.n_layers)
-        nonexpert = nonexpert_ops(costs, DECODE, stats.context_values[:, None], layers[None, :], nonexpert_memo)
+        nonexpert = nonexpert_ops(costs, DECODE, stats.context_values[:, None], layers[None, :])
         passes = np.broadcast_to((stats.context_counts / steps.n_layers)[:, None], nonexpert.time_s.shape)
         self.nonexpert_s = float((nonexpert.time_s * passes).sum())  # summed over every decode step
         bound = nonexpert.memory_bound
@@ -245,7 +245,7 @@ class _Prices:
         self.nonexpert_compute_bound_s = float((nonexpert.time_s * passes)[~bound].sum())
         self.nonexpert_flops = float((nonexpert.flops * passes).sum())
         self.nonexpert_dram_bytes = float((nonexpert.dram_bytes * passes).sum())
-        prefill = nonexpert_ops(costs, PREFILL, np.array(steps.prefill_context), layers, nonexpert_memo)
+        prefill = nonexpert_ops(costs, PREFILL, np.array(steps.prefill_context), layers)
         self.prefill_step_s = prefill.time_s + costs.layer_overhead_s  # [layers]
         self.memory = scenario.memory(0)
         if scenario.arch.is_moe:
@@ -329,15 +329,15 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
 
 
 def _tpot_percentiles_ms(prices: _Prices, mode: tuple[str, bool] | None, capacities: np.ndarray) -> dict:
-    """TPOT percentiles need each token's latency: one pass over the tokens per distinct cache size."""
+    """TPOT percentiles need each token's latency at each distinct cache size (entries in all)."""
     stats, n_layers = prices.stats, prices.stats.steps.n_layers
-    by_size = {}
-    for capacity in np.unique(capacities):
-        latency_s = prices.token_base_s
-        if mode is not None:
-            rule, per_layer = mode
-            misses = stats.outcomes(rule, per_layer).token_misses(capacity // n_layers if per_layer else capacity)
-            latency_s = latency_s + prices.decode_phase_s[misses].sum(axis=1)
-        by_size[capacity] = np.percentile(latency_s, PERCENTILES) * 1e3
-    table = np.array([by_size[c] for c in capacities]).reshape(len(capacities), len(PERCENTILES))
+    if mode is None:
+        partition = np.zeros_like(capacities)
+        by_size = {0: np.percentile(prices.token_base_s, PERCENTILES) * 1e3}
+    else:
+        rule, per_layer = mode
+        partition = capacities // n_layers if per_layer else capacities  # entries per partition
+        phases = stats.outcomes(rule, per_layer).token_phase_s(prices.decode_phase_s, partition)
+        by_size = {size: np.percentile(prices.token_base_s + phase_s, PERCENTILES) * 1e3 for size, phase_s in phases}
+    table = np.array([by_size[c] for c in partition.tolist()]).reshape(len(capacities), len(PERCENTILES))
     return {metric.key: table[:, j] for j, metric in enumerate(_PERCENTILE_METRICS)}

@@ -14,12 +14,11 @@ which is `expert_phase_s`. Every other cost comes from cosmosim.device.costs, th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from cosmosim.device.costs import StepCosts
+from cosmosim.device.costs import OpTable, StepCosts
 from cosmosim.device.hardware import Flash, idle_flash_read_times
 from cosmosim.inputs.profiles import FlashSpec
 from cosmosim.workload.stream import DECODE
@@ -67,32 +66,9 @@ def prefill_compute_s(costs: StepCosts, tokens: np.ndarray) -> np.ndarray:
     return per_count[inverse].reshape(tokens.shape)
 
 
-@dataclass(frozen=True)
-class OpArrays:
-    """One roofline operation priced at many contexts (same shape as the contexts given)."""
-
-    time_s: np.ndarray
-    flops: np.ndarray
-    dram_bytes: np.ndarray
-    memory_bound: np.ndarray
-
-
-def nonexpert_ops(costs: StepCosts, kind: int, contexts: np.ndarray, layers: np.ndarray,
-                  memo: dict | None = None) -> OpArrays:
-    """Each layer bar its routed experts at each context (decode) or prompt length (prefill): `contexts`
-    and `layers` broadcast together to the shape of the result.
-
-    `memo` ((id(costs), kind, context, layer) -> OpCost) shares prices between calls that keep `costs` alive.
-    """
-    contexts, layers = np.broadcast_arrays(contexts, layers)
-    pairs, inverse = np.unique(np.stack([contexts.ravel(), layers.ravel()], axis=1), axis=0, return_inverse=True)
-    price = costs.nonexpert_decode if kind == DECODE else costs.nonexpert_prefill
-    memo = {} if memo is None else memo
-    ops = []
-    for context, layer in pairs.tolist():
-        key = (id(costs), kind, context, layer)
-        if key not in memo:
-            memo[key] = price(context, layer)
-        ops.append(memo[key])
-    pick = lambda field: np.array([getattr(op, field) for op in ops])[inverse.ravel()].reshape(contexts.shape)  # noqa: E731
-    return OpArrays(pick("time_s"), pick("flops"), pick("dram_bytes"), pick("memory_bound"))
+def nonexpert_ops(costs: StepCosts, kind: int, contexts: np.ndarray, steps: np.ndarray) -> OpTable:
+    """Each step bar its routed experts at each context (decode) or prompt length (prefill): `contexts`
+    and `steps` (replay step indices) broadcast together to the shape of the result."""
+    contexts, steps = np.broadcast_arrays(contexts, steps)
+    values, inverse = np.unique(contexts, return_inverse=True)
+    return costs.nonexpert_table(kind, values).take(inverse.reshape(contexts.shape), steps)

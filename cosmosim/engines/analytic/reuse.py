@@ -14,12 +14,15 @@ has the proofs):
   future), under the same pinning, for one cache size.
 
 Keys are `layer * n_experts + expert`; with per-layer partitions, each layer is its own cache.
+
+Both passes are loops over every access, compiled with numba (`_lru_kernel`, `_belady_kernel`): the
+same steps a Python loop would take, about a hundred times faster, which is what a sweep over new
+traces waits on. The first call in a process compiles them (cached on disk after that).
 """
 
 from __future__ import annotations
 
-import heapq
-
+import numba
 import numpy as np
 
 from cosmosim.workload.stream import DECODE, Workload
@@ -27,8 +30,54 @@ from cosmosim.workload.stream import DECODE, Workload
 COLD = np.iinfo(np.int32).max  # the depth of a key's first access: a miss at every cache size
 
 
-def _partition_of_steps(workload: Workload, per_layer: bool) -> list[int]:
-    return workload.step_layer.tolist() if per_layer else [0] * workload.step_kind.size
+def _partitions(workload: Workload, per_layer: bool) -> tuple[np.ndarray, int, int]:
+    """(partition of each step, number of partitions, keys per partition)."""
+    if per_layer:
+        return workload.step_layer.astype(np.int64), workload.n_layers, workload.n_experts
+    return np.zeros(workload.step_kind.size, np.int64), 1, workload.n_layers * workload.n_experts
+
+
+@numba.njit(cache=True)
+def _find(stack: np.ndarray, size: int, key: int) -> int:
+    for depth in range(size):
+        if stack[depth] == key:
+            return depth
+    return -1
+
+
+@numba.njit(cache=True)
+def _move_to_top(stack: np.ndarray, size: int, depth: int, key: int) -> int:
+    """Put `key` on top: from `depth` if it is there (depth >= 0), else as a new entry. Returns the size."""
+    if depth < 0:
+        depth, size = size, size + 1
+    for i in range(depth, 0, -1):
+        stack[i] = stack[i - 1]
+    stack[0] = key
+    return size
+
+
+@numba.njit(cache=True)
+def _lru_kernel(keys, offsets, kinds, partitions, n_partitions, partition_keys, decode):
+    stacks = np.empty((n_partitions, partition_keys), np.int64)  # keys, most recently used first
+    sizes = np.zeros(n_partitions, np.int64)
+    depths = np.full(keys.size, COLD, np.int32)
+    for step in range(kinds.size):
+        lo, hi = offsets[step], offsets[step + 1]
+        stack, p = stacks[partitions[step]], partitions[step]
+        if kinds[step] == decode:
+            for clock in range(lo, hi):  # every depth before any key moves
+                depth = _find(stack, sizes[p], keys[clock])
+                if depth >= 0:
+                    depths[clock] = depth
+            for clock in range(lo, hi):  # then to the top in gate order: the last touched is the most recent
+                sizes[p] = _move_to_top(stack, sizes[p], _find(stack, sizes[p], keys[clock]), keys[clock])
+        else:
+            for clock in range(lo, hi):
+                depth = _find(stack, sizes[p], keys[clock])
+                if depth >= 0:
+                    depths[clock] = depth
+                sizes[p] = _move_to_top(stack, sizes[p], depth, keys[clock])
+    return depths
 
 
 def lru_depths(workload: Workload, per_layer: bool = False) -> np.ndarray:
@@ -39,37 +88,42 @@ def lru_depths(workload: Workload, per_layer: bool = False) -> np.ndarray:
     its depth); then the keys move to the top in gate order, as the simulator touches them. Prefill
     step: plain LRU, access by access.
     """
-    keys = workload.access_key.tolist()
-    offsets = workload.step_offsets.tolist()
-    partitions = _partition_of_steps(workload, per_layer)
-    stacks: dict[int, list[int]] = {}  # partition -> keys, most recently used first
-    depths = [COLD] * len(keys)
-    for step, kind in enumerate(workload.step_kind.tolist()):
+    partitions, n_partitions, partition_keys = _partitions(workload, per_layer)
+    return _lru_kernel(workload.access_key.astype(np.int64), workload.step_offsets.astype(np.int64),
+                       workload.step_kind.astype(np.int64), partitions, n_partitions, partition_keys, DECODE)
+
+
+@numba.njit(cache=True)
+def _belady_kernel(keys, next_use, offsets, kinds, partitions, partition_keys, per_layer, capacity, n_keys, decode):
+    resident = np.zeros(n_keys, np.bool_)
+    due = np.full(n_keys, -1, np.int64)  # a resident key's next use; -1 until first seen
+    held = np.zeros(partitions.max() + 1 if partitions.size else 1, np.int64)
+    hits = np.zeros(keys.size, np.bool_)
+    for step in range(kinds.size):
         lo, hi = offsets[step], offsets[step + 1]
-        if lo == hi:
-            continue
-        stack = stacks.setdefault(partitions[step], [])
-        step_keys = keys[lo:hi]
-        if kind == DECODE:
-            found = []
-            for clock, key in enumerate(step_keys, lo):
-                try:
-                    depths[clock] = depth = stack.index(key)
-                except ValueError:
-                    continue
-                found.append(depth)
-            for depth in sorted(found, reverse=True):
-                del stack[depth]
-            stack[0:0] = step_keys[::-1]  # the last key touched is the most recent
-        else:
-            for clock, key in enumerate(step_keys, lo):
-                try:
-                    depths[clock] = depth = stack.index(key)
-                    del stack[depth]
-                except ValueError:
-                    pass
-                stack.insert(0, key)
-    return np.array(depths, dtype=np.int32)
+        p = partitions[step]
+        first = p * partition_keys if per_layer else 0
+        for clock in range(lo, hi):
+            key = keys[clock]
+            if resident[key]:
+                hits[clock] = True
+            else:
+                if held[p] >= capacity:
+                    # Evict the resident key used again furthest ahead (the smallest such key on a tie).
+                    victim, furthest = -1, -2
+                    for other in range(first, first + partition_keys):
+                        if resident[other] and due[other] > furthest:
+                            victim, furthest = other, due[other]
+                    resident[victim] = False
+                    held[p] -= 1
+                resident[key] = True
+                held[p] += 1
+            if kinds[step] != decode:
+                due[key] = next_use[clock]  # a prefill step streams: its keys move on at once
+        if kinds[step] == decode:
+            for clock in range(lo, hi):
+                due[keys[clock]] = next_use[clock]
+    return hits
 
 
 def belady_hits(workload: Workload, capacity: int, per_layer: bool = False) -> np.ndarray:
@@ -78,56 +132,15 @@ def belady_hits(workload: Workload, capacity: int, per_layer: bool = False) -> n
     A resident key's priority is its next use (`workload.next_use`); a miss into a full partition
     evicts the resident key used again furthest in the future. Within a decode step the step's keys
     are never victims: their priorities move on only once the step's misses are served, so until
-    then each is due within the step, sooner than any key outside it. With capacity >= top_k a full
-    partition always holds a key outside the step, so that is the simulator's pinning exactly.
-    Ties (keys never used again) do not change any hit.
+    then each is due within the step, sooner than any key outside it (a key seen for the first time
+    has no priority yet, the lowest). With capacity >= top_k a full partition always holds a key
+    outside the step, so that is the simulator's pinning exactly. Ties (keys never used again) do not
+    change any hit.
     """
-    keys = workload.access_key.tolist()
-    next_use = workload.next_use.tolist()
-    offsets = workload.step_offsets.tolist()
-    partitions = _partition_of_steps(workload, per_layer)
-    resident: dict[int, set[int]] = {}
-    heaps: dict[int, list[tuple[int, int]]] = {}  # (-next use, key); stale entries skipped lazily
-    due: dict[int, int] = {}  # resident key -> its next use
-    hits = np.zeros(len(keys), dtype=bool)
-
-    def evict(cache: set[int], heap: list[tuple[int, int]]) -> None:
-        while True:
-            negative_next, key = heapq.heappop(heap)
-            if key in cache and due[key] == -negative_next:
-                cache.remove(key)
-                return
-
-    for step, kind in enumerate(workload.step_kind.tolist()):
-        lo, hi = offsets[step], offsets[step + 1]
-        if lo == hi:
-            continue
-        cache = resident.setdefault(partitions[step], set())
-        heap = heaps.setdefault(partitions[step], [])
-        if kind == DECODE:
-            for clock in range(lo, hi):
-                key = keys[clock]
-                if key in cache:
-                    hits[clock] = True
-                    continue
-                if len(cache) >= capacity:
-                    evict(cache, heap)
-                cache.add(key)
-            for clock in range(lo, hi):
-                due[keys[clock]] = next_use[clock]
-                heapq.heappush(heap, (-next_use[clock], keys[clock]))
-        else:
-            for clock in range(lo, hi):
-                key = keys[clock]
-                if key in cache:
-                    hits[clock] = True
-                else:
-                    if len(cache) >= capacity:
-                        evict(cache, heap)
-                    cache.add(key)
-                due[key] = next_use[clock]
-                heapq.heappush(heap, (-next_use[clock], key))
-    return hits
+    partitions, _, partition_keys = _partitions(workload, per_layer)
+    return _belady_kernel(workload.access_key.astype(np.int64), workload.next_use.astype(np.int64),
+                          workload.step_offsets.astype(np.int64), workload.step_kind.astype(np.int64), partitions,
+                          partition_keys, per_layer, int(capacity), workload.n_layers * workload.n_experts, DECODE)
 
 
 def distinct_keys(workload: Workload, per_layer: bool = False) -> np.ndarray:
