@@ -73,6 +73,7 @@ def run(
     cache_mb: float = typer.Option(None, help="Expert cache budget in MB. Default: the profile's app budget minus resident weights, KV cache and activations."),
     cache_experts: int = typer.Option(None, help="Expert cache size as a number of experts (instead of --cache-mb)."),
     per_layer_cache: bool = typer.Option(False, help="Split the cache into equal per-layer partitions instead of one global cache."),
+    cache_shared_experts: bool = typer.Option(False, help="Keep an architecture's shared experts in the expert cache like routed ones (read from flash, evicted) instead of resident; they must be the routed experts' size."),
     policy: str = typer.Option(_DEFAULTS.policy, help=POLICY_HELP),
     prefetch: str = typer.Option(_DEFAULTS.prefetch, help=f"Prefetcher: {choices(PREFETCHERS)} (next-layer: learned co-occurrence; oracle: an upper bound)."),
     weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help=f"Weight bit-width: {choices(WEIGHT_BITS)}."),
@@ -94,7 +95,8 @@ def run(
     """
     check_outputs({"--json": json_path, "--timeline": timeline_path}, {"--trace": trace, "--profile": Path(profile)})
     config = RunConfig(policy=policy, prefetch=prefetch, cache_mb=cache_mb, cache_experts=cache_experts,
-                       per_layer_cache=per_layer_cache, weight_bits=weight_bits, tokens=tokens,
+                       per_layer_cache=per_layer_cache, cache_shared_experts=cache_shared_experts,
+                       weight_bits=weight_bits, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)
     if target_tps is not None:
         _answer_target(profile, trace, arch, config, engine, target_tps, seed, timeline_path, json_path, quiet)

@@ -27,7 +27,7 @@ from cosmosim.inputs.arch import Architecture
 from cosmosim.inputs.profiles import DeviceProfile
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.results.catalog import TIME_GROUP, nest
-from cosmosim.results.summary import percentiles_ms  # the simulator's TPOT statistics, same formula
+from cosmosim.results.summary import percentiles_ms, verdict_of  # the simulator's TPOT statistics, same formula
 from cosmosim.scenario.build import Scenario, prepare, resolve_arch
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.units import MB
@@ -101,7 +101,8 @@ def summarize_replay(scenario: Scenario, records: ReplayRecords, layout: ExpertL
         "threads": torch.get_num_threads(),
         "expert_mb": layout.nbytes / MB,
     }
-    return {"engine": "replay", **nest(metrics, "replay"), "inputs": scenario.inputs(), "warnings": list(scenario.warnings)}
+    result = {"engine": "replay", **nest(metrics, "replay"), "inputs": scenario.inputs(), "warnings": list(scenario.warnings)}
+    return {**result, "verdict": verdict_of(scenario, result)}
 
 
 def replay(profile: str | Path | DeviceProfile, trace: str | Path | Trace, arch: str | Architecture | None = None,
