@@ -7,6 +7,7 @@ Figures (each a function of the results frame, so notebooks draw them too):
     hit-rate-vs-cache  expert-cache hit rate vs cache size, per policy
     bles               ExRep, TPOT and validation loss vs the BlES weight λ (per τ)
     exrep              tokens/s and TPOT vs ExRep: synthesised traces as lines, recorded ones as points
+    devices            tokens/s and energy per token of each device, per architecture, trace and policy
     pareto             Pareto fronts of (peak DRAM, TPOT), one per device
     memory-breakdown   peak DRAM by part, for the points on the fronts
     time-breakdown     TPOT by part, for the points on the fronts
@@ -139,6 +140,31 @@ def exrep_effect(results: pd.DataFrame) -> go.Figure:
     return figure.update_layout(title=title, template=TEMPLATE, height=850)
 
 
+ENERGY = catalog.column_of("energy_mj_per_token")
+
+
+def devices(results: pd.DataFrame) -> go.Figure:
+    title = "Devices side by side: tokens/s and energy per token (median over the other axes; infeasible points absent)"
+    rows = feasible(results, [TOKENS_PER_S, ENERGY])
+    if rows.empty or rows["profile"].nunique() < 2:
+        return _no_data(title, "this sweep has fewer than two devices")
+    rows = _with_series(rows)
+    rows = rows.assign(case=[f"{arch} · {series} · {policy}" if pd.notna(policy) else f"{arch}"
+                             for arch, series, policy in zip(rows["arch"], rows["series"], rows["policy"])])
+    medians = rows.groupby(["profile", "case"])[[TOKENS_PER_S, ENERGY]].median().reset_index()
+    order = medians.groupby("profile")[TOKENS_PER_S].max().sort_values(ascending=False).index.tolist()
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=("tokens/s (log)", "energy per token (mJ, log)"))
+    for index, (case, group) in enumerate(medians.groupby("case")):
+        color = PALETTE[index % len(PALETTE)]
+        for panel, column in ((1, TOKENS_PER_S), (2, ENERGY)):
+            figure.add_trace(go.Bar(x=group["profile"], y=group[column].astype(float), name=case, legendgroup=case,
+                                    marker_color=color, showlegend=panel == 1), row=panel, col=1)
+    figure.update_yaxes(type="log")
+    figure.update_xaxes(categoryorder="array", categoryarray=order)
+    return figure.update_layout(title=title, template=TEMPLATE, height=850, barmode="group")
+
+
 def pareto_fronts(results: pd.DataFrame) -> go.Figure:
     title = "Pareto fronts of (peak DRAM, TPOT), per device: no other point is both smaller and faster"
     rows = feasible(results)
@@ -186,6 +212,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
     "hit-rate-vs-cache": hit_rate_vs_cache,
     "bles": bles_effect,
     "exrep": exrep_effect,
+    "devices": devices,
     "pareto": pareto_fronts,
     "memory-breakdown": memory_breakdown,
     "time-breakdown": time_breakdown,
