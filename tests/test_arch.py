@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosmosim.errors import InputError
-from cosmosim.inputs.arch import LLAMA3_VOCAB_SIZE, Architecture, arch_table, catalog, get_arch
+from cosmosim.inputs.arch import LLAMA3_VOCAB_SIZE, TABLE_1, Architecture, arch_table, catalog, catalog_groups, get_arch
 
 TABLE_1_NAMES = [
     "phone-dense-fa",
@@ -31,9 +31,12 @@ def tiny_moe(**changes) -> Architecture:
 # ------------------------------------------------------------------------------ catalog
 
 
-def test_catalog_holds_the_eight_table_1_rows():
-    assert list(catalog()) == TABLE_1_NAMES
-    for name, arch in catalog().items():
+def test_catalog_starts_with_the_eight_table_1_rows_in_the_papers_order():
+    assert list(TABLE_1) == TABLE_1_NAMES
+    assert list(catalog())[:8] == TABLE_1_NAMES
+    assert [group for name, group in catalog_groups().items() if name in TABLE_1_NAMES] == ["Table 1"] * 8
+    for name in TABLE_1_NAMES:
+        arch = catalog()[name]
         assert arch.name == name
         assert arch.vocab_size == LLAMA3_VOCAB_SIZE
 
@@ -66,7 +69,7 @@ def test_shapes_are_the_papers(name, layers, heads, d_model):
 
 
 def test_dense_rows_have_equal_active_and_total_and_no_experts():
-    for arch in catalog().values():
+    for arch in catalog().values():  # every catalog architecture, Table 1 and published
         if not arch.is_moe:
             assert arch.expert_params() == 0
             assert arch.total_params() == arch.active_params() == arch.resident_params()
@@ -79,12 +82,16 @@ def test_unknown_architecture_lists_the_known_names():
 
 def test_arch_table_one_row_per_arch_with_small_errors():
     table = arch_table(weight_bits=8)
-    assert list(table["name"]) == TABLE_1_NAMES
-    assert table["total_error_pct"].abs().max() < 2
-    assert table["active_error_pct"].abs().max() < 2
+    assert list(table["name"]) == list(catalog())
+    table_1 = table[table["group"] == "Table 1"]
+    assert list(table_1["name"]) == TABLE_1_NAMES
+    assert table_1["total_error_pct"].abs().max() < 2
+    assert table_1["active_error_pct"].abs().max() < 2
+    assert table_1["total_within_tolerance"].all() and table_1["active_within_tolerance"].all()
     moe = table.set_index("name").loc["wearable-moe"]
     assert moe["expert_mb"] == pytest.approx(get_arch("wearable-moe").expert_params() / 1e6)
-    assert table["wd_rank"].isna().sum() == 6
+    assert table_1["wd_rank"].isna().sum() == 6
+    assert (table.set_index("name").loc["phone-dense-fa", ["experts", "top_k"]] == 0).all()  # a file's dense: 0
 
 
 # ------------------------------------------------------------------------------ counts

@@ -1,9 +1,10 @@
-"""Target architectures: the eight rows of CoSMoEs Table 1 and what they cost.
+"""Target architectures: the eight rows of CoSMoEs Table 1, published MoEs, and what they cost.
 
 CoSMoEs (Huber et al., arXiv 2503.00245) gives each model's layers, heads, hidden size and
-active (total) parameter count, but not its FFN width, KV heads or vocabulary. The catalog
-takes Llama-3's vocabulary (128,256, untied embeddings) and chooses the rest so the counts
-match; each row says how. `Architecture` answers exact parameter counts, bytes at a weight
+active (total) parameter count, but not its FFN width, KV heads or vocabulary. Its rows, and
+published MoEs, are cited files in architectures/ (docs/architectures.md); the Table 1 files take
+Llama-3's vocabulary (128,256, untied embeddings) and choose the rest so the counts match, each
+saying how. `Architecture` answers exact parameter counts, bytes at a weight
 bit-width, and FLOPs, for the simulator, the analytic model and replay, and describes the mini
 models trained here too (`cosmosim.model.config.ModelConfig.arch`): it is the one counter.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from cosmosim.errors import InputError
@@ -287,112 +289,79 @@ class Architecture:
 
 
 # ---------------------------------------------------------------------------- catalog
-# Fitting notes. For a MoE row, total - active = L (E - k) * expert params, which fixes the
-# expert width whatever the attention; the active count then pins the attention size. That
-# rules out grouped-query attention for every MoE row (8 KV heads on phone-moe would give
-# 1.30B active, -5%), so the MoE rows use full multi-head attention. Dense rows fit either way;
-# the phone ones take the published Llama-3.2 shapes they evidently follow.
+# The numbers live in files, each citing its sources (docs/architectures.md): the shipped ones in
+# architectures/ (the eight CoSMoEs Table 1 rows and published MoEs), a user's in $COSMOSIM_ARCHS_DIR.
+# These functions find them by name (cosmosim.inputs.arch_files), or any file by its path.
+
+TABLE_1 = ("phone-dense-fa", "phone-moe", "phone-wd", "phone-dense-pa",
+           "wearable-dense-fa", "wearable-moe", "wearable-wd", "wearable-dense-pa")  # in the paper's order
+GROUPS = ("Table 1", "published", "user")  # CoSMoEs Table 1, other shipped files, $COSMOSIM_ARCHS_DIR's
 
 
-def _row(
-    name: str,
-    layers: int,
-    d: int,
-    heads: int,
-    kv_heads: int,
-    ffn: int,
-    paper: tuple[float, float],
-    moe: bool,
-    wd: bool = False,
-) -> Architecture:
-    active, total = paper  # the paper's "active (total)" counts
-    return Architecture(
-        name=name,
-        n_layers=layers,
-        d_model=d,
-        n_heads=heads,
-        n_kv_heads=kv_heads,
-        vocab_size=LLAMA3_VOCAB_SIZE,
-        ffn_hidden=ffn,
-        n_experts=8 if moe else 1,
-        top_k=2 if moe else 1,
-        wd_rank=d // 2 if wd else None,  # CoSMoEs: half the hidden size is the best trade-off
-        paper_active_params=active,
-        paper_total_params=total,
-    )
+def catalog_groups() -> dict[str, str]:
+    """Every architecture known by name -> its group: Table 1 (the paper's order), then the other shipped
+    files, then the user's, each sorted by name."""
+    from cosmosim.inputs.arch_files import named_paths  # deferred: it imports this module
 
-
-_CATALOG: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        # Llama-3.2-1B's shape (GQA 8 KV heads, FFN 8192) with its embeddings untied: 1.498B.
-        _row("phone-dense-fa", 16, 2048, 32, 8, 8192, (1.50e9, 1.50e9), moe=False),
-        # MHA; expert width 3840 (2.67 d) from total - active: 1.365B (3.754B).
-        _row("phone-moe", 24, 1440, 18, 18, 3840, (1.37e9, 3.75e9), moe=True),
-        # MHA; rank 800 experts of width 4352: 1.420B (3.648B).
-        _row("phone-wd", 26, 1600, 20, 20, 4352, (1.42e9, 3.65e9), moe=True, wd=True),
-        # Llama-3.2-3B's shape (GQA 8 KV heads, FFN 8192) with its embeddings untied: 3.607B.
-        _row("phone-dense-pa", 28, 3072, 24, 8, 8192, (3.61e9, 3.61e9), moe=False),
-        # MHA, FFN 1280 (2.5 d), the wearable MoE's expert width: 188.6M.
-        _row("wearable-dense-fa", 19, 512, 8, 8, 1280, (189e6, 189e6), moe=False),
-        # MHA, expert width 1280: 188.1M (377.2M).
-        _row("wearable-moe", 19, 432, 8, 8, 1280, (188e6, 377e6), moe=True),
-        # MHA; rank 200 experts of width 1264: 187.1M (378.8M).
-        _row("wearable-wd", 32, 400, 10, 10, 1264, (188e6, 377e6), moe=True, wd=True),
-        # MHA, FFN 1728 (2.25 d): 380.9M.
-        _row("wearable-dense-pa", 29, 768, 12, 12, 1728, (380e6, 380e6), moe=False),
-    )
-}
+    paths = named_paths()
+    shipped = [name for name, (_, origin) in paths.items() if origin == "shipped" and name not in TABLE_1]
+    user = [name for name, (_, origin) in paths.items() if origin == "user"]
+    return {**{name: GROUPS[0] for name in TABLE_1 if name in paths}, **dict.fromkeys(sorted(shipped), GROUPS[1]),
+            **dict.fromkeys(sorted(user), GROUPS[2])}
 
 
 def catalog() -> dict[str, Architecture]:
-    """The eight CoSMoEs Table 1 architectures by name (a fresh dict; the values are frozen)."""
-    return dict(_CATALOG)
+    """Every architecture known by name, in `catalog_groups` order (a fresh dict; the values are frozen)."""
+    from cosmosim.inputs.arch_files import load_named
+
+    return {name: load_named(name).arch for name in catalog_groups()}
 
 
-def get_arch(name: str) -> Architecture:
-    if name not in _CATALOG:
-        raise InputError(f"unknown architecture {name!r}: expected one of {', '.join(_CATALOG)}")
-    return _CATALOG[name]
+def get_arch(name_or_path: str | Path) -> Architecture:
+    """An architecture by name (`cosmosim arch` lists them) or by the path of a .toml architecture file or a
+    Hugging Face config.json."""
+    from cosmosim.inputs.arch_files import find
+
+    return find(name_or_path).arch
 
 
 def _millions(count: float | None) -> float | None:
     return None if count is None else count / 1e6
 
 
-def _error_pct(ours: int, paper: float | None) -> float | None:
-    return None if paper is None else 100 * (ours - paper) / paper
+def _error_pct(ours: int, published: float | None) -> float | None:
+    return None if published is None else 100 * (ours - published) / published
 
 
 def arch_table(weight_bits: int = 16) -> pandas.DataFrame:
-    """One row per catalog architecture: shape, parameter counts against the paper's, and
+    """One row per architecture of the catalog: its group, shape, parameter counts against the published
+    ones (and whether each lies within the figure's tolerance: 1%, or its own rounding if coarser), and
     the bytes of one expert and of the resident weights at `weight_bits` (MB = 1e6 bytes)."""
     import pandas  # deferred: the rest of the module needs no pandas
 
+    from cosmosim.inputs.arch_files import load_named
+
     rows = []
-    for arch in _CATALOG.values():
-        total, active = arch.total_params(), arch.active_params()
-        rows.append(
-            {
-                "name": arch.name,
-                "layers": arch.n_layers,
-                "d_model": arch.d_model,
-                "heads": arch.n_heads,
-                "kv_heads": arch.n_kv_heads,
-                "ffn_hidden": arch.ffn_hidden,
-                "experts": arch.n_experts,
-                "top_k": arch.top_k,
-                "wd_rank": arch.wd_rank,
-                "total_params_m": total / 1e6,
-                "active_params_m": active / 1e6,
-                "paper_total_params_m": _millions(arch.paper_total_params),
-                "paper_active_params_m": _millions(arch.paper_active_params),
-                "total_error_pct": _error_pct(total, arch.paper_total_params),
-                "active_error_pct": _error_pct(active, arch.paper_active_params),
-                "expert_mb": arch.expert_bytes(weight_bits) / 1e6,
-                "resident_mb": arch.resident_bytes(weight_bits) / 1e6,
-            }
-        )
+    for name, group in catalog_groups().items():
+        file = load_named(name)
+        arch, published = file.arch, file.published
+        counts = {"total": arch.total_params(), "active": arch.active_params()}
+        row = {
+            "name": name, "group": group, "layers": arch.n_layers, "d_model": arch.d_model, "heads": arch.n_heads,
+            "kv_heads": arch.n_kv_heads, "head_dim": arch.head_dim, "ffn_hidden": arch.ffn_hidden,
+            "experts": arch.n_experts if arch.is_moe else 0, "top_k": arch.top_k if arch.is_moe else 0,
+            "shared_experts": arch.n_shared_experts, "dense_layers": len(arch.dense_layers), "wd_rank": arch.wd_rank,
+        }
+        for which, ours in counts.items():
+            figure = getattr(published, f"{which}_params") if published else None
+            row[f"{which}_params_m"] = ours / 1e6
+            row[f"published_{which}_params_m"] = _millions(figure)
+            row[f"{which}_error_pct"] = _error_pct(ours, figure)
+            row[f"{which}_within_tolerance"] = None if figure is None else abs(ours - figure) <= published.tolerance(which)
+        rows.append({**row, "expert_mb": arch.expert_bytes(weight_bits) / 1e6,
+                     "resident_mb": arch.resident_bytes(weight_bits) / 1e6})
     table = pandas.DataFrame(rows)
     table["wd_rank"] = table["wd_rank"].astype("Int64")  # nullable: None stays <NA>, not NaN
+    for which in ("total", "active"):
+        table[f"{which}_within_tolerance"] = table[f"{which}_within_tolerance"].astype("boolean")
     return table

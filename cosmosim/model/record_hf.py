@@ -12,7 +12,6 @@ layers without experts are not in the trace at all; `meta` says which layers are
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 from pathlib import Path
@@ -25,14 +24,14 @@ from cosmosim.data.corpus import MANIFEST_FILE, SPLITS, default_corpus_dir, read
 from cosmosim.data.dataset import TokenSplit, sequential_windows
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_text, read_json
+from cosmosim.inputs.arch_files import to_toml
+from cosmosim.inputs.hf_config import EXPERT_COUNT_KEYS, hf_architecture
 from cosmosim.inputs.trace import SCHEMA_VERSION, Trace, save_trace
 from cosmosim.provenance import repository_commit, sha256_file
 
 INSTALL_HINT = 'pip install "cosmosim[hf]"'
 DEFAULT_SEQ_LEN = 256  # unless the model's context is shorter
 WINDOWS_PER_BATCH = 8
-# Where each family's config keeps its routed expert count (Mixtral, OLMoE/Qwen, DeepSeek).
-EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -81,19 +80,9 @@ def read_model_config(model_dir: Path) -> tuple[dict, object]:
     return raw, config
 
 
-def shape_of(text_config) -> dict:
-    """The routed and shared experts' counts and widths, read from an MoE config."""
-    n_experts = next(getattr(text_config, key) for key in EXPERT_COUNT_KEYS if getattr(text_config, key, None))
-    # Qwen-style configs size experts with moe_intermediate_size and dense layers with intermediate_size;
-    # Mixtral and OLMoE have no dense layers and give the expert width as intermediate_size.
-    expert_width = getattr(text_config, "moe_intermediate_size", None) or text_config.intermediate_size
-    if getattr(text_config, "shared_expert_intermediate_size", None):  # Qwen2-MoE: one shared expert
-        n_shared, shared_width = 1, text_config.shared_expert_intermediate_size
-    else:  # DeepSeek-style: n_shared_experts of the routed width
-        n_shared = getattr(text_config, "n_shared_experts", None) or 0
-        shared_width = expert_width if n_shared else None
-    return {"n_experts": int(n_experts), "top_k": int(text_config.num_experts_per_tok), "ffn_hidden": int(expert_width),
-            "n_shared_experts": int(n_shared), "shared_ffn_hidden": shared_width}
+def shape_of(arch: dict) -> dict:
+    """The routed and shared experts' counts and widths, from the model's architecture (`architecture`)."""
+    return {key: arch[key] for key in ("n_experts", "top_k", "ffn_hidden", "n_shared_experts", "shared_ffn_hidden")}
 
 
 def gate_rule(model_type: str, text_config, router_name: str) -> tuple[bool | None, str]:
@@ -252,46 +241,17 @@ def route_windows(model, routers: list[torch.nn.Module], windows_NT: torch.Tenso
     return torch.cat(experts).numpy().astype(np.int16), torch.cat(gates).numpy()
 
 
-def architecture(model_dir: Path, text_config, shape: dict, dense_layers: list[int]) -> dict:
-    """The whole model in the keys of cosmosim's architecture files (None: does not apply)."""
-    n_heads = int(text_config.num_attention_heads)
-    return {
-        "name": model_dir.resolve().name,
-        "n_layers": int(text_config.num_hidden_layers),
-        "d_model": int(text_config.hidden_size),
-        "n_heads": n_heads,
-        "n_kv_heads": int(getattr(text_config, "num_key_value_heads", None) or n_heads),
-        "head_dim": int(getattr(text_config, "head_dim", None) or text_config.hidden_size // n_heads),
-        "vocab_size": int(text_config.vocab_size),
-        "tied_embeddings": bool(getattr(text_config, "tie_word_embeddings", False)),
-        "ffn_hidden": shape["ffn_hidden"],
-        "n_experts": shape["n_experts"],
-        "top_k": shape["top_k"],
-        "n_shared_experts": shape["n_shared_experts"],
-        "shared_ffn_hidden": shape["shared_ffn_hidden"],
-        "dense_layers": dense_layers,
-        "dense_ffn_hidden": int(text_config.intermediate_size) if dense_layers else None,
-        "wd_rank": None,
-        "sources": {"config": str(model_dir / "config.json")},
-    }
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string, ASCII-escaped, is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return str(value)
+def architecture(model_dir: Path, text_config, moe_layers: list[int]) -> dict:
+    """The whole model in the keys of cosmosim's architecture files (None: does not apply), by the one mapping of
+    a config onto them (cosmosim.inputs.hf_config); the layers with routers are the MoE layers."""
+    return hf_architecture(text_config.to_dict(), name=model_dir.resolve().name, source=str(model_dir / "config.json"),
+                           moe_layers=moe_layers).data
 
 
 def architecture_toml(arch: dict) -> str:
-    """The architecture dict as TOML; TOML has no null, so keys that do not apply are left out."""
-    lines = ["# Written by `cosmosim record --hf` from the model's config.json; keys that do not apply are absent."]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in arch.items() if value is not None and key != "sources"]
-    lines += ["", "[sources]"] + [f"{key} = {_toml_value(value)}" for key, value in arch["sources"].items()]
-    return "\n".join(lines) + "\n"
+    """The architecture dict as an architecture file (`cosmosim run --arch FILE`); keys that do not apply are absent."""
+    return to_toml(arch, header="Written by `cosmosim record --hf` from the model's config.json; keys that do not "
+                                "apply are absent.\nSchema: docs/architectures.md.")
 
 
 def record_hf(model_dir: str | Path, out_path: str | Path, *, text: str | Path | None = None,
@@ -328,7 +288,8 @@ def record_hf(model_dir: str | Path, out_path: str | Path, *, text: str | Path |
     model.eval()
     layer_routers = find_routers(model, model_type)
     moe_layers = [index for index, _ in layer_routers]
-    shape = shape_of(text_config)
+    arch = architecture(model_dir, text_config, moe_layers)
+    shape = shape_of(arch)
     experts, gates = route_windows(model, [router for _, router in layer_routers], torch.from_numpy(windows),
                                    shape["top_k"], model_type, progress)
 
@@ -338,8 +299,6 @@ def record_hf(model_dir: str | Path, out_path: str | Path, *, text: str | Path |
         sums = gates.sum(axis=-1)
         renormalised = bool(sums.max() - sums.min() <= 1e-3 * sums.max())
         how += f"; measured: each token's top-k weights sum to {sums.min():.4g}–{sums.max():.4g}"
-    dense_layers = [i for i in range(int(text_config.num_hidden_layers)) if i not in moe_layers]
-    arch = architecture(model_dir, text_config, shape, dense_layers)
     n_windows = windows.shape[0]
     meta = {
         "schema_version": SCHEMA_VERSION,

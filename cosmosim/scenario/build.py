@@ -223,19 +223,21 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     return Scenario(arch, profile, config, workload, costs, cache, trace, [*warnings, *cache.warnings])
 
 
-def resolve_arch(arch: str | Architecture | None, trace: Trace | None) -> Architecture:
-    """The named architecture, or the one the trace was recorded for (its meta.target_arch)."""
+def resolve_arch(arch: str | Path | Architecture | None, trace: Trace | None) -> Architecture:
+    """The architecture named (`cosmosim arch` lists them), or at a path (a .toml architecture file or a
+    Hugging Face config.json), or else the one the trace was recorded for (its meta.target_arch)."""
     if isinstance(arch, Architecture):
         return arch
     if arch is not None:
         return get_arch(arch)
     target = trace.meta.get("target_arch") if trace is not None else None
     if not target:
-        raise InputError("--arch: not given, and the trace's meta.target_arch names none; give --arch NAME (see `cosmosim arch`)")
+        raise InputError("--arch: not given, and the trace's meta.target_arch names none; give --arch NAME or "
+                         "--arch PATH (see `cosmosim arch`)")
     try:
         return get_arch(target)
     except InputError as error:
-        raise InputError(f"{trace.path or 'trace'}: meta.target_arch: {error}; or give --arch NAME") from None
+        raise InputError(f"{trace.path or 'trace'}: meta.target_arch: {error}; or give --arch NAME or PATH") from None
 
 
 def prepare(profile: str | Path | DeviceProfile, trace: str | Path | Trace | None = None,

@@ -4,7 +4,8 @@
     engine = "des"                          # optional; `cosmosim sweep --engine` overrides
     [axes]                                  # each axis a non-empty array, swept in the order written
     profile = ["wearable", "my_watch.toml"] # shipped names or .toml paths
-    arch = ["wearable-moe", "wearable-wd"]  # omit: each trace's meta.target_arch
+    arch = ["wearable-moe", "my_moe.toml"]  # names or architecture files (relative to this file); omit: each
+                                            # trace's meta.target_arch
     wd_rank = ["full", 100, 200]            # omit: the architecture's own
     trace = ["../traces/*.npz"]             # paths or globs, relative to this file
     weight_bits = [16, 8, 4]
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cosmosim.errors import InputError
-from cosmosim.inputs.arch import FULL_RANK, catalog, get_arch
+from cosmosim.inputs.arch import FULL_RANK, catalog_groups, get_arch
+from cosmosim.inputs.arch_files import looks_like_path
 from cosmosim.inputs.locality import exrep
 from cosmosim.inputs.profiles import load_profile
 from cosmosim.inputs.synthetic import highest_exrep_like
@@ -122,8 +124,12 @@ def _seed(value):
 
 
 def _arch(value):
-    if value not in catalog():
-        raise BadValue(f"expected one of {', '.join(catalog())}")
+    """A name is checked here; a path once the spec's folder is known (`_arch_values`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadValue("expected an architecture name or the path of a .toml architecture file or a config.json")
+    if not looks_like_path(value) and value not in catalog_groups():
+        raise BadValue(f"expected one of {', '.join(catalog_groups())}, or the path of a .toml architecture file "
+                       "or a Hugging Face config.json")
     return value
 
 
@@ -156,6 +162,25 @@ def _profile_facts(source: str, base_dir: Path, value: str) -> ProfileFacts:
     except InputError as error:
         raise InputError(f"{source}: axes.profile: {value!r}: {error}") from None
     return ProfileFacts(path=str(profile.path.resolve()), name=profile.name, sha256=profile.sha256)
+
+
+def _arch_values(source: str, base_dir: Path, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Each arch value as every process finds it: a name, or the absolute path of its file (relative paths
+    start at the spec's folder); each loaded once here, so a bad file fails now. Names must differ, since
+    results name the architecture."""
+    resolved, named = [], {}
+    for value in values:
+        path = str(_path_under(base_dir, value).resolve()) if looks_like_path(value) else value
+        try:
+            name = get_arch(path).name
+        except InputError as error:
+            raise InputError(f"{source}: axes.arch: {value!r}: {error}") from None
+        if name in named:
+            raise InputError(f"{source}: axes.arch: {named[name]!r} and {value!r} are both named {name!r}; "
+                             "results name the architecture, so give each file its own name")
+        named[name] = value
+        resolved.append(path)
+    return tuple(resolved)
 
 
 def _expand_traces(source: str, base_dir: Path, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -214,7 +239,7 @@ def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, T
     archs = [get_arch(name) for name in axes.get("arch", ())]
     if "arch" not in axes:
         for value, facts in traces.items():
-            if facts.target_arch not in catalog():
+            if facts.target_arch not in catalog_groups():
                 raise InputError(f"{source}: axes.trace: {value!r} names no target architecture in its "
                                  f"meta.target_arch ({facts.target_arch!r}); add an arch axis")
         archs = [get_arch(name) for name in sorted({facts.target_arch for facts in traces.values()})]
@@ -270,6 +295,8 @@ def spec_from_dict(data: dict, *, base_dir: str | Path, source: str = "spec") ->
         raise InputError(f"{source}: axes.profile: required (shipped names such as \"wearable\", or .toml paths)")
     if "trace" in axes:
         axes["trace"] = _expand_traces(source, base_dir, axes["trace"])
+    if "arch" in axes:
+        axes["arch"] = _arch_values(source, base_dir, axes["arch"])
     profiles = {value: _profile_facts(source, base_dir, value) for value in axes["profile"]}
     traces = {value: _trace_facts(source, base_dir, value) for value in axes.get("trace", ())}
     _check_combinations(source, axes, traces)
