@@ -363,3 +363,16 @@ def test_a_bad_config_json_is_one_line(tmp_path, change, expected):
     path.write_text(json.dumps(raw))
     with pytest.raises(InputError, match="hidden_size is missing"):
         get_arch(path)
+
+
+def test_a_run_on_a_config_json_warns_what_the_mapping_approximated(tmp_path):
+    from cosmosim.inputs.synthetic import synthesize
+    from cosmosim.runner import run
+
+    raw = {"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8,
+           "vocab_size": 100, "intermediate_size": 96, "num_local_experts": 4, "num_experts_per_tok": 2}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    trace = synthesize(exrep_target=0.3, n_layers=2, n_experts=4, top_k=2, n_tokens=512, seq_len=64)
+    result = run("phone", trace, str(path), None, "analytic")
+    assert any(warning.startswith("arch: num_key_value_heads is not in the config") for warning in result["warnings"])

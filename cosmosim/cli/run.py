@@ -69,7 +69,7 @@ def print_summary(result: dict, console: Console) -> None:
 def run(
     profile: str = typer.Option(..., "--profile", "-p", help="Device profile: a shipped name (see `cosmosim profiles`) or a .toml path."),
     trace: Path = typer.Option(None, "--trace", "-t", help="Routing trace (.npz, format v1). Required for a MoE architecture; omit for a dense one."),
-    arch: str = typer.Option(None, help="Target architecture (see `cosmosim arch`). Default: the trace's meta.target_arch."),
+    arch: str = typer.Option(None, help="Target architecture: a name (see `cosmosim arch`), a .toml architecture file or a Hugging Face config.json (docs/architectures.md). Default: the trace's meta.target_arch."),
     cache_mb: float = typer.Option(None, help="Expert cache budget in MB. Default: the profile's app budget minus resident weights, KV cache and activations."),
     cache_experts: int = typer.Option(None, help="Expert cache size as a number of experts (instead of --cache-mb)."),
     per_layer_cache: bool = typer.Option(False, help="Split the cache into equal per-layer partitions instead of one global cache."),

@@ -17,6 +17,7 @@ from cosmosim.device.costs import StepCosts
 from cosmosim.device.policies import POLICIES, PolicyContext
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture, get_arch
+from cosmosim.inputs.arch_files import notes_of
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.scenario.settings import ROUTING_SETTINGS, RunConfig, check_dense_settings, check_settings
@@ -245,4 +246,7 @@ def prepare(profile: str | Path | DeviceProfile, trace: str | Path | Trace | Non
     """A scenario from names, paths or loaded objects: what every engine is given."""
     profile = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     trace = trace if isinstance(trace, Trace) or trace is None else load_trace(trace)
-    return build_scenario(profile, resolve_arch(arch, trace), trace, config or RunConfig())
+    architecture = resolve_arch(arch, trace)
+    scenario = build_scenario(profile, architecture, trace, config or RunConfig())
+    scenario.warnings.extend(f"arch: {note}" for note in notes_of(architecture))  # what a config.json mapping approximated
+    return scenario
