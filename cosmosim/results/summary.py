@@ -14,7 +14,8 @@ from cosmosim.device.policies import POLICIES
 from cosmosim.provenance import repository_commit, sha256_file
 from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, nest, parts
 from cosmosim.results.records import ENERGY_PARTS, Records
-from cosmosim.results.verdict import BUDGET, CACHE_EXPERTS, CACHE_MB, POLICY, Sizing, verdict
+from cosmosim.results.verdict import verdict
+from cosmosim.results.whatif import BUDGET, CACHE_EXPERTS, CACHE_MB, POLICY, Sizing
 from cosmosim.scenario.build import Scenario
 from cosmosim.units import MB
 
