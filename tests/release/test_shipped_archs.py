@@ -45,6 +45,13 @@ HF_CONFIGS = {
                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, num_local_experts=16,
                     num_experts_per_tok=2, tie_word_embeddings=False, attention_bias=True, lm_head_bias=True),
                     32 * (2 * 4096 + 10240) + 4096 + 32064),
+    "mixtral-8x22b": ("MixtralConfig", dict(vocab_size=32000, hidden_size=6144, intermediate_size=16384,
+                      num_hidden_layers=56, num_attention_heads=48, num_key_value_heads=8, num_local_experts=8,
+                      num_experts_per_tok=2, tie_word_embeddings=False), 0),
+    "qwen2-57b-a14b": ("Qwen2MoeConfig", dict(vocab_size=151936, hidden_size=3584, intermediate_size=18944,
+                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       moe_intermediate_size=2560, shared_expert_intermediate_size=20480, num_experts=64,
+                       num_experts_per_tok=8, tie_word_embeddings=False), 28 * (3584 + 2 * 512 + 3584)),
 }
 
 
