@@ -2,11 +2,13 @@
 
 import json
 import time
+import tomllib
 
 import pandas as pd
 import pytest
 
 from cosmosim.errors import InputError
+from cosmosim.inputs.arch_files import SHIPPED_DIR, to_toml
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import save_trace
 from cosmosim.results import catalog
@@ -97,6 +99,56 @@ def test_an_infeasible_point_is_a_row_with_its_error(tmp_path, traces):
     rows = read_results(tmp_path / "r")
     assert summary.n_errors == 1 and "smaller than top_k" in rows.loc[0, "error"]
     assert pd.isna(rows.loc[0, "tpot_ms_mean"]) and pd.isna(rows.loc[1, "error"])
+
+
+def write_shared_arch(folder):
+    """The wearable MoE with one shared expert of its routed experts' width (1280) per layer, as a file: the
+    expert cache holds one size of expert, so only such shared experts can be cached."""
+    data = tomllib.loads((SHIPPED_DIR / "wearable-moe.toml").read_text())
+    data.pop("published")  # the shared experts add 19 x 3 x 432 x 1280 weights to Table 1's counts
+    data.update(name="wearable-moe-shared", n_shared_experts=1, shared_ffn_hidden=data["ffn_hidden"])
+    data["sources"].update(n_shared_experts="test: one shared SwiGLU expert per MoE layer, taken by every token",
+                           shared_ffn_hidden="test: the routed experts' width, 1280, so the cache can hold it")
+    path = folder / "wearable-moe-shared.toml"
+    path.write_text(to_toml(data))
+    return path
+
+
+@pytest.mark.parametrize("engine", ["des", "analytic"])
+def test_a_cache_shared_experts_axis_moves_the_shared_experts_from_the_resident_weights_to_the_cache(
+        tmp_path, traces, engine):
+    arch = write_shared_arch(tmp_path)
+    spec = spec_from_dict({"engine": engine, "axes": {
+        "profile": ["wearable"], "arch": [str(arch)], "trace": ["bles0.npz"], "cache_experts": [60],
+        "cache_shared_experts": [False, True], "tokens": [TOKENS]}}, base_dir=traces)
+    assert [point.config.cache_shared_experts for point in grid(spec)] == [False, True]
+    run_sweep(spec, tmp_path / "r", progress=False)
+    rows = read_results(tmp_path / "r")
+    assert rows["error"].isna().all(), rows["error"].tolist()
+    resident, cached = rows.iloc[0], rows.iloc[1]
+    assert rows["cache_shared_experts"].tolist() == [False, True] and rows["engine"].eq(engine).all()
+    # By hand: 19 MoE layers of 8 routed experts, plus the shared one once cached; every expert (shared
+    # too) a SwiGLU of 3 x 432 x 1280 16-bit weights, and the same 60 of them in the cache either way.
+    expert_mb = 3 * 432 * 1280 * 2 / 1e6
+    assert (resident["total_experts"], cached["total_experts"]) == (19 * 8, 19 * 9)
+    assert resident["expert_mb"] == pytest.approx(expert_mb, rel=1e-12)
+    assert cached["expert_mb"] == pytest.approx(expert_mb, rel=1e-12)
+    assert resident["memory_expert_cache_mb"] == pytest.approx(60 * expert_mb, rel=1e-9)
+    assert cached["memory_expert_cache_mb"] == pytest.approx(60 * expert_mb, rel=1e-9)
+    # Cached, each layer's shared expert leaves the resident weights and its router row (432 16-bit
+    # weights) joins them: fewer resident bytes ...
+    moved_mb = 19 * (3 * 432 * 1280 - 432) * 2 / 1e6
+    assert resident["memory_resident_weights_mb"] - cached["memory_resident_weights_mb"] \
+        == pytest.approx(moved_mb, rel=1e-9)
+    # ... and more flash reads: the shared experts, taken by every token, hold 19 of the 60 entries,
+    # so the routed experts, whose misses are the flash reads, compete for the other 41.
+    assert cached["flash_mb_per_token"] > resident["flash_mb_per_token"] > 0
+    assert cached["tpot_ms_mean"] > resident["tpot_ms_mean"]
+    # The row is the single run with --cache-shared-experts.
+    single = run("wearable", traces / "bles0.npz", arch,
+                 RunConfig(cache_experts=60, cache_shared_experts=True, tokens=TOKENS), engine)
+    assert cached["flash_mb_per_token"] == single["flash_mb_per_token"]
+    assert cached["tpot_ms_mean"] == single["tpot_ms"]["mean"]
 
 
 # ---------------------------------------------------------------------------- resuming

@@ -30,9 +30,9 @@ from cosmosim.sweep.spec import TraceFacts
 INPUT_COLUMNS = {
     "point_id": "int64", "profile": "string", "arch": "string", "wd_rank": "Int64", "trace": "string",
     "policy": "string", "prefetch": "string", "cache_mb_requested": "Float64", "cache_experts_requested": "Int64",
-    "cache_fraction": "Float64", "per_layer_cache": "boolean", "weight_bits": "int64", "tokens": "Int64",
-    "prompt_tokens": "int64", "context_len": "int64", "engine": "string", "exrep_target": "Float64",
-    "synth_seed": "Int64",
+    "cache_fraction": "Float64", "per_layer_cache": "boolean", "cache_shared_experts": "boolean",
+    "weight_bits": "int64", "tokens": "Int64", "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
+    "exrep_target": "Float64", "synth_seed": "Int64",
 }
 TRACE_COLUMNS = {
     "trace_sha256": "string", "trace_tokens": "Int64", "trace_exrep": "Float64", "trace_model_wd_rank": "Int64",
@@ -117,7 +117,8 @@ def _resolve(point: Point, engine: str) -> Resolved:
         "trace": point.trace, "policy": config.policy if routed else None,
         "prefetch": config.prefetch if routed else None, "cache_mb_requested": point.config.cache_mb,
         "cache_experts_requested": point.config.cache_experts, "cache_fraction": point.cache_fraction,
-        "per_layer_cache": config.per_layer_cache if routed else None, "weight_bits": config.weight_bits,
+        "per_layer_cache": config.per_layer_cache if routed else None,
+        "cache_shared_experts": config.cache_shared_experts if routed else None, "weight_bits": config.weight_bits,
         "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
         "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed,
         **_trace_columns(facts, synthetic),

@@ -133,8 +133,8 @@ def _arch(value):
     return value
 
 
-SWEEP_SETTINGS = ("policy", "prefetch", "weight_bits", "cache_mb", "cache_experts", "per_layer_cache", "tokens",
-                  "prompt_tokens", "context_len")
+SWEEP_SETTINGS = ("policy", "prefetch", "weight_bits", "cache_mb", "cache_experts", "per_layer_cache",
+                  "cache_shared_experts", "tokens", "prompt_tokens", "context_len")
 AXES: dict[str, Callable[[Any], Any]] = {
     "profile": _text,
     "arch": _arch,
