@@ -8,7 +8,12 @@ median and maximum errors; exits 1 when any case fails.
 With no trace under traces/ (or with --synthetic), it runs the test fixture's sticky trace instead,
 built in memory and labelled as such.
 
-    python benchmarks/agreement.py [TRACE ...] [--tokens N] [--synthetic]
+    python benchmarks/agreement.py [TRACE ...] [--tokens N] [--synthetic] [--json [g.json]]
+
+Every shipped trace at full length takes about 15 minutes; one TRACE with a small --tokens, e.g.
+`traces/moe.npz --tokens 256`, takes seconds. `--json g.json` writes the case, every case's row and
+the totals (`hits_equal`, `tpot_error_median`, `tpot_error_max`, `failed`) to g.json; a bare `--json`
+(after the TRACEs) prints that object to stdout and the table to stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+
+from _report import add_json_option, emit, human_output, parse
 
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import Trace, load_trace
@@ -60,10 +67,19 @@ def compare(name: str, trace: Trace, profile: str, arch: str, config: RunConfig)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("traces", nargs="*", type=Path, help="trace files (default: traces/*.npz)")
-    parser.add_argument("--tokens", type=int, default=None, help="replay at most this many tokens per run")
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="replay at most this many tokens per run (default: every token)")
     parser.add_argument("--synthetic", action="store_true", help="also run the test fixture's sticky trace")
-    args = parser.parse_args()
+    add_json_option(parser, "the case, every case's row and the totals")
+    args = parse(parser)
+    with human_output(args.json):
+        report = measure(args)
+    emit(args.json, report)
+    return 1 if report["failed"] else 0
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Run every case on both engines, print the table, return the JSON object."""
     paths = args.traces or sorted((ROOT / "traces").glob("*.npz"))
     traces = [(path.name, load_trace(path)) for path in paths]
     if args.synthetic or not traces:
@@ -89,7 +105,9 @@ def main() -> int:
           f"{sum(row['hits_equal'] for row in rows)}; mean TPOT |error|: median {statistics.median(errors):.2e}, "
           f"max {max(errors):.2e} (tolerance {TPOT_TOLERANCE:.0%})")
     print("all cases agree" if not failed else f"{len(failed)} case(s) FAILED")
-    return 1 if failed else 0
+    return {"case": {"traces": [name for name, _ in traces], "tokens": args.tokens, "tpot_tolerance": TPOT_TOLERANCE},
+            "cases": rows, "n_cases": len(rows), "hits_equal": sum(row["hits_equal"] for row in rows),
+            "tpot_error_median": statistics.median(errors), "tpot_error_max": max(errors), "failed": len(failed)}
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ a grid of {phone, wearable} x {phone-moe, phone-wd, wearable-moe, wearable-wd} x
   every metric but TPOT percentiles recomputed per call;
 - the warm call with TPOT percentiles (one pass over the decode tokens per distinct point).
 
-    python benchmarks/analytic_speed.py [--tokens 16384] [--repeats 3] [--json a.json]
+    python benchmarks/analytic_speed.py [--tokens 16384] [--repeats 3] [--json [a.json]]
 
-`--json` writes `cold_points_per_s`, `warm_points_per_s` and `percentile_points_per_s`.
+`--json a.json` writes the case, `cold_points_per_s`, `warm_points_per_s` and
+`percentile_points_per_s` to a.json; a bare `--json` prints that object to stdout and the table to stderr.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _report import add_json_option, emit, human_output, parse
 
 from cosmosim.engines.analytic.frame import evaluate_points
 from cosmosim.engines.analytic.outcomes import StatsCache
-from cosmosim.files import atomic_write_json
 from cosmosim.inputs.arch import get_arch
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.inputs.trace import save_trace
@@ -39,7 +40,8 @@ def design_points(trace_path: Path) -> pd.DataFrame:
     for profile, arch_name, bits, prompt in itertools.product(("phone", "wearable"), ARCHS, (16, 8, 4), (16, 64)):
         arch = get_arch(arch_name)
         all_experts = arch.total_experts
-        base = dict(profile=profile, arch=arch_name, trace=str(trace_path), weight_bits=bits, prompt_tokens=prompt)
+        base = {"profile": profile, "arch": arch_name, "trace": str(trace_path), "weight_bits": bits,
+                "prompt_tokens": prompt}
         for size in range(arch.top_k, all_experts + 1):
             rows.append(dict(base, policy="lru", cache_experts=size))
         for size in range(arch.top_k, arch.n_experts + 1):
@@ -61,11 +63,19 @@ def timed(points: pd.DataFrame, cache: StatsCache, percentiles: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=16384, help="trace length in tokens (sequences of 256)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="also write the rates to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--tokens", type=int, default=16384,
+                        help="trace length in tokens, sequences of 256 (default: 16384)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="time the warm call this many times, keep the best (default: 3)")
+    add_json_option(parser, "the case and the three rates")
+    args = parse(parser)
+    with human_output(args.json):
+        rates = measure(args)
+    emit(args.json, rates)
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time the three calls, print the table, return the JSON object."""
     with tempfile.TemporaryDirectory() as folder:
         trace_path = save_trace(sticky_trace(n_tokens=args.tokens, n_layers=19, seed=0), Path(folder) / "sticky.npz")
         points = design_points(trace_path)
@@ -79,10 +89,9 @@ def main() -> None:
     print(f"cold (statistics computed):      {cold:7.2f} s -> {n / cold:10,.0f} points/s")
     print(f"warm (statistics cached):        {warm:7.2f} s -> {n / warm:10,.0f} points/s (best of {args.repeats})")
     print(f"warm, with TPOT percentiles:     {with_percentiles:7.2f} s -> {n / with_percentiles:10,.0f} points/s")
-    if args.json:
-        atomic_write_json(args.json, {"case": {"tokens": args.tokens, "points": n, "repeats": args.repeats},
-                                      "cold_points_per_s": n / cold, "warm_points_per_s": n / warm,
-                                      "percentile_points_per_s": n / with_percentiles})
+    return {"case": {"tokens": args.tokens, "points": n, "repeats": args.repeats},
+            "cold_points_per_s": n / cold, "warm_points_per_s": n / warm,
+            "percentile_points_per_s": n / with_percentiles}
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """Time every locality statistic on a trace of the size the brief names: 32k tokens x 19 layers, top-2 of 8.
 
-    python benchmarks/locality_speed.py [--tokens 32768] [--layers 19] [--sequence 512] [--stay 0.8]
+    python benchmarks/locality_speed.py [--tokens 32768] [--layers 19] [--sequence 512] [--stay 0.8] [--json [l.json]]
 
 Two traces, each cut into sequences of `--sequence` tokens: uniformly random routing, and "sticky"
 routing where each (token, layer) keeps the previous token's experts with probability `--stay`.
+
+`--json l.json` writes the case and, per trace (`random`, `sticky`), each statistic's `seconds` and
+the `summary` (`locality_summary`'s object) to l.json; a bare `--json` prints that object to stdout
+and the table to stderr.
 """
 
 import argparse
 import time
 
 import numpy as np
+from _report import add_json_option, emit, human_output, parse
 
 from cosmosim.inputs.locality import (
     delta_uniform,
@@ -36,29 +41,46 @@ def sticky_routing(n_tokens: int, n_layers: int, stay: float, seed: int) -> np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=32768)
-    parser.add_argument("--layers", type=int, default=19)
-    parser.add_argument("--sequence", type=int, default=512)
-    parser.add_argument("--stay", type=float, default=0.8)
-    args = parser.parse_args()
+    parser.add_argument("--tokens", type=int, default=32768, help="tokens in each trace (default: 32768)")
+    parser.add_argument("--layers", type=int, default=19, help="MoE layers in each trace (default: 19)")
+    parser.add_argument("--sequence", type=int, default=512, help="tokens per sequence (default: 512)")
+    parser.add_argument("--stay", type=float, default=0.8,
+                        help="sticky trace: the probability that a (token, layer) keeps the previous token's "
+                             "experts (default: 0.8)")
+    add_json_option(parser, "the case and each statistic's seconds and summary per trace")
+    args = parse(parser)
+    with human_output(args.json):
+        report = measure(args)
+    emit(args.json, report)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time every statistic on both traces, print the table, return the JSON object."""
     positions = np.arange(args.tokens) % args.sequence
-    statistics = {
-        "exrep": lambda e: exrep(e, positions),
-        "delta_uniform": lambda e: delta_uniform(e, 8),
-        "reuse distances": lambda e: reuse_histogram(reuse_distances(e, positions, 8), 8),
-        "srp m=16": lambda e: srp(e, positions, 8, 16),
-        "sch rho=2 m=16": lambda e: sch(e, positions, 8, 2.0, 16),
-        "summary (both + baselines)": lambda e: locality_summary(e, positions, 8),
+    statistics = {  # JSON key: (label in the table, the statistic)
+        "exrep": ("exrep", lambda e: exrep(e, positions)),
+        "delta_uniform": ("delta_uniform", lambda e: delta_uniform(e, 8)),
+        "reuse_distances": ("reuse distances", lambda e: reuse_histogram(reuse_distances(e, positions, 8), 8)),
+        "srp_m16": ("srp m=16", lambda e: srp(e, positions, 8, 16)),
+        "sch_rho2_m16": ("sch rho=2 m=16", lambda e: sch(e, positions, 8, 2.0, 16)),
+        "summary": ("summary (both + baselines)", lambda e: locality_summary(e, positions, 8)),
     }
-    traces = {"random": random_routing((args.tokens, args.layers, 2), 8, seed=1),  # baseline uses seed 0
-              f"sticky {args.stay}": sticky_routing(args.tokens, args.layers, args.stay, 0)}
-    for name, experts in traces.items():
-        print(f"{name} routing, {args.tokens} tokens x {args.layers} layers, sequences of {args.sequence}")
-        for label, run in statistics.items():
+    traces = {"random": ("random", random_routing((args.tokens, args.layers, 2), 8, seed=1)),  # baseline: seed 0
+              "sticky": (f"sticky {args.stay}", sticky_routing(args.tokens, args.layers, args.stay, 0))}
+    results = {}
+    for name, (trace_label, experts) in traces.items():
+        print(f"{trace_label} routing, {args.tokens} tokens x {args.layers} layers, sequences of {args.sequence}")
+        seconds = {}
+        for key, (label, run) in statistics.items():
             start = time.perf_counter()
             run(experts)
-            print(f"  {label:<28}{time.perf_counter() - start:8.3f} s")
-        print(format_summary(locality_summary(experts, positions, 8)))
+            seconds[key] = time.perf_counter() - start
+            print(f"  {label:<28}{seconds[key]:8.3f} s")
+        summary = locality_summary(experts, positions, 8)
+        print(format_summary(summary))
+        results[name] = {"seconds": seconds, "summary": summary}
+    return {"case": {"tokens": args.tokens, "layers": args.layers, "sequence": args.sequence, "stay": args.stay},
+            "traces": results}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ profile and architecture, LRU, a cache of 25% of the experts. It prints:
   the benchmark says so and goes on without it). libCacheSim decides hits only: no clock, no
   flash queue, no compute, no pinning; a peer for the cache part, not the same work.
 
-    python benchmarks/sim_speed.py [--repeats 3] [--policy lru] [--json s.json]
+    python benchmarks/sim_speed.py [--repeats 3] [--policy lru] [--json [s.json]]
+
+`--json s.json` writes the case, the rates and `ratio_to_simpy` to s.json; a bare `--json` prints
+that object to stdout and the table to stderr.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import simpy
+from _report import add_json_option, emit, human_output, parse
 
 from cosmosim.engines.des import simulate
-from cosmosim.files import atomic_write_json
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
@@ -80,11 +83,18 @@ def libcachesim_seconds(scenario, capacity: int, repeats: int) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--policy", default="lru")
-    parser.add_argument("--json", type=Path, help="also write the rates and ratios to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="time each measurement this many times, keep the best (default: 3)")
+    parser.add_argument("--policy", default="lru", help="cache policy the simulator replays (default: lru)")
+    add_json_option(parser, "the case, the rates and ratio_to_simpy")
+    args = parse(parser)
+    with human_output(args.json):
+        rates = measure(args)
+    emit(args.json, rates)
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time the fixed case, print the table, return the JSON object."""
     trace = sticky_trace(n_tokens=32768, n_layers=19, seed=0)
     config = RunConfig(policy=args.policy, cache_experts=19 * 8 // 4)
     scenario = prepare("wearable", trace, "wearable-moe", config)
@@ -110,9 +120,8 @@ def main() -> None:
         print(f"libCacheSim LRU (hits only, C loop, `-t \"{LIBCACHESIM_TRACE_PARAMS}\"` layout): "
               f"{rates['libcachesim_accesses_per_s']:,.0f} accesses/s, "
               f"{rates['libcachesim_accesses_per_s'] / rates['accesses_per_s']:.1f}x cosmosim's full simulation")
-    if args.json:
-        atomic_write_json(args.json, {"case": {"tokens": 32768, "policy": args.policy, "cache_experts": config.cache_experts,
-                                               "accesses": accesses, "repeats": args.repeats}, **rates})
+    return {"case": {"tokens": 32768, "policy": args.policy, "cache_experts": config.cache_experts,
+                     "accesses": accesses, "repeats": args.repeats}, **rates}
 
 
 if __name__ == "__main__":
