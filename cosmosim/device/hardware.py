@@ -39,6 +39,13 @@ class Flash:
         self._next_slot = 0
         self._channel_free = 0.0
         self._split: dict[int, list[tuple[int, float]]] = {}
+        self._throughput_fraction = 1.0  # of the spec's bandwidth: below 1 while the device is throttled
+
+    def set_throughput_fraction(self, fraction: float) -> None:
+        """Transfer at `fraction` of the spec's bandwidth from now on (sustained-load throttling); latency unchanged."""
+        if fraction != self._throughput_fraction:
+            self._throughput_fraction = fraction
+            self._split.clear()
 
     def _requests(self, nbytes: int) -> list[tuple[int, float]]:
         """The read as the device sees it: (size, transfer time) of each request, memoised."""
@@ -46,7 +53,8 @@ class Flash:
         if requests is None:
             limit = self.spec.max_request_bytes
             sizes = [limit] * (nbytes // limit) + ([nbytes % limit] if nbytes % limit else [])
-            requests = [(size, size / self.spec.bandwidth_bytes_per_s(size)) for size in sizes]
+            bandwidth = self.spec.bandwidth_bytes_per_s
+            requests = [(size, size / (bandwidth(size) * self._throughput_fraction)) for size in sizes]
             self._split[nbytes] = requests
         return requests
 

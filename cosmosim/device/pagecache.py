@@ -148,6 +148,13 @@ class PageCache:
     def access(self, extents: Iterable[tuple[int, int]]) -> list[Run]:
         """Touch every page of the byte ranges [start, end), in order; return the runs read from flash,
         in the order they were read. Pages already resident are not re-read."""
+        advised, faulted = self.access_split(extents)
+        return advised + faulted
+
+    def access_split(self, extents: Iterable[tuple[int, int]]) -> tuple[list[Run], list[Run]]:
+        """`access`, its reads in two lists: those MADV_WILLNEED started before any page was touched
+        (asynchronous: they overlap in the device's queue), then those the faults read, in order (each
+        blocks the touching thread until it completes)."""
         ranges = self._page_ranges(extents)
         needed = sum(end - start for start, end in ranges)
         if needed > self.capacity_pages:
@@ -161,11 +168,12 @@ class PageCache:
         self.stats.accesses += 1
         self.stats.pages_touched += needed
         self.stats.hits += sum(end - start - state[start:end].count(ABSENT) for start, end in ranges)
-        runs: list[Run] = []
+        advised: list[Run] = []
         if self.advice == "willneed":
             for start, end in ranges:
                 cap = end - start if self.willneed_max_pages is None else min(end - start, self.willneed_max_pages)
-                runs += self._read(start, start + cap)
+                advised += self._read(start, start + cap)
+        faulted: list[Run] = []
         for start, end in ranges:
             view = state[start:end]
             if not view.count(ABSENT) and not view.count(INACTIVE_REF):
@@ -173,12 +181,12 @@ class PageCache:
                 continue
             for page in range(start, end):
                 if state[page] == ABSENT:
-                    runs += self._fault(page)
+                    faulted += self._fault(page)
                 self._mark_accessed(page)
         self._end_access()
-        self.stats.reads += len(runs)
-        self.stats.pages_read += sum(n for _, n in runs)
-        return runs
+        self.stats.reads += len(advised) + len(faulted)
+        self.stats.pages_read += sum(n for _, n in advised) + sum(n for _, n in faulted)
+        return advised, faulted
 
     def _page_ranges(self, extents: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         """The extents as page ranges [first, last + 1), in order, each page once (a page two extents

@@ -13,6 +13,12 @@ pass). Within a step:
 The clock advances once per step (`env.timeout`); cache hits need no event at all, which keeps the
 simulator at about a million expert accesses per second (benchmarks/sim_speed.py).
 
+Under `--loader mmap` the page cache replaces the app's cache (`_step_mapped`): a step first touches its
+layers' resident weights, then each expert's pages fault in as the thread reaches it (or are read ahead
+together under MADV_WILLNEED), and the LM head's pages before the head runs. A profile with a `throttle`
+section slows every compute operation and flash transfer by its curves at the device's sustained load,
+evaluated once per pass; `idle_gap_s` leaves the device idle (cooling) between requests.
+
 Given a `timeline` list, the engine also appends one (name, layer, start_s, end_s, kind) tuple per
 operation: kind "compute" (attention, experts, LM head), "flash" (reads, by expert) or "pass" (one
 prefill or decode pass); `cosmosim.results.timeline` turns them into a Perfetto trace. Left None, the hot
@@ -24,12 +30,16 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
+import math
+
 from cosmosim.device.costs import OpCost
 from cosmosim.device.hardware import ComputeUnit, Flash
 from cosmosim.device.prefetch import PREFETCHERS
+from cosmosim.device.thermal import SustainedLoad
 from cosmosim.results.records import Records
 from cosmosim.scenario.build import Scenario
-from cosmosim.workload.stream import DECODE
+from cosmosim.scenario.settings import MMAP
+from cosmosim.workload.stream import DECODE, PREFILL
 
 
 class Simulation:
@@ -41,11 +51,12 @@ class Simulation:
         self.flash = Flash(scenario.profile.flash)
         self.compute = ComputeUnit()
         self.records = Records.empty(workload)
-        self.cache = scenario.expert_cache() if scenario.arch.is_moe else None
+        self.weights = scenario.mapped_weights(self.flash) if config.loader == MMAP else None
+        self.cache = scenario.expert_cache() if scenario.arch.is_moe and self.weights is None else None
         self.prefetcher = None if config.prefetch == "none" else PREFETCHERS[config.prefetch](workload)
         self._prefetched: set[int] = set()  # keys prefetched for the next step, to score accuracy
-        self._nonexpert: dict[tuple[int, int], list[OpCost]] = {}
-        self._expert: dict[int, OpCost] = {}
+        self.load = SustainedLoad(scenario.profile.throttle) if scenario.profile.throttle else None
+        self._set_slowdown(1.0)
 
     def run(self) -> Records:
         self.env.process(self._replay())
@@ -54,21 +65,46 @@ class Simulation:
         self.records.flash_busy_s = self.flash.stats.busy_s
         if self.cache is not None:
             self.records.peak_cache_entries = self.cache.stats.peak_entries
+        if self.weights is not None:
+            self.records.peak_cache_bytes = self.weights.peak_resident_bytes
         return self.records
 
     # -- costs, memoised: the same few values are asked for millions of times ---------------------
+    def _set_slowdown(self, slowdown: float) -> None:
+        """Every compute operation takes `slowdown` times its roofline time from now on (1: peak)."""
+        costs = self.scenario.costs
+        self._slowdown = slowdown
+        self._nonexpert: dict[tuple[int, int], list[OpCost]] = {}
+        self._expert: dict[int, OpCost] = {}
+        self._expert_decode, self._lm_head = self._slowed(costs.expert_decode), self._slowed(costs.lm_head)
+        self._overhead_s = costs.layer_overhead_s * slowdown
+
+    def _slowed(self, cost: OpCost) -> OpCost:
+        if self._slowdown == 1.0:
+            return cost
+        return OpCost(cost.flops, cost.dram_bytes, cost.time_s * self._slowdown, cost.memory_bound)
+
+    def _throttle(self, now_s: float) -> float:
+        """Set this pass's throughput from the sustained load at its start; return that load."""
+        load_s = self.load.load_at(now_s)
+        self.flash.set_throughput_fraction(self.load.spec.flash_fraction(load_s))
+        slowdown = 1.0 / self.load.spec.compute_fraction(load_s)
+        if slowdown != self._slowdown:
+            self._set_slowdown(slowdown)
+        return load_s
+
     def _nonexpert_cost(self, kind: int, context: int, layer: int) -> OpCost:
         by_step = self._nonexpert.get((kind, context))
         if by_step is None:  # every step at this context, priced at once
             table = self.scenario.costs.nonexpert_table(kind, np.array([context]))
-            by_step = self._nonexpert[(kind, context)] = [table.op(0, step) for step in range(table.time_s.shape[1])]
+            by_step = [self._slowed(table.op(0, step)) for step in range(table.time_s.shape[1])]
+            self._nonexpert[(kind, context)] = by_step
         return by_step[layer]
 
     def _expert_cost(self, n_tokens: int) -> OpCost:
         cost = self._expert.get(n_tokens)
         if cost is None:
-            cost = self.scenario.costs.expert_prefill(n_tokens)
-            self._expert[n_tokens] = cost
+            cost = self._expert[n_tokens] = self._slowed(self.scenario.costs.expert_prefill(n_tokens))
         return cost
 
     # -- the replay ---------------------------------------------------------------------------------
@@ -81,19 +117,30 @@ class Simulation:
         keys = workload.access_key.tolist()
         tokens = workload.access_tokens.tolist()
         last_layer = workload.n_layers - 1
-        records = self.records
-        lm_head = self.scenario.costs.lm_head
+        records, weights, load = self.records, self.weights, self.load
+        idle_gap_s = self.scenario.config.idle_gap_s
+        step_once = self._step if weights is None else self._step_mapped
         timeline = self.timeline
-        token_start = 0.0
+        token_start, load_s = 0.0, math.nan
         for step, kind in enumerate(kinds):
             if layers[step] == 0:
+                idle_s = idle_gap_s if kind == PREFILL and step else 0.0
+                if idle_s:
+                    yield self.env.timeout(idle_s)
+                if load is not None:
+                    if kind == PREFILL:
+                        load.start_request(self.env.now, idle_s)
+                    load_s = self._throttle(self.env.now)
                 token_start = self.env.now
                 records.begin_pass(kind)
-            end = self._step(step, kind, layers[step], contexts[step], keys, tokens, offsets[step], offsets[step + 1])
+            end = step_once(step, kind, layers[step], contexts[step], keys, tokens, offsets[step], offsets[step + 1])
             if layers[step] == last_layer:
+                if weights is not None:
+                    end = self._touch_weights(weights.layout.head_extents(), end, "LM head", last_layer)
+                lm_head = self._lm_head
                 head_start, end = self.compute.run(end, lm_head.time_s)
                 records.add_op(kind, "lm_head", lm_head)
-                records.end_pass(kind, end - token_start)
+                records.end_pass(kind, end - token_start, end, load_s)
                 if timeline is not None:
                     timeline.append(("lm_head", last_layer, head_start, end, "compute"))
                     timeline.append(("decode" if kind == DECODE else "prefill", -1, token_start, end, "pass"))
@@ -102,12 +149,7 @@ class Simulation:
     def _step(self, step: int, kind: int, layer: int, context: int, keys: list[int], tokens: list[int],
               lo: int, hi: int) -> float:
         records, cache, compute, timeline = self.records, self.cache, self.compute, self.timeline
-        nonexpert = self._nonexpert_cost(kind, context, layer)
-        overhead_s = self.scenario.costs.layer_overhead_s
-        layer_start, router_done = compute.run(self.env.now, nonexpert.time_s + overhead_s)
-        records.add_op(kind, "nonexpert", nonexpert, overhead_s)
-        if timeline is not None:
-            timeline.append(("attention+router", layer, layer_start, router_done, "compute"))
+        router_done = self._nonexpert_step(kind, layer, context, self.env.now)
         if lo == hi:
             return router_done
 
@@ -145,7 +187,7 @@ class Simulation:
 
         # Experts compute in the order their weights arrive (hits first), each once the unit is free.
         if kind == DECODE:
-            cost = self.scenario.costs.expert_decode
+            cost = self._expert_decode
             end = router_done
             for ready in sorted(ready_at):
                 start, end = compute.run(ready, cost.time_s)
@@ -164,6 +206,71 @@ class Simulation:
                 expert_compute_s += cost.time_s
         records.add_stall(kind, end - router_done - expert_compute_s)
         return end
+
+    def _nonexpert_step(self, kind: int, layer: int, context: int, ready_s: float) -> float:
+        """Attention, router and norms (and a step's dense layers) once their weights are ready; the router's end."""
+        nonexpert, overhead_s = self._nonexpert_cost(kind, context, layer), self._overhead_s
+        layer_start, router_done = self.compute.run(ready_s, nonexpert.time_s + overhead_s)
+        self.records.add_op(kind, "nonexpert", nonexpert, overhead_s)
+        if self.timeline is not None:
+            self.timeline.append(("attention+router", layer, layer_start, router_done, "compute"))
+        return router_done
+
+    def _touch_weights(self, extents, issue_s: float, what: str, layer: int) -> float:
+        """--loader mmap: the thread touches weights other than routed experts; when they are in DRAM."""
+        ready, nbytes = self.weights.touch(extents, issue_s)
+        self.records.add_flash(nbytes)
+        if nbytes and self.timeline is not None:
+            self.timeline.append((f"fault {what}", layer, issue_s, ready, "flash"))
+        return ready
+
+    def _step_mapped(self, step: int, kind: int, layer: int, context: int, keys: list[int], tokens: list[int],
+                     lo: int, hi: int) -> float:
+        """One step with the weights mmapped: the step's layers' resident tensors, then its experts' pages."""
+        weights, records, timeline = self.weights, self.records, self.timeline
+        ready = self.env.now
+        for model_layer in self.scenario.costs.step_layers[layer]:
+            ready = self._touch_weights(weights.layout.nonexpert_extents(model_layer), ready, "weights", layer)
+        router_done = self._nonexpert_step(kind, layer, context, ready)
+        if lo == hi:
+            return router_done
+        n_experts, advised = self.scenario.workload.n_experts, weights.cache.advice == "willneed"
+        hits = late_hits = misses = read_bytes = 0
+        end, expert_compute_s = router_done, 0.0
+        # Under MADV_WILLNEED every expert's reads start as the router picks it and the experts compute as
+        # they arrive; otherwise the thread faults each expert in when it reaches it, then computes it.
+        touched = []
+        for clock in range(lo, hi):
+            expert = keys[clock] - layer * n_experts
+            issue_s = router_done if advised else end
+            ready, nbytes = weights.touch(weights.expert_extents(layer, expert), issue_s)
+            if nbytes:
+                misses += 1
+                read_bytes += nbytes
+                if timeline is not None:
+                    timeline.append((f"read expert {expert}", layer, issue_s, ready, "flash"))
+            elif ready > issue_s:
+                late_hits += 1
+            else:
+                hits += 1
+            if advised:
+                touched.append((ready, clock))
+            else:
+                end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s)
+        for ready, clock in sorted(touched):
+            end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s)
+        records.add_outcomes(kind, layer, hits, late_hits, misses, read_bytes)
+        records.add_stall(kind, end - router_done - expert_compute_s)
+        return end
+
+    def _expert_op(self, kind: int, ready_s: float, n_tokens: int, layer: int, compute_s: float) -> tuple[float, float]:
+        """One expert's compute once its weights are ready; (its end, `compute_s` plus its duration)."""
+        cost = self._expert_decode if kind == DECODE else self._expert_cost(n_tokens)
+        start, end = self.compute.run(ready_s, cost.time_s)
+        self.records.add_op(kind, "expert", cost)
+        if self.timeline is not None:
+            self.timeline.append(("expert", layer, start, end, "compute"))
+        return end, compute_s + cost.time_s
 
     def _prefetch(self, step: int, layer: int, step_keys: list[int], pinned: set[int], issue_s: float) -> None:
         step_clock = self.scenario.workload.step_offsets[step + 1]  # the next step's first access: "due now"

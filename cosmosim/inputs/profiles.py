@@ -21,6 +21,19 @@ from typing import Any
 
 from cosmosim.errors import InputError
 from cosmosim.files import cache_dir
+from cosmosim.inputs.profile_fields import (
+    GIGA,
+    MICRO,
+    PICO,
+    Field,
+    check_keys,
+    check_sources,
+    parse_number,
+    positive_number,
+    table,
+    to_si,
+)
+from cosmosim.inputs.profile_options import OPTIONAL_SECTIONS, PageCacheSpec, ThrottleSpec, parse_optional_sections
 from cosmosim.provenance import REPOSITORY
 from cosmosim.units import GIB, KIB
 
@@ -95,95 +108,45 @@ class DeviceProfile:
     energy: EnergySpec
     path: Path
     sha256: str  # of the TOML file (of the canonical JSON for a profile built from a dict)
+    throttle: ThrottleSpec | None = None  # None: the device never slows down under sustained load
+    page_cache: PageCacheSpec = PageCacheSpec()  # what --loader mmap maps the weights into
 
 
 # ----------------------------------------------------------------------------- schema
 # Each section maps its TOML key (in a human unit) to the dataclass field it fills.
-_MICRO = Fraction(1, 10**6)
-_GIGA = Fraction(10**9)
-_PICO = Fraction(1, 10**12)
-
-
-@dataclass(frozen=True)
-class _Field:
-    attr: str
-    to_si: Fraction  # exact, so 80 us becomes 8e-05 s rather than 7.999...e-05
-    plausible: tuple[float, float]  # (lowest, highest) any real device could have, in the TOML unit
-    integer: bool = False  # a count in SI (bytes, requests): rounded after scaling
-    toml_integer: bool = False  # must be written as a TOML integer (a fractional queue depth is a typo)
-
-
 _CURVE_KEY = "bandwidth_curve"
 _CURVE_POINT_KEYS = ("read_kib", "mb_per_s")
-
-_SECTIONS: dict[str, dict[str, _Field]] = {
+_SECTIONS: dict[str, dict[str, Field]] = {
     "flash": {
-        "latency_us": _Field("latency_s", _MICRO, (1e-3, 1e6)),  # 1 ns .. 1 s
-        "queue_depth": _Field("queue_depth", Fraction(1), (1, 65536), integer=True, toml_integer=True),  # NVMe's most
-        "max_request_kib": _Field("max_request_bytes", Fraction(KIB), (0.5, 2**20), integer=True),  # 512 B .. 1 GiB
+        "latency_us": Field("latency_s", MICRO, (1e-3, 1e6)),  # 1 ns .. 1 s
+        "queue_depth": Field("queue_depth", Fraction(1), (1, 65536), integer=True, toml_integer=True),  # NVMe's most
+        "max_request_kib": Field("max_request_bytes", Fraction(KIB), (0.5, 2**20), integer=True),  # 512 B .. 1 GiB
     },
     "dram": {
-        "capacity_gib": _Field("capacity_bytes", Fraction(GIB), (2**-20, 2**16), integer=True),  # 1 KiB .. 64 TiB
-        "app_budget_gib": _Field("app_budget_bytes", Fraction(GIB), (2**-20, 2**16), integer=True),
-        "bandwidth_gb_per_s": _Field("bandwidth_bytes_per_s", _GIGA, (1e-6, 1e5)),  # 1 kB/s .. 100 TB/s
+        "capacity_gib": Field("capacity_bytes", Fraction(GIB), (2**-20, 2**16), integer=True),  # 1 KiB .. 64 TiB
+        "app_budget_gib": Field("app_budget_bytes", Fraction(GIB), (2**-20, 2**16), integer=True),
+        "bandwidth_gb_per_s": Field("bandwidth_bytes_per_s", GIGA, (1e-6, 1e5)),  # 1 kB/s .. 100 TB/s
     },
     "compute": {
-        "gemv_gflops": _Field("gemv_flops_per_s", _GIGA, (1e-6, 1e8)),  # 1 kFLOP/s .. 100 PFLOP/s
-        "gemm_gflops": _Field("gemm_flops_per_s", _GIGA, (1e-6, 1e8)),
-        "layer_overhead_us": _Field("layer_overhead_s", _MICRO, (1e-6, 1e6)),
+        "gemv_gflops": Field("gemv_flops_per_s", GIGA, (1e-6, 1e8)),  # 1 kFLOP/s .. 100 PFLOP/s
+        "gemm_gflops": Field("gemm_flops_per_s", GIGA, (1e-6, 1e8)),
+        "layer_overhead_us": Field("layer_overhead_s", MICRO, (1e-6, 1e6)),
     },
     "energy": {
-        "flash_pj_per_byte": _Field("flash_j_per_byte", _PICO, (1e-6, 1e9)),
-        "dram_pj_per_bit": _Field("dram_j_per_byte", 8 * _PICO, (1e-6, 1e9)),
-        "pj_per_flop": _Field("j_per_flop", _PICO, (1e-6, 1e9)),
-        "idle_mw": _Field("idle_w", Fraction(1, 1000), (1e-6, 1e7)),  # 1 nW .. 10 kW
+        "flash_pj_per_byte": Field("flash_j_per_byte", PICO, (1e-6, 1e9)),
+        "dram_pj_per_bit": Field("dram_j_per_byte", 8 * PICO, (1e-6, 1e9)),
+        "pj_per_flop": Field("j_per_flop", PICO, (1e-6, 1e9)),
+        "idle_mw": Field("idle_w", Fraction(1, 1000), (1e-6, 1e7)),  # 1 nW .. 10 kW
     },
 }
-_CURVE_READ_SIZE = _Field("read_bytes", Fraction(KIB), (0.5, 2**20), integer=True)
-_CURVE_BANDWIDTH = _Field("bytes_per_s", Fraction(10**6), (1e-3, 1e8))
-_TOP_LEVEL_KEYS = ("name", "description", *_SECTIONS)
+_CURVE_READ_SIZE = Field("read_bytes", Fraction(KIB), (0.5, 2**20), integer=True)
+_CURVE_BANDWIDTH = Field("bytes_per_s", Fraction(10**6), (1e-3, 1e8))
+_TOP_LEVEL_KEYS = ("name", "description", *_SECTIONS, *OPTIONAL_SECTIONS)
 
 
 def _numeric_keys(section: str) -> list[str]:
     keys = list(_SECTIONS[section])
     return [_CURVE_KEY, *keys] if section == "flash" else keys
-
-
-def _check_keys(source: str, where: str, table: dict, allowed: tuple[str, ...] | list[str]) -> None:
-    missing = [key for key in allowed if key not in table]
-    unknown = [key for key in table if key not in allowed]
-    if missing:
-        raise InputError(f"{source}: {where}{missing[0]} is missing (expected keys: {', '.join(allowed)})")
-    if unknown:
-        raise InputError(
-            f"{source}: {where}{unknown[0]} is not a known key (expected keys: {', '.join(allowed)})"
-        )
-
-
-def _table(source: str, field: str, value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise InputError(f"{source}: {field} must be a table, got {value!r}")
-    return value
-
-
-def _positive_number(source: str, field: str, value: Any, integer_only: bool = False) -> float:
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if integer_only and not is_int:
-        raise InputError(f"{source}: {field} must be an integer, got {value!r}")
-    if not (is_int or isinstance(value, float)):
-        raise InputError(f"{source}: {field} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{source}: {field} must be > 0, got {value!r}")
-    return value
-
-
-def _to_si(source: str, field: str, value: float, spec: _Field) -> int | float:
-    low, high = spec.plausible
-    if not low <= value <= high:
-        raise InputError(f"{source}: {field} must be between {low:g} and {high:g} (any real device), got {value!r}")
-    # Fraction(repr) takes the decimal the user wrote (68.26), not its binary approximation.
-    scaled = Fraction(repr(value)) * spec.to_si
-    return round(scaled) if spec.integer else float(scaled)  # the plausible range keeps a count >= 1
 
 
 def _parse_curve(source: str, points: Any) -> tuple[tuple[int, float], ...]:
@@ -196,54 +159,29 @@ def _parse_curve(source: str, points: Any) -> tuple[tuple[int, float], ...]:
     previous_kib = None
     for index, point in enumerate(points):
         where = f"{field}[{index}]."
-        _check_keys(source, where, _table(source, f"{field}[{index}]", point), _CURVE_POINT_KEYS)
-        read_kib = _positive_number(source, where + "read_kib", point["read_kib"])
-        mb_per_s = _positive_number(source, where + "mb_per_s", point["mb_per_s"])
-        size_bytes = _to_si(source, where + "read_kib", read_kib, _CURVE_READ_SIZE)
+        check_keys(source, where, table(source, f"{field}[{index}]", point), _CURVE_POINT_KEYS)
+        read_kib = positive_number(source, where + "read_kib", point["read_kib"])
+        mb_per_s = positive_number(source, where + "mb_per_s", point["mb_per_s"])
+        size_bytes = to_si(source, where + "read_kib", read_kib, _CURVE_READ_SIZE)
         if curve and size_bytes <= curve[-1][0]:
             raise InputError(
                 f"{source}: {field} must be sorted by strictly increasing read_kib, "
                 f"got {read_kib!r} after {previous_kib!r}"
             )
-        curve.append((size_bytes, _to_si(source, where + "mb_per_s", mb_per_s, _CURVE_BANDWIDTH)))
+        curve.append((size_bytes, to_si(source, where + "mb_per_s", mb_per_s, _CURVE_BANDWIDTH)))
         previous_kib = read_kib
     return tuple(curve)
 
 
-def _check_sources(source: str, section: str, table: dict) -> None:
-    """Every number cites where it comes from: a spec sheet, a paper (arXiv id, table), or
-    'estimate: <reasoning>'. An uncited number is an error, not a warning."""
-    sources = _table(source, f"{section}.sources", table["sources"])
-    expected = _numeric_keys(section)
-    for key in expected:
-        if key not in sources:
-            raise InputError(
-                f"{source}: {section}.sources.{key} is missing: every number needs a citation "
-                "(a spec sheet, a paper with its arXiv id and table, or 'estimate: <reasoning>')"
-            )
-    for key, citation in sources.items():
-        if key not in expected:
-            raise InputError(
-                f"{source}: {section}.sources.{key} cites a field that does not exist "
-                f"(fields: {', '.join(expected)})"
-            )
-        if not isinstance(citation, str) or not citation.strip():
-            raise InputError(
-                f"{source}: {section}.sources.{key} must be a non-empty citation string, got {citation!r}"
-            )
-
-
 def _parse_section(source: str, section: str, raw: Any) -> dict[str, int | float | tuple]:
-    table = _table(source, section, raw)
-    _check_keys(source, f"{section}.", table, [*_numeric_keys(section), "sources"])
-    _check_sources(source, section, table)
+    values_in = table(source, section, raw)
+    check_keys(source, f"{section}.", values_in, [*_numeric_keys(section), "sources"])
+    check_sources(source, section, values_in, _numeric_keys(section))
     values: dict[str, int | float | tuple] = {}
     for key, spec in _SECTIONS[section].items():
-        field = f"{section}.{key}"
-        number = _positive_number(source, field, table[key], integer_only=spec.toml_integer)
-        values[spec.attr] = _to_si(source, field, number, spec)
+        values[spec.attr] = parse_number(source, f"{section}.{key}", values_in[key], spec)
     if section == "flash":
-        values["bandwidth_curve"] = _parse_curve(source, table[_CURVE_KEY])
+        values["bandwidth_curve"] = _parse_curve(source, values_in[_CURVE_KEY])
     return values
 
 
@@ -259,7 +197,7 @@ def profile_from_dict(data: dict, *, source: str) -> DeviceProfile:
     `source` names the origin in error messages and becomes the profile's path; the hash is
     of the canonical JSON of `data` (load_profile replaces both with the file's own).
     """
-    _check_keys(source, "", _table(source, "the profile", data), _TOP_LEVEL_KEYS)
+    check_keys(source, "", table(source, "the profile", data), _TOP_LEVEL_KEYS, optional=OPTIONAL_SECTIONS)
     sections = {name: _parse_section(source, name, data[name]) for name in _SECTIONS}
     dram = DramSpec(**sections["dram"])
     if dram.app_budget_bytes > dram.capacity_bytes:
@@ -267,6 +205,7 @@ def profile_from_dict(data: dict, *, source: str) -> DeviceProfile:
             f"{source}: dram.app_budget_gib must be <= dram.capacity_gib "
             f"({data['dram']['capacity_gib']!r}), got {data['dram']['app_budget_gib']!r}"
         )
+    throttle, page_cache = parse_optional_sections(source, data)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return DeviceProfile(
         name=_text(source, "name", data["name"]),
@@ -277,6 +216,8 @@ def profile_from_dict(data: dict, *, source: str) -> DeviceProfile:
         energy=EnergySpec(**sections["energy"]),
         path=Path(source),
         sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+        throttle=throttle,
+        page_cache=page_cache,
     )
 
 

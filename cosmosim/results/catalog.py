@@ -35,6 +35,8 @@ ATTENTION_ROUTER_OVERHEAD, EXPERT_COMPUTE, FLASH_WAIT, LM_HEAD = ("attention_rou
                                                                   "flash_wait", "lm_head")
 # The groups of parts, by key prefix: `parts(TIME_GROUP)` names the time parts.
 TIME_GROUP, ENERGY_GROUP, MEMORY_GROUP = "breakdown.time_ms_per_token", "breakdown.energy_mj_per_token", "memory_mb"
+THROTTLE_GROUP = "throttle"  # TPOT as sustained load slows the device (cosmosim.device.thermal)
+FIRST_MINUTE_S = 60.0
 # `inputs` is the scenario's echo of every resolved input (Scenario.inputs): the scenario computes
 # it, not the engine's summary. Its entries here are the resolved inputs a sweep keeps as columns.
 RESULT_INPUTS = "inputs"
@@ -160,8 +162,15 @@ CATALOG: tuple[Metric, ...] = (
            column="prefetch_accuracy"),
     Metric("prefetch.wasted_mb", "MB", CACHE, "bytes of prefetched experts the next step did not use / 10^6",
            column="prefetch_wasted_mb"),
-    Metric("simulated_s", "s", LATENCY, "simulated wall time of the whole replay (prefill + decode)",
-           column="simulated_s"),
+    Metric("simulated_s", "s", LATENCY, "simulated wall time of the whole replay (prefill + decode + the idle "
+           "gaps between requests)", column="simulated_s"),
+    Metric(f"{THROTTLE_GROUP}.tpot_first_minute_ms", "ms", LATENCY, "mean duration of the decode passes that end "
+           f"within the first {FIRST_MINUTE_S:g} s of simulated time"),
+    Metric(f"{THROTTLE_GROUP}.tpot_steady_ms", "ms", LATENCY, "mean duration of the decode passes that begin once "
+           "the sustained load has reached the last point of the profile's throttle curves (the steady state); "
+           "null without a throttle section or if the replay never gets there"),
+    Metric(f"{THROTTLE_GROUP}.steady_from_s", "s", LATENCY, "simulated time at which the first steady-state "
+           "decode pass began; null as above"),
     Metric("read_mb", "MB", REPLAY, "bytes read from the expert file in all (slots are read whole) / 10^6",
            engines=MEASURED),
     Metric("wall_s", "s", REPLAY, "wall time of the replay", engines=MEASURED),

@@ -6,6 +6,7 @@ Hot-path methods only add to plain ints and floats; arrays are written once per 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ class Records:
     flash_bytes: np.ndarray
     flops: np.ndarray
     dram_bytes: np.ndarray
+    token_end_s: np.ndarray  # the clock when the token ended (NaN: the engine keeps no clock)
+    token_load_s: np.ndarray  # seconds of sustained load when it began (NaN: no clock, or no throttle)
     # Per request: time to first token (prefill of the prompt + LM head).
     ttft_s: list[float]
     # Decode accesses per layer, by outcome (plain lists while running: faster to increment).
@@ -38,6 +41,7 @@ class Records:
     total_s: float = 0.0
     flash_busy_s: float = 0.0
     peak_cache_entries: int = 0
+    peak_cache_bytes: int | None = None  # --loader mmap: the most bytes the page cache held (every weight)
     _token: int = 0
     _flash: int = 0
     _flops: float = 0.0
@@ -47,7 +51,8 @@ class Records:
     def empty(cls, workload: Workload) -> "Records":
         n = workload.n_decode_tokens
         return cls(
-            latency_s=np.zeros(n), flash_bytes=np.zeros(n), flops=np.zeros(n), dram_bytes=np.zeros(n), ttft_s=[],
+            latency_s=np.zeros(n), flash_bytes=np.zeros(n), flops=np.zeros(n), dram_bytes=np.zeros(n),
+            token_end_s=np.full(n, np.nan), token_load_s=np.full(n, np.nan), ttft_s=[],
             _layer_hits=[0] * workload.n_layers, _layer_late=[0] * workload.n_layers,
             _layer_misses=[0] * workload.n_layers,
             prefill_outcomes={"hit": 0, "late_hit": 0, "miss": 0},
@@ -63,10 +68,11 @@ class Records:
     def begin_pass(self, kind: int) -> None:
         self._flash, self._flops, self._dram = 0, 0.0, 0.0
 
-    def end_pass(self, kind: int, latency_s: float) -> None:
+    def end_pass(self, kind: int, latency_s: float, end_s: float = math.nan, load_s: float = math.nan) -> None:
         if kind == DECODE:
             i = self._token
             self.latency_s[i], self.flash_bytes[i] = latency_s, self._flash
+            self.token_end_s[i], self.token_load_s[i] = end_s, load_s
             self.flops[i], self.dram_bytes[i] = self._flops, self._dram
             self._token += 1
         else:
@@ -94,6 +100,10 @@ class Records:
             self.prefill_outcomes["hit"] += hits
             self.prefill_outcomes["late_hit"] += late_hits
             self.prefill_outcomes["miss"] += misses
+
+    def add_flash(self, nbytes: int) -> None:
+        """Bytes read from flash for weights other than routed experts (--loader mmap: their page faults)."""
+        self._flash += nbytes
 
     def add_stall(self, kind: int, stall_s: float) -> None:
         if kind == DECODE:

@@ -12,7 +12,15 @@ import numpy as np
 import cosmosim
 from cosmosim.device.policies import POLICIES
 from cosmosim.provenance import repository_commit, sha256_file
-from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, nest, parts
+from cosmosim.results.catalog import (
+    ENERGY_GROUP,
+    FIRST_MINUTE_S,
+    MEMORY_GROUP,
+    THROTTLE_GROUP,
+    TIME_GROUP,
+    nest,
+    parts,
+)
 from cosmosim.results.records import ENERGY_PARTS, Records
 from cosmosim.results.verdict import verdict
 from cosmosim.results.whatif import BUDGET, CACHE_EXPERTS, CACHE_MB, POLICY, Sizing
@@ -57,6 +65,23 @@ def verdict_of(scenario: Scenario, result: dict) -> dict:
     return verdict(result, sizing_of(scenario))
 
 
+def _mean_ms(values_s: np.ndarray) -> float | None:
+    return float(values_s.mean() * 1e3) if values_s.size else None
+
+
+def throttle_metrics(scenario: Scenario, records: Records) -> dict:
+    """TPOT in the first minute and at the steady state, from each decode token's end and sustained load."""
+    first_minute = records.latency_s[records.token_end_s <= FIRST_MINUTE_S]
+    throttle = scenario.profile.throttle
+    steady = np.zeros(0, dtype=bool) if throttle is None else records.token_load_s >= throttle.steady_load_s
+    starts_s = records.token_end_s - records.latency_s
+    return {
+        f"{THROTTLE_GROUP}.tpot_first_minute_ms": _mean_ms(first_minute),
+        f"{THROTTLE_GROUP}.tpot_steady_ms": _mean_ms(records.latency_s[steady]) if steady.any() else None,
+        f"{THROTTLE_GROUP}.steady_from_s": float(starts_s[steady][0]) if steady.any() else None,
+    }
+
+
 def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
     profile, energy = scenario.profile, scenario.profile.energy
     n_tokens = max(records.latency_s.size, 1)
@@ -74,7 +99,7 @@ def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
     static_j = records.latency_s * energy.idle_w
     token_j = flash_j + dram_j + compute_j + static_j
 
-    memory = scenario.memory(records.peak_cache_entries if scenario.arch.is_moe else 0)
+    memory = scenario.memory(records.peak_cache_entries if scenario.arch.is_moe else 0, records.peak_cache_bytes)
     tpot = percentiles_ms(records.latency_s)
     prefetch = records.prefetch
     # Keyed by the metric catalogue (cosmosim.results.catalog), in the order of the JSON output.
@@ -100,6 +125,7 @@ def summarize(scenario: Scenario, records: Records, engine: str) -> dict:
         "prefetch.wasted_mb": prefetch.get("wasted_bytes", 0) / MB,
         "flash_utilisation": _rate(records.flash_busy_s, records.total_s),
         "simulated_s": records.total_s,
+        **throttle_metrics(scenario, records),
     }
     result = {
         "engine": engine,

@@ -14,13 +14,16 @@ import numpy as np
 
 from cosmosim.device.cache import ExpertCache
 from cosmosim.device.costs import StepCosts
+from cosmosim.device.gguf_layout import GgufLayout
+from cosmosim.device.hardware import Flash
+from cosmosim.device.mapped import MappedWeights, largest_access_bytes
 from cosmosim.device.policies import POLICIES, PolicyContext
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.arch_files import notes_of
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.trace import Trace, load_trace
-from cosmosim.scenario.settings import ROUTING_SETTINGS, RunConfig, check_dense_settings, check_settings
+from cosmosim.scenario.settings import MMAP, ROUTING_SETTINGS, RunConfig, check_dense_settings, check_settings
 from cosmosim.units import MB
 from cosmosim.workload.dense import dense_workload
 from cosmosim.workload.stream import Workload, build_workload
@@ -51,6 +54,7 @@ class CacheSetup:
     per_layer: bool  # split into equal per-layer partitions (the policy's own rule, or --per-layer-cache)
     offloading_idle: bool  # the cache holds every expert: flash is read once per expert at most
     warnings: tuple[str, ...] = ()
+    page_cache_bytes: int = 0  # --loader mmap: the page cache every weight shares (capacity: the experts it holds beside the rest)
 
     def partition_capacity(self, n_layers: int) -> int:
         return self.capacity // n_layers if self.per_layer else self.capacity
@@ -87,12 +91,24 @@ class Scenario:
         return ExpertCache(POLICIES[self.config.policy], self.cache.capacity, workload.n_layers, context,
                            per_layer=self.cache.per_layer)
 
-    def memory(self, cache_entries: int | None = None) -> Memory:
-        """Memory with the cache at `cache_entries` (default: its capacity)."""
-        entries = self.cache_capacity if cache_entries is None else cache_entries
+    def mapped_weights(self, flash: Flash) -> MappedWeights:
+        """A fresh, empty page cache over the weights file, as this scenario maps it (--loader mmap)."""
+        return MappedWeights(self.arch, self.config.weight_bits, self.profile.page_cache, self.cache.page_cache_bytes,
+                             self.config.madvise, flash)
+
+    def memory(self, cache_entries: int | None = None, page_cache_bytes: int | None = None) -> Memory:
+        """Memory with the cache at `cache_entries` (default: its capacity); under --loader mmap, with the page
+        cache holding `page_cache_bytes` (default: its size), the resident weights first."""
+        resident = self.arch.resident_bytes(self.config.weight_bits)
+        if self.cache.page_cache_bytes:
+            held = self.cache.page_cache_bytes if page_cache_bytes is None else page_cache_bytes
+            resident, expert_cache = min(held, resident), max(held - resident, 0)
+        else:
+            entries = self.cache_capacity if cache_entries is None else cache_entries
+            expert_cache = entries * self.costs.expert_bytes
         return Memory(
-            resident_weights=self.arch.resident_bytes(self.config.weight_bits),
-            expert_cache=entries * self.costs.expert_bytes,
+            resident_weights=resident,
+            expert_cache=expert_cache,
             kv_cache=self.costs.kv_cache_bytes(self.config.context_len),
             activations=self.costs.activation_bytes(self.config.prompt_tokens),
         )
@@ -109,6 +125,7 @@ class Scenario:
             "trace": str(self.trace.path) if self.trace is not None and self.trace.path else None,
             "cache_experts": self.cache_capacity,
             "cache_mb": self.cache_capacity * self.costs.expert_bytes / MB,
+            "page_cache_mb": self.cache.page_cache_bytes / MB if self.cache.page_cache_bytes else None,
             "expert_mb": self.costs.expert_bytes / MB,
             "total_experts": self.arch.total_experts,
             "offloading_idle": self.offloading_idle,
@@ -169,6 +186,29 @@ def resolve_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig,
     return setup
 
 
+def resolve_page_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts) -> CacheSetup:
+    """--loader mmap: the page cache the weights file is mapped into, its size the profile's page_cache.size_gib or
+    else what an app cache would get (the app budget less KV cache and activations); `capacity` is then the
+    experts it holds beside the resident weights, for the verdict and the echo."""
+    fixed = costs.kv_cache_bytes(config.context_len) + costs.activation_bytes(config.prompt_tokens)
+    size = profile.page_cache.size_bytes
+    warnings = []
+    if size is None:
+        size = profile.dram.app_budget_bytes - fixed
+        warnings.append(f"page cache: {size / MB:.0f} MB, the {profile.name} app budget less KV cache and activations "
+                        "(no page_cache.size_gib in the profile)")
+    layout = GgufLayout(arch, config.weight_bits)
+    needed = largest_access_bytes(layout, profile.page_cache.page_bytes)
+    if size < needed:
+        raise InputError(f"{profile.name}: a page cache of {max(size, 0) / MB:.0f} MB cannot hold one use of the weights "
+                         f"at once ({needed / MB:.0f} MB: a layer, an expert or the LM head); give fewer --weight-bits "
+                         "or a profile with a larger page_cache.size_gib")
+    resident = arch.resident_bytes(config.weight_bits)
+    experts = min(max(size - resident, 0) // costs.expert_bytes, arch.total_experts) if arch.is_moe else 0
+    return CacheSetup(experts, per_layer=False, offloading_idle=size >= layout.file_bytes, warnings=tuple(warnings),
+                      page_cache_bytes=size)
+
+
 def shared_as_routed(arch: Architecture) -> Architecture:
     """--cache-shared-experts: the architecture whose routed experts include the shared ones, ids E..E+S-1 of
     every MoE layer, chosen by every token ahead of its top-k, so they are read, cached and evicted like
@@ -205,7 +245,8 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
         tokens = config.dense_tokens if config.tokens is None else config.tokens
         workload = dense_workload(arch.n_layers, tokens=tokens, prompt_tokens=config.prompt_tokens,
                                   context_len=config.context_len, sequence_len=config.dense_sequence_len)
-        return Scenario(arch, profile, config, workload, costs, NO_CACHE, None, [])
+        cache = resolve_page_cache(arch, profile, config, costs) if config.loader == MMAP else NO_CACHE
+        return Scenario(arch, profile, config, workload, costs, cache, None, list(cache.warnings))
     if trace is None:
         raise InputError(f"--arch {arch.name} is a MoE: give a routing --trace")
     arch.check_routing(str(trace.path or 'trace'), trace.n_experts, trace.top_k)
@@ -218,7 +259,7 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     if trace.n_layers != layers:
         warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {layers} MoE layers; "
                         f"its i-th MoE layer replays trace layer floor(i * {trace.n_layers} / {layers})")
-    cache = resolve_cache(arch, profile, config, costs)
+    cache = (resolve_page_cache if config.loader == MMAP else resolve_cache)(arch, profile, config, costs)
     workload = build_workload(trace, layers, prompt_tokens=config.prompt_tokens, context_len=config.context_len,
                               max_tokens=config.tokens, warmup_fraction=config.warmup_fraction)
     return Scenario(arch, profile, config, workload, costs, cache, trace, [*warnings, *cache.warnings])

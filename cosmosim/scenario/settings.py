@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cosmosim.device.pagecache import ADVICES
 from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.errors import InputError
@@ -41,6 +42,13 @@ class RunConfig:
     dense_tokens: int = 4096  # tokens simulated for a dense architecture, which has no trace
     dense_sequence_len: int = 256
     cache_shared_experts: bool = False  # shared experts live in the expert cache like routed ones (default: resident)
+    loader: str = "app-cache"  # how experts reach DRAM: the app's own cache, or the kernel's page cache (mmap)
+    madvise: str = "normal"  # --loader mmap: the advice on the mapping (normal read-around, random, willneed)
+    idle_gap_s: float = 0.0  # idle time between requests, in which a throttled device cools
+
+
+APP_CACHE, MMAP = "app-cache", "mmap"
+LOADERS = (APP_CACHE, MMAP)
 
 
 class BadValue(ValueError):
@@ -77,6 +85,12 @@ def boolean(value):
     return value
 
 
+def non_negative_number(value):
+    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or value < 0:
+        raise BadValue("expected a finite number >= 0")
+    return value
+
+
 def _warmup_fraction(value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
         raise BadValue("expected a fraction in [0, 1)")
@@ -96,6 +110,9 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "context_len": positive_int,
     "warmup_fraction": _warmup_fraction,
     "cache_shared_experts": boolean,
+    "loader": _choice(LOADERS),
+    "madvise": _choice(ADVICES),
+    "idle_gap_s": non_negative_number,
 }
 
 
@@ -124,10 +141,23 @@ def check_settings(config: RunConfig, name_of: Callable[[str], str] = flag) -> N
     if not POLICIES[config.policy].needs_cache_size and (sized or config.per_layer_cache):
         raise InputError(f"{name_of('policy')} {config.policy}: it fixes the cache itself (top_k experts per layer); "
                          f"drop {'/'.join(name_of(name) for name in CACHE_SIZE_SETTINGS)}")
+    _check_loader(config, name_of)
+
+
+def _check_loader(config: RunConfig, name_of: Callable[[str], str]) -> None:
+    """Under mmap the kernel's page cache is the cache: the app cache's own knobs mean nothing there."""
+    if config.loader == MMAP:
+        given = [name for name in ROUTING_SETTINGS if getattr(config, name) != getattr(RunConfig, name)]
+        if given:
+            raise InputError(f"{name_of('loader')} {MMAP}: the kernel's page cache is the expert cache (sized by the "
+                             f"profile's page_cache section), so drop {', '.join(name_of(name) for name in given)}")
+    elif config.madvise != RunConfig.madvise:
+        raise InputError(f"{name_of('madvise')} {config.madvise}: advice on a mapping needs {name_of('loader')} {MMAP}")
 
 
 CACHE_SIZE_SETTINGS = ("cache_mb", "cache_experts", "per_layer_cache")
-ROUTING_SETTINGS = ("policy", "prefetch", *CACHE_SIZE_SETTINGS, "cache_shared_experts")  # meaningless without experts to cache
+# The app cache's own settings: meaningless without experts to cache, or when the page cache is the cache.
+ROUTING_SETTINGS = ("policy", "prefetch", *CACHE_SIZE_SETTINGS, "cache_shared_experts")
 
 
 def check_dense_settings(config: RunConfig, arch_name: str) -> None:

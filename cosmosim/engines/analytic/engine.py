@@ -24,8 +24,10 @@ from cosmosim.engines.analytic.latency import (
 from cosmosim.engines.analytic.reuse import belady_hits, distinct_keys, lru_depths
 from cosmosim.engines.analytic.steps import StepArrays, step_arrays
 from cosmosim.errors import InputError
+from cosmosim.inputs.profiles import DeviceProfile
 from cosmosim.results.records import Records
 from cosmosim.scenario.build import CacheSetup, Scenario
+from cosmosim.scenario.settings import MMAP, RunConfig
 from cosmosim.workload.stream import DECODE, PREFILL, Workload
 
 EVICTION_RULES = {"lru": "lru", "kactive": "lru", "belady": "belady"}  # policy -> how hits are found
@@ -36,6 +38,17 @@ class CacheLayout:
     rule: str  # "lru" or "belady"
     per_layer: bool
     partition_capacity: int  # entries per partition (the whole cache when global)
+
+
+def check_closed_form(profile: DeviceProfile, config: RunConfig) -> None:
+    """InputError for what has no closed form here: the page cache's readahead and two lists, and a
+    throughput that changes along the clock."""
+    if config.loader == MMAP:
+        raise InputError(f"--engine analytic: --loader {MMAP} is not modelled in closed form (page faults, "
+                         "readahead and the kernel's two lists); use --engine des")
+    if profile.throttle is not None:
+        raise InputError(f"--engine analytic: profile {profile.name} throttles under sustained load (its throttle "
+                         "section), which is not modelled in closed form; use --engine des")
 
 
 def cache_layout(policy: str, prefetch: str, cache: CacheSetup, n_layers: int) -> CacheLayout:
@@ -62,6 +75,7 @@ def peak_entries(workload: Workload, layout: CacheLayout) -> int:
 
 def analyze(scenario: Scenario) -> Records:
     """The records of `scenario`, computed in closed form (no prefetch; lru, belady or kactive)."""
+    check_closed_form(scenario.profile, scenario.config)
     workload, costs = scenario.workload, scenario.costs
     steps = step_arrays(workload)
     records = Records.empty(workload)
@@ -80,8 +94,21 @@ def analyze(scenario: Scenario) -> Records:
         prefill_phase_s = np.zeros(steps.n_requests * steps.n_layers)
     _fill_decode(records, scenario, steps, decode_misses)
     _fill_prefill(records, scenario, steps, prefill_phase_s)
-    records.total_s = float(np.sum(records.ttft_s) + records.latency_s.sum())
+    pass_end_s = _pass_end_s(workload, records, scenario.config.idle_gap_s)
+    records.token_end_s = pass_end_s[workload.step_kind[::workload.n_layers] == DECODE]
+    records.total_s = float(pass_end_s[-1]) if pass_end_s.size else 0.0
     return records
+
+
+def _pass_end_s(workload: Workload, records: Records, idle_gap_s: float) -> np.ndarray:
+    """When each pass ends, in replay order: the passes back to back, `idle_gap_s` before each request's
+    prefill but the first (every pass is n_layers steps)."""
+    prefill = workload.step_kind[::workload.n_layers] == PREFILL
+    duration_s = np.empty(prefill.size)
+    duration_s[prefill], duration_s[~prefill] = records.ttft_s, records.latency_s
+    idle_s = np.where(prefill, idle_gap_s, 0.0)
+    idle_s[:1] = 0.0
+    return np.cumsum(duration_s + idle_s)
 
 
 def _fill_expert_outcomes(records: Records, scenario: Scenario, steps: StepArrays, hits: np.ndarray) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cosmosim.device.costs import StepCosts
-from cosmosim.engines.analytic.engine import cache_layout
+from cosmosim.engines.analytic.engine import cache_layout, check_closed_form
 from cosmosim.engines.analytic.latency import (
     busy_s_per_read,
     decode_phase_s,
@@ -46,10 +46,10 @@ from cosmosim.units import MB
 from cosmosim.workload.stream import DECODE, PREFILL
 
 _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
-_TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch")
+_TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch", "loader", "madvise")
 _INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)))
 _COLUMN_KINDS = {"per_layer_cache": "flag", "cache_shared_experts": "flag", "cache_mb": "number",
-                 "warmup_fraction": "number", "wd_rank": "rank"}  # else integer
+                 "warmup_fraction": "number", "idle_gap_s": "number", "wd_rank": "rank"}  # else integer
 
 
 def frame_column(metric: Metric) -> str:
@@ -98,15 +98,15 @@ def evaluate_points(points: pd.DataFrame, *, percentiles: bool = False, on_error
     groups: dict[tuple, list[int]] = {}
     for i, plan in enumerate(plans):
         if plan is not None:
-            groups.setdefault((plan.stats_key, plan.cost_key, plan.mode), []).append(i)
+            groups.setdefault((plan.stats_key, plan.cost_key, plan.mode, plan.idle_gap_s), []).append(i)
     prices: dict[tuple, _Prices] = {}
-    for (stats_key, cost_key, mode), members in groups.items():
+    for (stats_key, cost_key, mode, idle_gap_s), members in groups.items():
         first = plans[members[0]]
         if (stats_key, cost_key) not in prices:
             prices[stats_key, cost_key] = _Prices(first.stats, first.scenario())
         pair = prices[stats_key, cost_key]
         capacities = np.array([plans[i].capacity for i in members])
-        values = _group_metrics(pair, mode, capacities, percentiles)
+        values = _group_metrics(pair, mode, capacities, idle_gap_s, percentiles)
         catalog.check_keys(values, wanted, "evaluate_points")
         for key, column in values.items():
             metrics[key][members] = column
@@ -129,6 +129,7 @@ class _Plan:
     cost_key: tuple
     mode: tuple[str, bool] | None  # (eviction rule, per-layer partitions); None: a dense architecture
     capacity: int  # experts in the whole cache
+    idle_gap_s: float  # between requests: it adds to the simulated time only
     stats: TraceStats
     scenario: Callable[[], Scenario]  # the row's resolved scenario, sharing the cached workload
 
@@ -194,6 +195,7 @@ class _Rows:
         profile, arch = self._profiles[profile_name], self._arch(i)
         config = RunConfig(**{name: self._value(name, i) for name in _CONFIG_DEFAULTS})
         check_settings(config)
+        check_closed_form(profile, config)
         given_arch = arch  # build_scenario makes the shared experts routed itself
         if config.cache_shared_experts and arch.is_moe:
             arch = shared_as_routed(arch)
@@ -226,7 +228,7 @@ class _Rows:
         def scenario() -> Scenario:
             return Scenario(arch, profile, config, stats.workload, costs, cache_setup, trace)
 
-        return _Plan(stats_key, cost_key, mode, capacity, stats, scenario)
+        return _Plan(stats_key, cost_key, mode, capacity, config.idle_gap_s, stats, scenario)
 
 
 class _Prices:
@@ -263,7 +265,8 @@ class _Prices:
         return (nonexpert.time_s + costs.layer_overhead_s).sum(axis=1) + costs.lm_head.time_s
 
 
-def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: np.ndarray, percentiles: bool) -> dict:
+def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: np.ndarray, idle_gap_s: float,
+                   percentiles: bool) -> dict:
     """Every metric for the rows of one group (same workload and prices), vectorised over cache sizes;
     keyed by the metric catalogue, like `summarize`."""
     stats, costs, scenario = prices.stats, prices.costs, prices.scenario
@@ -293,7 +296,7 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
     flash_bytes = decode_misses * costs.expert_bytes / n_tokens
     dram_bytes = (prices.nonexpert_dram_bytes + decode_steps * top_k * expert.dram_bytes) / n_tokens + lm_head.dram_bytes
     flops = (prices.nonexpert_flops + decode_steps * top_k * expert.flops) / n_tokens + lm_head.flops
-    simulated_s = n_requests * ttft_s + n_tokens * tpot_s
+    simulated_s = n_requests * ttft_s + n_tokens * tpot_s + (n_requests - 1) * idle_gap_s
     energy_j = {"flash": flash_bytes * energy.flash_j_per_byte, "dram": (dram_bytes + flash_bytes) * energy.dram_j_per_byte,
                 "compute": flops * energy.j_per_flop + zeros, "static": tpot_s * energy.idle_w}
     time_s = {"nonexpert_compute": prices.nonexpert_compute_bound_s,

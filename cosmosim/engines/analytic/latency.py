@@ -21,7 +21,6 @@ import numpy as np
 from cosmosim.device.costs import OpTable, StepCosts
 from cosmosim.device.hardware import Flash, idle_flash_read_times
 from cosmosim.inputs.profiles import FlashSpec
-from cosmosim.workload.stream import DECODE
 
 
 @lru_cache(maxsize=256)
