@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cosmosim.cli.app import app
+from cosmosim.device.pagecache import ADVICES
 from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.engines.analytic.engine import EVICTION_RULES
@@ -18,7 +19,7 @@ from cosmosim.files import atomic_write_json, check_outputs
 from cosmosim.results.timeline import DEFAULT_MAX_PASSES, write_timeline
 from cosmosim.runner import ENGINES, run_with_timeline
 from cosmosim.runner import run as run_scenario
-from cosmosim.scenario.settings import WEIGHT_BITS, RunConfig, choices
+from cosmosim.scenario.settings import LOADERS, WEIGHT_BITS, RunConfig, choices
 
 _DEFAULTS = RunConfig()
 POLICY_HELP = f"Eviction policy: {choices(POLICIES)} (kactive: the CoSMoEs paper's, only the current k experts per layer)."
@@ -32,9 +33,12 @@ def _fmt(value, digits: int = 3) -> str:
 
 def print_summary(result: dict, console: Console) -> None:
     inputs = result["inputs"]
-    title = (f"{inputs['arch']} on {inputs['profile']} · policy {inputs['policy']} · prefetch {inputs['prefetch']} · "
-             f"cache {inputs['cache_experts']}/{inputs['total_experts']} experts ({inputs['cache_mb']:.0f} MB) · "
-             f"{inputs['weight_bits']}-bit · engine {result['engine']}")
+    if inputs.get("loader") == "mmap":
+        cache = f"mmap (madvise {inputs['madvise']}) · page cache {inputs['page_cache_mb']:.0f} MB"
+    else:
+        cache = (f"policy {inputs['policy']} · prefetch {inputs['prefetch']} · cache {inputs['cache_experts']}/"
+                 f"{inputs['total_experts']} experts ({inputs['cache_mb']:.0f} MB)")
+    title = f"{inputs['arch']} on {inputs['profile']} · {cache} · {inputs['weight_bits']}-bit · engine {result['engine']}"
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -49,6 +53,11 @@ def print_summary(result: dict, console: Console) -> None:
         ("energy (mJ per token)", result["energy_mj_per_token"]),
         ("decode tokens / requests", f"{inputs['decode_tokens']} / {inputs['requests']}"),
     ]
+    throttle = result["throttle"]
+    if throttle["tpot_steady_ms"] is not None:
+        rows.append(("TPOT first minute / steady state (ms)", f"{_fmt(throttle['tpot_first_minute_ms'], 4)} / "
+                                                              f"{_fmt(throttle['tpot_steady_ms'], 4)} (from "
+                                                              f"{_fmt(throttle['steady_from_s'], 3)} s)"))
     if inputs["prefetch"] != "none":
         rows.append(("prefetch accuracy / wasted MB", f"{_fmt(result['prefetch']['accuracy'])} / "
                                                       f"{_fmt(result['prefetch']['wasted_mb'])}"))
@@ -74,6 +83,9 @@ def run(
     cache_experts: int = typer.Option(None, help="Expert cache size as a number of experts (instead of --cache-mb)."),
     per_layer_cache: bool = typer.Option(False, help="Split the cache into equal per-layer partitions instead of one global cache."),
     cache_shared_experts: bool = typer.Option(False, help="Keep an architecture's shared experts in the expert cache like routed ones (read from flash, evicted) instead of resident; they must be the routed experts' size."),
+    loader: str = typer.Option(_DEFAULTS.loader, help=f"How experts reach DRAM: {choices(LOADERS)} (app-cache: the app's own expert cache and reads; mmap: the weights file mapped, the kernel's page cache as the cache, page faults with readahead; docs/simulator.md)."),
+    madvise: str = typer.Option(_DEFAULTS.madvise, help=f"With --loader mmap: the advice on the mapping, {choices(ADVICES)} (normal: read-around on each fault; random: the faulting page only; willneed: each expert read ahead as the router picks it)."),
+    idle_gap_s: float = typer.Option(_DEFAULTS.idle_gap_s, help="Idle seconds between requests, in which a throttled device cools (its profile's throttle section). Default: back to back."),
     policy: str = typer.Option(_DEFAULTS.policy, help=POLICY_HELP),
     prefetch: str = typer.Option(_DEFAULTS.prefetch, help=f"Prefetcher: {choices(PREFETCHERS)} (next-layer: learned co-occurrence; oracle: an upper bound)."),
     weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help=f"Weight bit-width: {choices(WEIGHT_BITS)}."),
@@ -97,7 +109,8 @@ def run(
     config = RunConfig(policy=policy, prefetch=prefetch, cache_mb=cache_mb, cache_experts=cache_experts,
                        per_layer_cache=per_layer_cache, cache_shared_experts=cache_shared_experts,
                        weight_bits=weight_bits, tokens=tokens,
-                       prompt_tokens=prompt_tokens, context_len=context_len)
+                       prompt_tokens=prompt_tokens, context_len=context_len,
+                       loader=loader, madvise=madvise, idle_gap_s=idle_gap_s)
     if target_tps is not None:
         _answer_target(profile, trace, arch, config, engine, target_tps, seed, timeline_path, json_path, quiet)
         return

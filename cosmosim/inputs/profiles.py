@@ -33,11 +33,18 @@ from cosmosim.inputs.profile_fields import (
     table,
     to_si,
 )
-from cosmosim.inputs.profile_options import OPTIONAL_SECTIONS, PageCacheSpec, ThrottleSpec, parse_optional_sections
+from cosmosim.inputs.profile_options import (
+    OPTIONAL_SECTIONS,
+    ComputeClasses,
+    PageCacheSpec,
+    ThrottleSpec,
+    parse_optional_sections,
+)
 from cosmosim.provenance import REPOSITORY
 from cosmosim.units import GIB, KIB
 
 PROFILES_DIR_ENV = "COSMOSIM_PROFILES_DIR"
+EXTENDS = "extends"  # a profile's optional top-level key: the profile it changes
 HOST = "host"  # the profile name of this machine, as `cosmosim calibrate` measured it
 
 
@@ -110,6 +117,7 @@ class DeviceProfile:
     sha256: str  # of the TOML file (of the canonical JSON for a profile built from a dict)
     throttle: ThrottleSpec | None = None  # None: the device never slows down under sustained load
     page_cache: PageCacheSpec = PageCacheSpec()  # what --loader mmap maps the weights into
+    compute_classes: ComputeClasses | None = None  # None: every operation at the [compute] rates
 
 
 # ----------------------------------------------------------------------------- schema
@@ -205,7 +213,7 @@ def profile_from_dict(data: dict, *, source: str) -> DeviceProfile:
             f"{source}: dram.app_budget_gib must be <= dram.capacity_gib "
             f"({data['dram']['capacity_gib']!r}), got {data['dram']['app_budget_gib']!r}"
         )
-    throttle, page_cache = parse_optional_sections(source, data)
+    throttle, page_cache, compute_classes = parse_optional_sections(source, data)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return DeviceProfile(
         name=_text(source, "name", data["name"]),
@@ -218,6 +226,7 @@ def profile_from_dict(data: dict, *, source: str) -> DeviceProfile:
         sha256=hashlib.sha256(canonical.encode()).hexdigest(),
         throttle=throttle,
         page_cache=page_cache,
+        compute_classes=compute_classes,
     )
 
 
@@ -251,13 +260,13 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """Load a shipped profile by name ("phone"), this host's calibrated one ("host") or any profile
-    by its .toml path."""
+def _profile_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """The file of a shipped name, "host", or a .toml path (relative to `relative_to`'s folder if given)."""
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or os.sep in text or "/" in text
     if looks_like_path:
         path = Path(name_or_path)
+        path = relative_to.parent / path if relative_to is not None and not path.is_absolute() else path
         if not path.is_file():
             raise InputError(f"{text}: profile file does not exist")
     elif text == HOST:
@@ -272,11 +281,54 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
                 f"unknown device profile {text!r}: expected a shipped name ({names}), {HOST!r} (this machine, "
                 "once `cosmosim calibrate` has run) or a path to a .toml file"
             )
-    source = _display(path)
+    return path
+
+
+def _read(path: Path) -> tuple[bytes, dict]:
     raw = path.read_bytes()
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return raw, tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise InputError(f"{source}: not a valid UTF-8 TOML file: {error}") from None
-    profile = profile_from_dict(data, source=source)
+        raise InputError(f"{_display(path)}: not a valid UTF-8 TOML file: {error}") from None
+
+
+def _override(source: str, base: dict, data: dict) -> dict:
+    """`data` over `base`, section by section and key by key; a number changed cites its own source."""
+    merged = {**base}
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            sources = table(source, f"{key}.sources", value.get("sources", {}))
+            uncited = [name for name in value if name != "sources" and name not in sources]
+            if uncited:
+                raise InputError(f"{source}: {key}.sources.{uncited[0]} is missing: a value that overrides the "
+                                 f"extended profile's cites its own source")
+            merged[key] = {**base[key], **value, "sources": {**base[key].get("sources", {}), **sources}}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_base(path: Path, raw: bytes, data: dict, chain: tuple[Path, ...] = ()) -> tuple[bytes, dict]:
+    """`extends = "<profile>"`: the named profile (a shipped name or a path relative to this file) with this
+    file's keys over it; the bytes of every file of the chain, for the hash."""
+    source = _display(path)
+    if EXTENDS not in data:
+        return raw, data
+    base_name = data[EXTENDS]
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise InputError(f"{source}: {EXTENDS} must be a profile name or a .toml path, got {base_name!r}")
+    base_path = _profile_path(base_name, relative_to=path)
+    if base_path.resolve() in {*chain, path.resolve()}:
+        raise InputError(f"{source}: {EXTENDS} = {base_name!r} extends itself (a cycle of profiles)")
+    base_raw, base_data = _with_base(base_path, *_read(base_path), (*chain, path.resolve()))
+    own = {key: value for key, value in data.items() if key != EXTENDS}
+    return raw + base_raw, _override(source, base_data, own)
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    """Load a shipped profile by name ("phone"), this host's calibrated one ("host") or any profile
+    by its .toml path; a profile that `extends` another is that one with its own keys over it."""
+    path = _profile_path(name_or_path)
+    raw, data = _with_base(path, *_read(path))
+    profile = profile_from_dict(data, source=_display(path))
     return replace(profile, path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest())

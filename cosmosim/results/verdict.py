@@ -169,7 +169,7 @@ def working_set(f: Facts) -> Finding | None:
     bits = [at_bits(f, b) for b in f.lower_bits()]
     suggestions = [o for o in bits if o]
     clauses = [_bits_phrase(f, suggestions)]
-    if f.sizing and f.memory:
+    if f.sizing and f.memory and f.inputs.get("loader") != "mmap":  # under mmap the page cache is the policy
         kactive = {"flag": "--policy", "value": "kactive", "cache_experts": f.working_set,
                    "peak_dram_mb": peak_with(f, f.working_set)}
         suggestions += [kactive, cache_mb_for(f, f.working_set)]
