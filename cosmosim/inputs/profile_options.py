@@ -1,8 +1,10 @@
-"""The optional sections of a device profile: sustained-load throttling and the kernel's page cache.
+"""The optional sections of a device profile: sustained-load throttling, the kernel's page cache, and
+compute throughputs by operation class.
 
-A profile without them describes a device that never slows down and a Linux page cache with the
-kernel's defaults; the schema is in docs/device-profiles.md. Every number given cites its source in
-the section's `sources` table, like the required sections'.
+A profile without them describes a device that never slows down, a Linux page cache with the
+kernel's defaults, and one compute unit running every operation at the `[compute]` section's rates;
+the schema is in docs/device-profiles.md. Every number given cites its source in the section's
+`sources` table, like the required sections'.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from fractions import Fraction
 from typing import Any
 
 from cosmosim.errors import InputError
-from cosmosim.inputs.profile_fields import Field, check_keys, check_sources, parse_number, table
+from cosmosim.inputs.profile_fields import GIGA, Field, check_keys, check_sources, parse_number, table
 from cosmosim.units import GIB, KIB
 
-THROTTLE, PAGE_CACHE = "throttle", "page_cache"
-OPTIONAL_SECTIONS = (THROTTLE, PAGE_CACHE)
+THROTTLE, PAGE_CACHE, COMPUTE_CLASSES = "throttle", "page_cache", "compute_classes"
+OPTIONAL_SECTIONS = (THROTTLE, PAGE_CACHE, COMPUTE_CLASSES)
 
 # Linux defaults (torvalds/linux): 4 KiB pages (PAGE_SHIFT 12, the arm64 and x86-64 default
 # configuration) and VM_READAHEAD_PAGES = SZ_128K / PAGE_SIZE (include/linux/pagemap.h), a block
@@ -70,6 +72,29 @@ class PageCacheSpec:
     size_bytes: int | None = None  # DRAM left to the page cache; None: the app budget less KV cache and activations
 
 
+@dataclass(frozen=True)
+class OpClassCompute:
+    """The compute ceilings one class of operations runs at, where the profile gives them; None: the
+    `[compute]` section's figure (`cosmosim.device.costs.Rates` resolves them)."""
+
+    gemv_flops_per_s: float | None = None  # batch-1 decode
+    gemm_flops_per_s: float | None = None  # prefill
+    unit: str | None = None  # a label for what runs the class ("npu", "cpu"), for docs and output only
+
+
+@dataclass(frozen=True)
+class ComputeClasses:
+    """Separate compute ceilings for the non-expert work (attention, norms, router, shared experts, dense
+    FFN layers), the routed experts and the LM head: a device whose NPU or GPU runs the dense work while
+    its CPU runs the experts. A decode pass's operations depend on one another in order (attention ->
+    router -> experts -> the next layer), so the units take turns and one compute timeline stays exact."""
+
+    attention: OpClassCompute = OpClassCompute()
+    expert: OpClassCompute = OpClassCompute()
+    lm_head: OpClassCompute = OpClassCompute()
+
+
+OP_CLASSES = ("attention", "expert", "lm_head")
 _CURVES = ("compute_curve", "flash_curve")
 _POINT_KEYS = ("load_s", "fraction")
 _COOL_RATE = Field("cool_rate", Fraction(1), (1e-6, 1e3))
@@ -78,6 +103,16 @@ _PAGE_FIELDS = {
     "read_ahead_kib": Field("read_ahead_bytes", Fraction(KIB), (1, 2**20), integer=True),
     "size_gib": Field("size_bytes", Fraction(GIB), (2**-20, 2**16), integer=True),
 }
+
+
+# <class>_gemv_gflops and <class>_gemm_gflops, in the [compute] section's unit and range. The LM head has
+# no GEMM rate: it runs on one token per pass, the prompt's last after a prefill, so always as a GEMV.
+_CLASS_FIELDS = {
+    f"{name}_{kind}_gflops": (name, Field(f"{kind}_flops_per_s", GIGA, (1e-6, 1e8)))
+    for name in OP_CLASSES for kind in ("gemv", "gemm") if (name, kind) != ("lm_head", "gemm")
+}
+_CLASS_UNITS = {f"{name}_unit": name for name in OP_CLASSES}
+MAX_UNIT_CHARS = 32
 
 
 def _curve(source: str, field: str, points: Any) -> tuple[tuple[float, float], ...]:
@@ -131,8 +166,36 @@ def _page_cache(source: str, raw: Any) -> PageCacheSpec:
     return spec
 
 
-def parse_optional_sections(source: str, data: dict) -> tuple[ThrottleSpec | None, PageCacheSpec]:
-    """The profile's throttle (None: it never slows down) and page cache (the Linux defaults where not given)."""
+def _unit(source: str, field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_UNIT_CHARS or not value.isprintable():
+        raise InputError(f"{source}: {field} must be a short label of the unit that runs the class (1 to "
+                         f"{MAX_UNIT_CHARS} printable characters, e.g. \"npu\" or \"cpu\"), got {value!r}")
+    return value.strip()
+
+
+def _compute_classes(source: str, raw: Any) -> ComputeClasses:
+    values = table(source, COMPUTE_CLASSES, raw)
+    keys = [*_CLASS_FIELDS, *_CLASS_UNITS]
+    if "lm_head_gemm_gflops" in values:
+        raise InputError(f"{source}: {COMPUTE_CLASSES}.lm_head_gemm_gflops is not a known key: the LM head runs on one "
+                         "token per pass (the prompt's last after a prefill), always as a GEMV, so only "
+                         "lm_head_gemv_gflops applies")
+    check_keys(source, f"{COMPUTE_CLASSES}.", values, [*keys, "sources"], optional=tuple(keys))
+    check_sources(source, COMPUTE_CLASSES, values, [key for key in _CLASS_FIELDS if key in values])
+    given: dict[str, dict[str, float | str]] = {name: {} for name in OP_CLASSES}
+    for key, (name, spec) in _CLASS_FIELDS.items():
+        if key in values:
+            given[name][spec.attr] = parse_number(source, f"{COMPUTE_CLASSES}.{key}", values[key], spec)
+    for key, name in _CLASS_UNITS.items():
+        if key in values:
+            given[name]["unit"] = _unit(source, f"{COMPUTE_CLASSES}.{key}", values[key])
+    return ComputeClasses(**{name: OpClassCompute(**fields) for name, fields in given.items()})
+
+
+def parse_optional_sections(source: str, data: dict) -> tuple[ThrottleSpec | None, PageCacheSpec, ComputeClasses | None]:
+    """The profile's throttle (None: it never slows down), page cache (the Linux defaults where not given) and
+    compute classes (None: every operation at the [compute] section's rates)."""
     throttle = _throttle(source, data[THROTTLE]) if THROTTLE in data else None
     page_cache = _page_cache(source, data[PAGE_CACHE]) if PAGE_CACHE in data else PageCacheSpec()
-    return throttle, page_cache
+    classes = _compute_classes(source, data[COMPUTE_CLASSES]) if COMPUTE_CLASSES in data else None
+    return throttle, page_cache, classes
