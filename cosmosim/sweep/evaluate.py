@@ -23,6 +23,7 @@ from cosmosim.provenance import sha256_file
 from cosmosim.results import catalog
 from cosmosim.runner import RunConfig, run
 from cosmosim.scenario.build import resolve_arch
+from cosmosim.scenario.settings import MMAP
 from cosmosim.sweep.grid import Point
 from cosmosim.sweep.spec import TraceFacts
 
@@ -32,7 +33,7 @@ INPUT_COLUMNS = {
     "policy": "string", "prefetch": "string", "cache_mb_requested": "Float64", "cache_experts_requested": "Int64",
     "cache_fraction": "Float64", "per_layer_cache": "boolean", "cache_shared_experts": "boolean",
     "weight_bits": "int64", "tokens": "Int64", "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
-    "exrep_target": "Float64", "synth_seed": "Int64",
+    "exrep_target": "Float64", "synth_seed": "Int64", "loader": "string", "madvise": "string", "idle_gap_s": "Float64",
 }
 TRACE_COLUMNS = {
     "trace_sha256": "string", "trace_tokens": "Int64", "trace_exrep": "Float64", "trace_model_wd_rank": "Int64",
@@ -120,7 +121,8 @@ def _resolve(point: Point, engine: str) -> Resolved:
         "per_layer_cache": config.per_layer_cache if routed else None,
         "cache_shared_experts": config.cache_shared_experts if routed else None, "weight_bits": config.weight_bits,
         "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
-        "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed,
+        "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed, "loader": config.loader,
+        "madvise": config.madvise if config.loader == MMAP else None, "idle_gap_s": config.idle_gap_s,
         **_trace_columns(facts, synthetic),
     }
     return Resolved(row, trace_path, trace, arch, config, error)

@@ -134,7 +134,7 @@ def _arch(value):
 
 
 SWEEP_SETTINGS = ("policy", "prefetch", "weight_bits", "cache_mb", "cache_experts", "per_layer_cache",
-                  "cache_shared_experts", "tokens", "prompt_tokens", "context_len")
+                  "cache_shared_experts", "tokens", "prompt_tokens", "context_len", "loader", "madvise", "idle_gap_s")
 AXES: dict[str, Callable[[Any], Any]] = {
     "profile": _text,
     "arch": _arch,

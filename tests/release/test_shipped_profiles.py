@@ -17,7 +17,7 @@ from cosmosim.provenance import REPOSITORY
 from cosmosim.runner import prepare, run
 from cosmosim.scenario.settings import RunConfig
 
-SECTIONS = ("flash", "dram", "compute", "energy")
+SECTIONS = ("flash", "dram", "compute", "energy")  # every profile has them, or the one it extends has
 # The architectures a shipped profile may run, largest first: a profile runs the first one whose default
 # expert cache (its app budget minus the resident weights, KV cache and activations) holds top_k experts.
 ARCHITECTURES = ("phone-moe", "wearable-moe")
@@ -27,9 +27,25 @@ DOCS = REPOSITORY / "docs" / "device-profiles.md"
 SOURCE_MARK = re.compile(r"\b(19|20)\d\d\b|arXiv|JESD|\b[\w.-]+/[\w./-]+\.[ch]\b|spec|data ?sheet|ISSCC", re.IGNORECASE)
 
 
+def _data(name: str) -> dict:
+    return tomllib.loads((profiles_dir() / f"{name}.toml").read_text())
+
+
+def _cited_sections(data: dict) -> dict[str, dict]:
+    """The file's own sections (required and optional), each with its sources."""
+    return {section: table for section, table in data.items() if isinstance(table, dict)}
+
+
 def _citations(name: str) -> dict[str, str]:
-    data = tomllib.loads((profiles_dir() / f"{name}.toml").read_text())
-    return {f"{section}.{key}": text for section in SECTIONS for key, text in data[section]["sources"].items()}
+    return {f"{section}.{key}": text for section, table in _cited_sections(_data(name)).items()
+            for key, text in table["sources"].items()}
+
+
+def _chain_bytes(name: str) -> bytes:
+    """The file's bytes, then those of the profile it extends, and so on: what its sha256 hashes."""
+    raw = (profiles_dir() / f"{name}.toml").read_bytes()
+    base = tomllib.loads(raw.decode()).get("extends")
+    return raw + (_chain_bytes(base) if base else b"")
 
 
 def _is_estimate(citation: str) -> bool:
@@ -70,17 +86,18 @@ def test_shipped_profile_loads_with_provenance(name):
     profile = load_profile(name)
     assert profile.name == name
     assert profile.path == (profiles_dir() / f"{name}.toml").resolve()
-    assert profile.sha256 == hashlib.sha256(profile.path.read_bytes()).hexdigest()
+    assert profile.sha256 == hashlib.sha256(_chain_bytes(name)).hexdigest()
     assert profile.dram.app_budget_bytes < profile.dram.capacity_bytes
 
 
 @pytest.mark.parametrize("name", shipped_profiles())
 def test_every_shipped_number_has_a_real_citation(name):
-    data = tomllib.loads((profiles_dir() / f"{name}.toml").read_text())
-    for section in SECTIONS:
-        numeric = {key for key, value in data[section].items() if key != "sources" and not isinstance(value, str)}
-        assert set(data[section]["sources"]) == numeric
-        for citation in data[section]["sources"].values():
+    data = _data(name)
+    assert "extends" in data or set(SECTIONS) <= set(data)
+    for section, table in _cited_sections(data).items():
+        numeric = {key for key, value in table.items() if key != "sources" and not isinstance(value, str)}
+        assert set(table["sources"]) == numeric
+        for citation in table["sources"].values():
             assert len(citation) > 40  # a sentence naming a source, not a placeholder
             assert "reference-facts" not in citation
 
@@ -105,7 +122,8 @@ def test_every_shipped_profile_runs_the_architecture_that_fits_it(name, trace):
     profile = load_profile(name)
     arch = fitting_arch(profile, trace)
     assert arch is not None, f"{name}: its app budget fits neither {' nor '.join(ARCHITECTURES)}"
-    result = run(profile, trace, arch, RunConfig(tokens=2048), engine="analytic")
+    engine = "analytic" if profile.throttle is None else "des"  # the analytic engine has no clock to throttle along
+    result = run(profile, trace, arch, RunConfig(tokens=2048), engine=engine)
     assert result["tokens_per_s"] > 0 and math.isfinite(result["tokens_per_s"])
     assert result["energy_mj_per_token"] > 0 and math.isfinite(result["energy_mj_per_token"])
     assert result["peak_dram_mb"] * 1e6 <= profile.dram.app_budget_bytes  # the default cache fits the budget
