@@ -4,6 +4,12 @@ The discrete-event simulator and the analytical model price every operation with
 so wherever they disagree it is because of how operations overlap, never because of what one
 operation costs. Formulas and units are in docs/metrics.md; all values are SI (seconds, bytes,
 FLOPs, joules).
+
+Each class of operations (the non-expert work, the routed experts, the LM head) runs at its own
+`Rates`: the profile's `[compute_classes]` figures where given, else its `[compute]` ones, so a device
+whose NPU runs attention while its CPU runs the experts is priced unit by unit. A decode pass's
+operations depend on one another in order, so the units take turns and the engines' single compute
+timeline stays exact (docs/device-profiles.md).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.profile_options import OP_CLASSES, ComputeClasses
 from cosmosim.inputs.profiles import DeviceProfile
 from cosmosim.workload.stream import DECODE, PREFILL
 
@@ -34,6 +41,30 @@ def roofline(flops: float, dram_bytes: float, flops_per_s: float, dram_bytes_per
     compute_s = flops / flops_per_s
     memory_s = dram_bytes / dram_bytes_per_s
     return OpCost(flops, dram_bytes, max(compute_s, memory_s), memory_s > compute_s)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The compute ceilings (FLOP/s) one class of operations runs at, and the unit that runs it."""
+
+    gemv_flops_per_s: float  # batch-1 decode
+    gemm_flops_per_s: float  # prefill
+    unit: str | None = None  # the profile's label ("npu", "cpu"); None where it names none
+
+    @classmethod
+    def of(cls, profile: DeviceProfile, op_class: str) -> "Rates":
+        """`op_class` ("attention", "expert" or "lm_head") on this device: its [compute_classes] figures,
+        each one not given the [compute] section's."""
+        if op_class not in OP_CLASSES:
+            raise ValueError(f"op_class must be one of {', '.join(OP_CLASSES)}, got {op_class!r}")
+        compute, given = profile.compute, getattr(profile.compute_classes or ComputeClasses(), op_class)
+        gemv = compute.gemv_flops_per_s if given.gemv_flops_per_s is None else given.gemv_flops_per_s
+        gemm = compute.gemm_flops_per_s if given.gemm_flops_per_s is None else given.gemm_flops_per_s
+        return cls(gemv, gemm, given.unit)
+
+    def flops_per_s(self, kind: int) -> float:
+        """The ceiling for a decode (GEMV) or prefill (GEMM) operation."""
+        return self.gemv_flops_per_s if kind == DECODE else self.gemm_flops_per_s
 
 
 @dataclass(frozen=True)
@@ -70,16 +101,26 @@ class StepCosts:
     lm_head: OpCost  # final norm + LM head, one token
     layer_overhead_s: float
     step_layers: tuple[tuple[int, ...], ...]  # arch.step_layers, kept: asked for at every priced step
+    attention_rates: Rates  # the non-expert work: attention, norms, router, shared experts, dense FFNs
+    expert_rates: Rates  # the routed experts
+    lm_head_rates: Rates  # final norm + LM head (always one token: its GEMV rate)
 
     @classmethod
     def build(cls, arch: Architecture, profile: DeviceProfile, weight_bits: int) -> "StepCosts":
-        compute, dram = profile.compute, profile.dram
+        dram_bytes_per_s = profile.dram.bandwidth_bytes_per_s
+        attention, experts, head = (Rates.of(profile, op_class) for op_class in OP_CLASSES)
         expert_bytes = arch.expert_bytes(weight_bits) if arch.is_moe else 0
         expert = roofline(arch.expert_flops_per_token() if arch.is_moe else 0, expert_bytes,
-                          compute.gemv_flops_per_s, dram.bandwidth_bytes_per_s)
+                          experts.gemv_flops_per_s, dram_bytes_per_s)
         lm_bytes = arch.lm_head_params() * weight_bits / 8 + arch.vocab_size * LOGIT_BYTES
-        lm_head = roofline(arch.lm_head_flops_per_token(), lm_bytes, compute.gemv_flops_per_s, dram.bandwidth_bytes_per_s)
-        return cls(arch, profile, weight_bits, expert_bytes, expert, lm_head, compute.layer_overhead_s, arch.step_layers)
+        lm_head = roofline(arch.lm_head_flops_per_token(), lm_bytes, head.gemv_flops_per_s, dram_bytes_per_s)
+        return cls(arch, profile, weight_bits, expert_bytes, expert, lm_head, profile.compute.layer_overhead_s,
+                   arch.step_layers, attention, experts, head)
+
+    def units(self) -> dict[str, str | None]:
+        """Which unit the profile says runs each class of operations (None where it names none)."""
+        return {"attention": self.attention_rates.unit, "expert": self.expert_rates.unit,
+                "lm_head": self.lm_head_rates.unit}
 
     def kv_bytes_per_token_per_layer(self) -> float:
         return self.arch.kv_bytes_per_token(ACTIVATION_BYTES * 8) / self.arch.n_layers
@@ -87,13 +128,14 @@ class StepCosts:
     def nonexpert_table(self, kind: int, contexts: np.ndarray) -> OpTable:
         """Every replay step bar its routed experts (attention, norms, router and shared experts; the FFN
         of dense layers) at each context: decode, one token attending over that many tokens (GEMV);
-        prefill, a whole prompt of that length (GEMM: weights read once). [contexts, steps].
+        prefill, a whole prompt of that length (GEMM: weights read once). [contexts, steps]. Priced at
+        `attention_rates`.
 
         A step runs its model layers (`Architecture.step_layers`: its MoE layer and the dense layers
         before it) one after another, each priced alone by the roofline; a dense layer pays its own
         layer overhead here, the MoE layer's is the step's. Counts are exact integers below 2^53, so
         these floats equal a scalar computation's."""
-        arch, compute, dram = self.arch, self.profile.compute, self.profile.dram
+        arch, dram = self.arch, self.profile.dram
         layers = range(arch.n_layers)
         # A layer's FLOPs are its projections plus attention linear in the keys: split them from two contexts.
         attention_flops_per_key = float(arch.nonexpert_flops_of(0, 2) - arch.nonexpert_flops_of(0, 1))
@@ -104,13 +146,11 @@ class StepCosts:
         if kind == DECODE:
             flops_CL = projection_flops_L + attention_flops_per_key * contexts_C1
             bytes_CL = weight_bytes_L + contexts_C1 * kv_bytes
-            flops_per_s = compute.gemv_flops_per_s
         else:
             keys_attended = contexts_C1 * (contexts_C1 + 1) / 2
             flops_CL = contexts_C1 * projection_flops_L + attention_flops_per_key * keys_attended
             bytes_CL = weight_bytes_L + 2 * contexts_C1 * kv_bytes
-            flops_per_s = compute.gemm_flops_per_s
-        compute_s, memory_s = flops_CL / flops_per_s, bytes_CL / dram.bandwidth_bytes_per_s
+        compute_s, memory_s = flops_CL / self.attention_rates.flops_per_s(kind), bytes_CL / dram.bandwidth_bytes_per_s
         time_CL, bound_CL = np.maximum(compute_s, memory_s), memory_s > compute_s
         starts = np.array([group[0] for group in self.step_layers])
         extra_layers = np.array([len(group) - 1 for group in self.step_layers])
@@ -132,7 +172,7 @@ class StepCosts:
         if n_tokens == 1:
             return self.expert_decode
         return roofline(n_tokens * self.expert_decode.flops, self.expert_bytes,
-                        self.profile.compute.gemm_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
+                        self.expert_rates.gemm_flops_per_s, self.profile.dram.bandwidth_bytes_per_s)
 
     def kv_cache_bytes(self, context_len: int) -> int:
         return int(self.arch.kv_bytes_per_token(ACTIVATION_BYTES * 8) * context_len)
