@@ -1,7 +1,9 @@
 """What is read out of results: analyses (Pareto, budgets, best knobs), the HTML report, the timeline."""
 
 import json
+import os
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -191,3 +193,54 @@ def test_write_timeline_is_plain_json(tmp_path, small_trace):
                                          max_passes=2)
     path = write_timeline(tmp_path / "t.json", timeline, result)
     assert json.loads(path.read_text())["displayTimeUnit"] == "ms"
+
+
+# ---------------------------------------------------------------------------- the report in a real browser
+# Headless Chromium (Debian's chromium and chromium-driver, which .ci/run installs) opens the page: every
+# figure renders its traces, and the console shows no error. Skips where Chromium is absent, except under
+# CI (CI=true), where its absence is a failure.
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# Flags that keep Chromium off the network (closed here) and out of a sandbox a root container lacks.
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI: Chromium is missing (.ci/run installs Debian's chromium and chromium-driver)")
+        pytest.skip("no Chromium here (apt-get install chromium chromium-driver to run this test)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+# What a figure draws once Plotly has run: (traces in its data, SVG layers Plotly made, traces drawn in them).
+DRAWN = """
+const div = document.getElementById(arguments[0]);
+if (!div) return null;
+return [(div.data || []).length, div.querySelectorAll('svg.main-svg').length,
+        div.querySelectorAll('.trace, .scatterlayer .trace, .barlayer .trace, .heatmaplayer .hm').length];
+"""
+
+
+def test_every_figure_renders_without_console_errors(browser, tmp_path, results_dir):
+    page = write_report(results_dir, tmp_path / "report.html")
+    browser.get(page.resolve().as_uri())
+    browser.implicitly_wait(2)
+    for name in FIGURES:
+        drawn = browser.execute_script(DRAWN, name)
+        assert drawn is not None, f"figure {name}: no element with its id"
+        n_traces, n_svg, n_drawn = drawn
+        assert n_traces > 0 and n_svg > 0 and n_drawn > 0, f"figure {name}: {n_traces} traces, {n_svg} svg, {n_drawn} drawn"
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
