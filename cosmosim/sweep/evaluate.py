@@ -1,6 +1,9 @@
 """Compute points: one tidy row per point with every input and metric (columns in docs/sweeps.md).
 
 `evaluate_part` is what a worker runs, in this process, a local process pool or a Dask worker.
+A point with override axes runs a variant of its architecture (cosmosim.inputs.arch_variants) on
+its trace when the trace routes the variant's top-k of E, else on one synthesised with the
+variant's shape like it (made once, kept in the cache folder), else it is refused with the reason.
 A point whose combination the simulator rejects (say, a device budget too small for the cache)
 becomes a row with its `error` and no metrics, so one infeasible corner does not sink a sweep;
 any other exception is a bug and stops the sweep (finished parts are kept).
@@ -11,14 +14,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 
 from cosmosim.engines.analytic.frame import evaluate_points, frame_column
 from cosmosim.errors import InputError
+from cosmosim.files import cache_dir
 from cosmosim.inputs.arch import FULL_RANK, Architecture
+from cosmosim.inputs.arch_variants import OVERRIDES, derive, variant_name
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
-from cosmosim.inputs.synthetic import synthesized_like
-from cosmosim.inputs.trace import Trace, load_trace
+from cosmosim.inputs.synthetic import _synthesis_version, synthesize, synthesized_like
+from cosmosim.inputs.trace import Trace, load_trace, save_trace
 from cosmosim.provenance import sha256_file
 from cosmosim.results import catalog
 from cosmosim.runner import RunConfig, run
@@ -34,6 +40,7 @@ INPUT_COLUMNS = {
     "cache_fraction": "Float64", "per_layer_cache": "boolean", "cache_shared_experts": "boolean",
     "weight_bits": "int64", "tokens": "Int64", "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
     "exrep_target": "Float64", "synth_seed": "Int64", "loader": "string", "madvise": "string", "idle_gap_s": "Float64",
+    **dict.fromkeys(OVERRIDES, "Int64"),  # the override axes' values (<NA>: not swept, the base's own)
 }
 TRACE_COLUMNS = {
     "trace_sha256": "string", "trace_tokens": "Int64", "trace_exrep": "Float64", "trace_model_wd_rank": "Int64",
@@ -60,6 +67,34 @@ def _synthetic(like_path: str, like_sha256: str, exrep_target: float, seed: int)
     _trace(like_path, like_sha256)  # the source is checked as any trace is
     path = str(synthesized_like(like_path, like_sha256, exrep_target, seed))
     return path, load_trace(path)
+
+
+def shaped_like(like: Trace, n_experts: int, top_k: int, exrep_target: float, seed: int) -> Trace:
+    """A trace routing top-`top_k` of `n_experts` like `like`: its tokens, layers, sequence length and ExRep
+    (`exrep_target`), switching slot by slot under a Zipf popularity (`synthesize` without `like`: a
+    popularity over other experts cannot be carried over). InputError if the synthesiser cannot make it."""
+    longest = int(np.diff(np.append(like.sequence_starts(), like.n_tokens)).max())
+    trace = synthesize(exrep_target=exrep_target, n_layers=like.n_layers, n_experts=n_experts, top_k=top_k,
+                       n_tokens=like.n_tokens, seq_len=max(longest, 2), seed=seed)
+    made = trace.meta["synthetic"]
+    made["like"] = {"path": str(like.path) if like.path else None,
+                    "sha256": sha256_file(like.path) if like.path else None,
+                    "shape": [like.n_layers, like.n_experts, like.top_k]}
+    made["method"] += "; an architecture variant's shape, with the tokens, layers and sequence length of `like`"
+    return trace
+
+
+@lru_cache(maxsize=8)
+def _shaped(like_path: str, like_sha256: str, n_experts: int, top_k: int, exrep_target: float,
+            seed: int) -> tuple[str, Trace]:
+    """`shaped_like` the trace at `like_path`, made once into the cache folder like `_synthetic`'s, and its path."""
+    like = _trace(like_path, like_sha256)
+    name = (f"{like_sha256[:16]}-experts{n_experts}-top{top_k}-exrep{exrep_target:.6f}-seed{seed}-"
+            f"{_synthesis_version()}.npz")
+    path = cache_dir() / "synthetic" / name
+    if not path.is_file():
+        save_trace(shaped_like(like, n_experts, top_k, exrep_target, seed), path)
+    return str(path), load_trace(path)
 
 
 @lru_cache(maxsize=16)
@@ -90,32 +125,60 @@ class Resolved:
     row: dict
     trace_path: str | None
     trace: Trace | None
-    arch: Architecture
+    arch: Architecture  # the variant (the base's WD rank or the point's), or the base if the variant is refused
     config: RunConfig
     error: str | None  # set when the point is refused before any run (an ExRep its trace cannot reach)
+    base: Architecture | None = None  # the architecture the overrides apply to
+    note: str | None = None  # a warning of the point's own: its trace was synthesised for the variant's shape
+
+
+def _variant(point: Point, base: Architecture) -> tuple[Architecture, str | None]:
+    """The point's architecture (its overrides, then its WD rank), or the base and why it cannot be built."""
+    try:
+        arch = derive(base, dict(point.overrides))
+        if point.wd_rank is not None:
+            arch = arch.with_wd_rank(None if point.wd_rank == FULL_RANK else point.wd_rank)
+        return arch, None
+    except InputError as refused:
+        return base, str(refused)
 
 
 def _resolve(point: Point, engine: str) -> Resolved:
     facts = point.trace_facts
-    trace_path, trace, synthetic, error = None if facts is None else facts.path, None, None, None
+    trace_path, trace, synthetic, error, note = None if facts is None else facts.path, None, None, None, None
     if facts is not None:
         trace = _trace(facts.path, facts.sha256)
-    if point.exrep is not None and point.exrep > facts.highest_exrep + 1e-12:
+    base = resolve_arch(point.arch, trace)
+    arch, error = _variant(point, base)
+    fits = facts is None or not arch.is_moe or (facts.n_experts, facts.top_k) == (arch.n_experts, arch.top_k)
+    if error is not None:
+        pass
+    elif not fits:  # only a variant's shape can differ from its trace's (the spec checks the rest when it loads)
+        target = facts.exrep if point.exrep is None else point.exrep
+        shape = f"top-{arch.top_k} of {arch.n_experts} experts"
+        try:
+            trace_path, synthetic = _shaped(facts.path, facts.sha256, arch.n_experts, arch.top_k, target,
+                                            point.synth_seed or 0)
+            trace = synthetic
+            note = (f"trace: synthesised like {point.trace} (top-{facts.top_k} of {facts.n_experts} experts) "
+                    f"with {arch.name}'s {shape}, ExRep {target:.4f}")
+        except InputError as refused:
+            error = (f"trace: {point.trace} routes top-{facts.top_k} of {facts.n_experts} experts, not {arch.name}'s "
+                     f"{shape}, and no trace of that shape can be synthesised like it: {refused}")
+    elif point.exrep is not None and point.exrep > facts.highest_exrep + 1e-12:
         error = (f"exrep {point.exrep:g}: outside the range {point.trace}'s expert popularity reaches, "
                  f"[0, {facts.highest_exrep:.4f}]")
     elif point.exrep is not None:
         trace_path, synthetic = _synthetic(facts.path, facts.sha256, point.exrep, point.synth_seed)
         trace = synthetic
-    arch = resolve_arch(point.arch, trace)
-    if point.wd_rank is not None:
-        arch = arch.with_wd_rank(None if point.wd_rank == FULL_RANK else point.wd_rank)
     config = point.config
     if point.cache_fraction is not None:
         config = replace(config, cache_experts=max(arch.top_k, round(point.cache_fraction * arch.total_experts)))
     routed = arch.is_moe
+    overrides = dict(point.overrides)
     row = {
-        "point_id": point.point_id, "profile": point.profile, "arch": arch.name, "wd_rank": arch.wd_rank,
-        "trace": point.trace, "policy": config.policy if routed else None,
+        "point_id": point.point_id, "profile": point.profile, "arch": variant_name(base, overrides),
+        "wd_rank": arch.wd_rank, "trace": point.trace, "policy": config.policy if routed else None,
         "prefetch": config.prefetch if routed else None, "cache_mb_requested": point.config.cache_mb,
         "cache_experts_requested": point.config.cache_experts, "cache_fraction": point.cache_fraction,
         "per_layer_cache": config.per_layer_cache if routed else None,
@@ -123,9 +186,14 @@ def _resolve(point: Point, engine: str) -> Resolved:
         "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
         "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed, "loader": config.loader,
         "madvise": config.madvise if config.loader == MMAP else None, "idle_gap_s": config.idle_gap_s,
+        **{name: overrides.get(name) for name in OVERRIDES},
         **_trace_columns(facts, synthetic),
     }
-    return Resolved(row, trace_path, trace, arch, config, error)
+    return Resolved(row, trace_path, trace, arch, config, error, base, note)
+
+
+def _warnings(*notes: str | None) -> str | None:
+    return "; ".join(note for note in notes if note) or None
 
 
 def evaluate_point(point: Point, engine: str) -> dict:
@@ -136,9 +204,9 @@ def evaluate_point(point: Point, engine: str) -> dict:
     try:
         result = run(_profile(point.profile_path), point_run.trace, point_run.arch, point_run.config, engine)
     except InputError as error:
-        return {**point_run.row, "error": str(error)}
+        return {**point_run.row, "warnings": point_run.note, "error": str(error)}
     metrics = {metric.column: catalog.lookup(result, metric) for metric in catalog.COLUMNS}
-    return {**point_run.row, **metrics, "warnings": "; ".join(result["warnings"]) or None}
+    return {**point_run.row, **metrics, "warnings": _warnings(point_run.note, *result["warnings"])}
 
 
 def _analytic_rows(points: list[Point]) -> list[dict]:
@@ -147,7 +215,7 @@ def _analytic_rows(points: list[Point]) -> list[dict]:
     resolved = [_resolve(point, "analytic") for point in points]
     runnable = [(point, done) for point, done in zip(points, resolved) if done.error is None]
     frame = pd.DataFrame([{
-        "profile": point.profile_path, "arch": done.arch.name,
+        "profile": point.profile_path, "arch": done.base.name, **dict(point.overrides),
         "wd_rank": (done.arch.wd_rank or FULL_RANK) if done.arch.is_moe else None,
         "trace": done.trace_path, **asdict(done.config),
     } for point, done in runnable])
@@ -157,10 +225,10 @@ def _analytic_rows(points: list[Point]) -> list[dict]:
         metrics = {"error": done.error} if done.error else next(evaluated)
         error = metrics.get("error")
         if isinstance(error, str):
-            rows.append({**done.row, "error": error})
+            rows.append({**done.row, "warnings": done.note, "error": error})
             continue
         values = {metric.column: metrics[frame_column(metric)] for metric in catalog.COLUMNS}
-        rows.append({**done.row, **values})
+        rows.append({**done.row, **values, "warnings": done.note})
     return rows
 
 

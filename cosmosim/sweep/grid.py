@@ -7,6 +7,9 @@ different labels. They are dropped before points are compared:
 - a policy that sizes the cache itself (`kactive`) ignores the cache-size axis and per-layer flag;
 - a trace replayed as recorded (no `exrep`, or `exrep = "recorded"`) has no synthesis seed.
 
+Override axes (`n_experts`, `top_k`, ...) make variants of each point's architecture; whether a
+variant is dense (n_experts 1) decides the first rule, and the overrides are kept either way.
+
 Points keep the order of the product (axes in the order written, the last one fastest) and are
 numbered from 0, so the same spec always gives the same `point_id` for the same run: that is what
 lets an interrupted sweep resume.
@@ -19,6 +22,7 @@ from dataclasses import dataclass, fields
 
 from cosmosim.device.policies import POLICIES
 from cosmosim.inputs.arch import get_arch
+from cosmosim.inputs.arch_variants import OVERRIDES
 from cosmosim.scenario.settings import CACHE_SIZE_SETTINGS, ROUTING_SETTINGS, RunConfig
 from cosmosim.sweep.spec import RECORDED, SweepSpec, TraceFacts
 
@@ -43,6 +47,11 @@ class Point:
     config: RunConfig
     exrep: float | None = None  # replay a trace synthesised like `trace` at this ExRep; None: `trace` itself
     synth_seed: int | None = None  # the synthesis seed (with `exrep`)
+    overrides: tuple[tuple[str, int], ...] = ()  # (axis, value) of the override axes, in OVERRIDES order
+
+
+def overrides_of(settings: dict) -> tuple[tuple[str, int], ...]:
+    return tuple((name, settings[name]) for name in OVERRIDES if name in settings)
 
 
 def _arch_name(settings: dict, spec: SweepSpec) -> str:
@@ -53,7 +62,8 @@ def _arch_name(settings: dict, spec: SweepSpec) -> str:
 
 def _applicable(settings: dict, spec: SweepSpec) -> dict:
     """The settings with those that cannot change this point's result dropped."""
-    if not get_arch(_arch_name(settings, spec)).is_moe:
+    base = get_arch(_arch_name(settings, spec))
+    if settings.get("n_experts", base.n_experts) <= 1:  # a dense architecture, or a dense variant of one
         return {name: value for name, value in settings.items() if name not in ROUTING_ONLY}
     if settings.get("exrep", RECORDED) == RECORDED:
         settings = {name: value for name, value in settings.items() if name not in ("exrep", "synth_seed")}
@@ -70,6 +80,7 @@ def _point(point_id: int, settings: dict, spec: SweepSpec) -> Point:
     trace = settings.get("trace")
     return Point(
         point_id=point_id, profile=profile.name, profile_path=profile.path, arch=settings.get("arch"),
+        overrides=overrides_of(settings),
         wd_rank=settings.get("wd_rank"), trace=trace, trace_facts=None if trace is None else spec.traces[trace],
         cache_fraction=settings.get("cache_fraction"), exrep=settings.get("exrep"), synth_seed=settings.get("synth_seed"),
         config=RunConfig(**{name: value for name, value in settings.items() if name in CONFIG_AXES}),
@@ -82,7 +93,10 @@ def grid(spec: SweepSpec) -> list[Point]:
     seen: set[tuple] = set()
     points: list[Point] = []
     for combination in itertools.product(*(values for _, values in spec.axes)):
-        settings = _applicable(dict(zip(names, combination)), spec)
+        settings = dict(zip(names, combination))
+        if overrides_of(settings):  # a variant names its base, even one a dense variant's dropped trace named
+            settings = {"arch": _arch_name(settings, spec), **settings}
+        settings = _applicable(settings, spec)
         key = tuple(sorted((name, repr(value)) for name, value in settings.items()))
         if key not in seen:
             seen.add(key)

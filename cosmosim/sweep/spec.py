@@ -13,6 +13,8 @@
     policy = ["lru", "belady", "kactive"]
     exrep = ["recorded", 0.1, 0.3, 0.5]     # each trace as recorded, or synthesised like it at that ExRep
     synth_seed = [0, 1]                     # seeds of the synthesised traces (default 0)
+    n_experts = [8, 16]                     # override axes: variants of each point's architecture
+    top_k = [1, 2]                          # (also ffn_hidden, n_layers, d_model, n_shared_experts)
 
 Every value is checked when the spec loads (profiles and traces are read, checksummed and their
 training metadata kept), so a typo fails at once with one line naming the file, the axis and the
@@ -30,6 +32,7 @@ from typing import Any, Callable
 
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK, catalog_groups, get_arch
+from cosmosim.inputs.arch_variants import OVERRIDES
 from cosmosim.inputs.arch_files import looks_like_path
 from cosmosim.inputs.locality import exrep
 from cosmosim.inputs.profiles import load_profile
@@ -123,6 +126,18 @@ def _seed(value):
     return value
 
 
+def _size(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadValue("expected an integer >= 1")
+    return value
+
+
+def _count(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadValue("expected an integer >= 0")
+    return value
+
+
 def _arch(value):
     """A name is checked here; a path once the spec's folder is known (`_arch_values`)."""
     if not isinstance(value, str) or not value.strip():
@@ -144,7 +159,10 @@ AXES: dict[str, Callable[[Any], Any]] = {
     "cache_fraction": _fraction,
     "exrep": _exrep,
     "synth_seed": _seed,
+    # Override axes: each point's architecture with that size replaced (cosmosim.inputs.arch_variants).
+    **{name: _count if name == "n_shared_experts" else _size for name in OVERRIDES},
 }
+SHAPE_AXES = ("n_experts", "top_k")  # overrides that change what a trace must route
 
 
 # ---------------------------------------------------------------------------- files named by the spec
@@ -246,10 +264,18 @@ def _check_combinations(source: str, axes: dict[str, tuple], traces: dict[str, T
     moe_archs = [arch for arch in archs if arch.is_moe]
     if moe_archs and not traces:
         raise InputError(f"{source}: axes.trace: required: {moe_archs[0].name} is a MoE and replays a routing trace")
+    if not traces and any(n > 1 for n in axes.get("n_experts", ())):
+        raise InputError(f"{source}: axes.trace: required: an n_experts variant is a MoE and replays a routing trace "
+                         "(one like it is synthesised where the trace's shape does not fit)")
+    # With shape axes each point pairs its variant with a trace that fits it (evaluate.py), or refuses it;
+    # a size axis changes what a WD rank may be, so a rank that does not fit a variant is that point's error.
+    shapes_vary = any(name in axes for name in SHAPE_AXES)
+    ranks_vary = any(name in axes for name in ("d_model", "ffn_hidden"))
     for arch in moe_archs:
         for value, facts in traces.items():
-            arch.check_routing(f"{source}: axes.trace: {value!r}", facts.n_experts, facts.top_k)
-        for rank in axes.get("wd_rank", ()):
+            if not shapes_vary:
+                arch.check_routing(f"{source}: axes.trace: {value!r}", facts.n_experts, facts.top_k)
+        for rank in () if ranks_vary else axes.get("wd_rank", ()):
             try:
                 arch.with_wd_rank(None if rank == FULL_RANK else rank)
             except InputError as error:

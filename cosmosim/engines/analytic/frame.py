@@ -11,6 +11,9 @@ Input columns (one row per point; other columns pass through untouched):
     profile, arch            required: a shipped profile name or .toml path; a catalog architecture
     trace                    routing trace path (.npz); empty for a dense architecture
     wd_rank                  empty: the architecture's own experts; an integer rank; "full": not decomposed
+    n_experts, top_k, ffn_hidden, n_layers, d_model, n_shared_experts
+                             empty or absent: the architecture's own; else a variant of it with that size
+                             (cosmosim.inputs.arch_variants.derive), then the WD rank
     policy, prefetch, cache_mb, cache_experts, per_layer_cache, weight_bits, tokens, prompt_tokens,
     context_len, warmup_fraction
                              as `cosmosim run` (cosmosim.scenario.settings.RunConfig); empty or absent: its default
@@ -37,6 +40,7 @@ from cosmosim.engines.analytic.latency import (
 from cosmosim.engines.analytic.outcomes import StatsCache, TraceStats
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK, Architecture, get_arch
+from cosmosim.inputs.arch_variants import OVERRIDES, derive
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.results import catalog
 from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, Metric
@@ -47,7 +51,7 @@ from cosmosim.workload.stream import DECODE, PREFILL
 
 _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
 _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch", "loader", "madvise")
-_INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *_CONFIG_DEFAULTS)))
+_INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *OVERRIDES, *_CONFIG_DEFAULTS)))
 _COLUMN_KINDS = {"per_layer_cache": "flag", "cache_shared_experts": "flag", "cache_mb": "number",
                  "warmup_fraction": "number", "idle_gap_s": "number", "wd_rank": "rank"}  # else integer
 
@@ -182,9 +186,10 @@ class _Rows:
 
     def _arch(self, i: int) -> Architecture:
         name, rank = self._value("arch", i), self._value("wd_rank", i)
-        key = (name, rank)
+        overrides = tuple((field, self._value(field, i)) for field in OVERRIDES)
+        key = (name, rank, overrides)
         if key not in self._archs:
-            arch = get_arch(name)
+            arch = derive(get_arch(name), dict(overrides))
             self._archs[key] = arch if rank is None else arch.with_wd_rank(None if rank == FULL_RANK else rank)
         return self._archs[key]
 
