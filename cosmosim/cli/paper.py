@@ -12,6 +12,7 @@ from rich.table import Table
 from cosmosim.cli.app import app
 from cosmosim.engines.analytic.paper import (
     BLES,
+    DEFAULT_LINK,
     LINKS,
     NO_OFFLOAD_TOKENS_PER_S,
     OFFLOAD,
@@ -45,6 +46,7 @@ def _print(main: Prediction, rows: list[Prediction], console: Console) -> None:
                   f"{BLES.tokens_per_s}), speed-up x{main.speedup:.3f} ({_percent(main.speedup_error)} vs "
                   f"x{BLES.tokens_per_s / OFFLOAD.tokens_per_s:.3f})")
     console.print(f"link: {LINKS_BY_NAME[main.link].citation}")
+    console.print(ASSUMPTION)
 
     spread = Table(title="How the prediction moves with the link and the overhead model")
     for column in ("link", "GB/s", "overhead paid per", "o (ms/layer)", "BlES tok/s", "error", "speed-up"):
@@ -57,9 +59,20 @@ def _print(main: Prediction, rows: list[Prediction], console: Console) -> None:
     console.print("Routing: synthetic, in memory, with the paper's ExRep (its only published routing statistic).")
 
 
+ASSUMPTION = (f"Assumed (the paper names no GPU, link or copy path): {LINKS[DEFAULT_LINK].name}, "
+              f"{LINKS[DEFAULT_LINK].bytes_per_s / 1e9:.2f} GB/s, an A100-class host link copying from "
+              "page-locked memory. Stock PyTorch .to(device) of a non-pinned host tensor goes through the "
+              "pageable staging path instead; pageable rates vary by host (pcie4-pageable: 10.0 GB/s, too slow "
+              "to fit the offload row). See the sensitivity table.")
+
+
 @paper_app.command("bles-speedup")
 def bles_speedup(
-    link: str = typer.Option("pcie4", help=f"Host-GPU link whose specified bandwidth prices a swap: {', '.join(LINKS)}."),
+    link: str = typer.Option(DEFAULT_LINK, help="Host-GPU link whose rate prices a swap: " + ", ".join(LINKS) +
+                             " (pcieN: the specification's raw rate; -pinned / -pageable: a cited bandwidthTest "
+                             f"measurement). Default {DEFAULT_LINK}: {LINKS[DEFAULT_LINK].name}, "
+                             f"{LINKS[DEFAULT_LINK].bytes_per_s / 1e9:.2f} GB/s, assumed because the paper "
+                             "names no GPU, link or copy path."),
     overhead: str = typer.Option("layer", help="Where the fitted offload overhead is paid: " +
                                  "; ".join(f"{name}: {text}" for name, text in OVERHEADS.items()) + "."),
     sequences: int = typer.Option(100, help="Synthetic sequences (1-token prompt + 128 generated tokens each)."),
@@ -67,7 +80,10 @@ def bles_speedup(
     json_path: Path = typer.Option(None, "--json", help="Also write the prediction and the sensitivity rows as JSON."),
 ) -> None:
     """Fit one per-layer offload overhead on CoSMoEs' MoE + offload row (ExRep 43.82%, 15.02 tok/s), then
-    predict the BlES row (ExRep 6.55%; measured 23.10 tok/s, x1.54). Formulas: docs/analytic-model.md."""
+    predict the BlES row (ExRep 6.55%; measured 23.10 tok/s, x1.54). The link is assumed (the paper names
+    none): by default the measured pinned PCIe 4.0 x16 rate (CUDA bandwidthTest, DGX A100, 25.7 GB/s at
+    32 MB a copy); every link, specified and measured, is in the sensitivity table. Formulas:
+    docs/analytic-model.md."""
     check_outputs({"--json": json_path})
     main = predict(link, overhead, n_sequences=sequences, seed=seed)
     rows = sensitivity(n_sequences=sequences, seed=seed)

@@ -16,10 +16,25 @@ The model (every symbol in docs/analytic-model.md):
 t_no_swap is the no-offload row's time per token, measured. m[t, l], the experts layer l swaps in
 for token t, comes from the analytic kactive outcomes on a synthetic routing with the paper's ExRep
 (the only routing statistic it publishes). swap_s(m) is the completion time of m copies on the
-PCIe link, the simulator's flash recurrence with the link's bandwidth fixed from its specification
-(no latency, one copy at a time: stock PyTorch copies synchronously, before the layer computes).
-o, a per-layer offload overhead, is the one free parameter: fitted on the offload row, then the
-BlES row is predicted. The synthetic routing lives in memory only, never under traces/.
+host-GPU link, the simulator's flash recurrence at one fixed rate (no latency, one copy at a time:
+stock PyTorch copies synchronously, before the layer computes). o, a per-layer offload overhead, is
+the one free parameter: fitted on the offload row, then the BlES row is predicted. The synthetic
+routing lives in memory only, never under traces/.
+
+The link's rate. The paper names neither its GPU, nor its link, nor its copy path. The default,
+`pcie4-pinned`, is a *measured* effective host-to-device rate, not the specification's: 25.7 GB/s,
+CUDA's bandwidthTest on a DGX A100 (PCIe 4.0 x16 host link) from page-locked memory at 32 MB a copy
+(one phone-MoE expert is 33.2 MB in bf16, so the measured size is the copy size). Assumed: an A100-class
+GPU on PCIe 4.0 x16 copying at the pinned rate. Why pinned, when stock PyTorch `.to(device)` of an
+ordinary (non-pinned) host tensor takes the pageable path (the driver stages it through a pinned
+bounce buffer): (1) pinned rates agree across published measurements on PCIe 4.0 x16 (25.7, 26.2 and
+24-26 GB/s, see LINKS), while pageable ones spread by host (10.0 and 3.3 GB/s at 32 MB on two A100
+hosts, 13-18 GB/s on an RTX 4090 host), so no single pageable figure stands for "the" link; (2) the
+paper's own offload row bounds the rate from below: its 15.02 tok/s leaves 1/15.02 - 1/40.60 s per
+token for every swap, which the kactive swaps at ExRep 43.82% only fit above about 16.6 GB/s; the
+cited pageable rate (10.0 GB/s) and PCIe 3.0's pinned rate (12.7 GB/s) are below it (their fitted o
+is negative). The sensitivity table prices every link, specification and measured, under both
+overhead models; no figure in it is tuned to the BlES row.
 """
 
 from __future__ import annotations
@@ -76,7 +91,31 @@ LINKS = {
                   "16 GT/s per lane, 128b/130b encoding; x16, one direction: 31.51 GB/s (the A100's host link)"),
     "pcie5": Link("PCIe 5.0 x16", _pcie_x16(32), "PCI-SIG, PCI Express Base Specification Revision 5.0 (2019): "
                   "32 GT/s per lane, 128b/130b encoding; x16, one direction: 63.02 GB/s (the H100's host link)"),
+    # Measured effective host-to-device rates, at the copy size of one expert (~32 MB). No PCIe 5.0 x16
+    # bandwidthTest or nvbandwidth figure with its GPU, size and memory kind named was found, nor a
+    # PCIe 3.0 x16 pageable one; they are left out rather than guessed.
+    "pcie3-pinned": Link("PCIe 3.0 x16, pinned (measured)", 12150.7 * 2**20,
+                         "CUDA bandwidthTest (quick mode, 33,554,432 B, page-locked host memory, NUMA-local), "
+                         "Tesla P100-PCIE-16GB: host to device 12150.7 MB/s (bandwidthTest's MB = 2^20 B: "
+                         "12.74 GB/s). P. Steinbach, mpicbg-scicomp/gearshifft pull request 82 (2017), "
+                         "https://github.com/mpicbg-scicomp/gearshifft/pull/82"),
+    "pcie4-pinned": Link("PCIe 4.0 x16, pinned (measured)", 25.7e9,
+                         "CUDA bandwidthTest (cuda-samples v11.4, quick mode, 32,000,000 B, --memory=pinned), "
+                         "DGX A100 (A100-SXM4-80GB, PCIe 4.0 x16 host link): host to device 25.7 GB/s. "
+                         "gengwg, nvda_gpu_benchmark.md (2023), https://github.com/gengwg/gpu. Agrees with "
+                         "A100-PCIE-40GB, bandwidthTest range mode, pinned: 26.2 GB/s at 200-500 MB "
+                         "(jdh4/della-gpu-A100 README, 2021, https://github.com/jdh4/della-gpu-A100) and "
+                         "8x RTX 4090, nvbandwidth host_to_device_memcpy_ce: 23.90-26.38 GB/s "
+                         "(NVIDIA/nvbandwidth issue 15, 2024, https://github.com/NVIDIA/nvbandwidth/issues/15)"),
+    "pcie4-pageable": Link("PCIe 4.0 x16, pageable (measured)", 10.0e9,
+                           "CUDA bandwidthTest (cuda-samples v11.4, quick mode, 32,000,000 B, --memory=pageable), "
+                           "the same DGX A100 as pcie4-pinned: host to device 10.0 GB/s. gengwg, "
+                           "nvda_gpu_benchmark.md (2023), https://github.com/gengwg/gpu. Pageable rates depend "
+                           "on the host: the same page measures 3.3 GB/s on a Dell A100 80GB PCIe host; an "
+                           "RTX 4090 (PCIe 4.0 x16) measures 18.42 GB/s at 16 MiB and 12.88 GB/s at 64 MiB "
+                           "(NVlabs/cuda-oxide pull request 976, https://github.com/NVlabs/cuda-oxide/pull/976)"),
 }
+DEFAULT_LINK = "pcie4-pinned"
 OVERHEADS = {
     "layer": "o is paid by every layer of every token (the offload bookkeeping runs whether or not it swaps)",
     "swap": "o is paid only by a (token, layer) that swaps at least one expert",
@@ -144,7 +183,7 @@ class Prediction:
     speedup_error: float
 
 
-def predict(link_name: str = "pcie4", overhead: str = "layer", *, n_sequences: int = 100, seed: int = 0) -> Prediction:
+def predict(link_name: str = DEFAULT_LINK, overhead: str = "layer", *, n_sequences: int = 100, seed: int = 0) -> Prediction:
     """Fit o on the offload row and predict the BlES row, on one link and one overhead model."""
     if link_name not in LINKS:
         raise InputError(f"--link: expected one of {', '.join(LINKS)}, got {link_name!r}")
@@ -170,5 +209,5 @@ def predict(link_name: str = "pcie4", overhead: str = "layer", *, n_sequences: i
 
 
 def sensitivity(*, n_sequences: int = 100, seed: int = 0) -> list[Prediction]:
-    """The prediction on every link (PCIe 3, 4, 5) and under both overhead models."""
+    """The prediction on every link (specification and measured) and under both overhead models."""
     return [predict(link, overhead, n_sequences=n_sequences, seed=seed) for overhead in OVERHEADS for link in LINKS]
