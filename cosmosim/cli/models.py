@@ -1,4 +1,5 @@
-"""`cosmosim corpus build`, `cosmosim train`, `cosmosim record`: from real text to routing traces."""
+"""`cosmosim corpus build`, `cosmosim mini`, `cosmosim train`, `cosmosim record`: from real text (and a target
+architecture) to routing traces."""
 
 from __future__ import annotations
 
@@ -34,10 +35,45 @@ def corpus_build(
 
 
 @app.command()
+def mini(
+    target: str = typer.Argument(..., help="Target architecture: a name (see `cosmosim arch`), a .toml architecture "
+                                           "file or a Hugging Face config.json."),
+    out: Path = typer.Option(..., help="Mini config to write (.json), for `cosmosim train --config CONFIG.json`."),
+) -> None:
+    """Derive a trainable mini of TARGET (docs/models.md, "A mini for any target"). It keeps the depth, the
+    routed experts, top_k, the shared experts (their count) and the dense layers (the same indices); d_model
+    becomes the wearable minis' 128 (a target no wider keeps its own), and every FFN width (routed, shared,
+    dense) is scaled by d_mini / d_target and rounded to a multiple of 8, a WD rank by the same factor;
+    heads are 32 wide (4 at d 128, at most the target's), KV heads the divisor nearest the target's GQA
+    ratio; the vocabulary is the corpus tokenizer's 8192 (untied embeddings). Then: `cosmosim train
+    --config CONFIG.json`, `cosmosim record --checkpoint RUN --out T.npz`, `cosmosim run --trace T.npz
+    --arch TARGET`."""
+    from cosmosim.errors import InputError
+    from cosmosim.files import atomic_write_json
+    from cosmosim.inputs.arch import get_arch
+    from cosmosim.inputs.arch_files import looks_like_path, named_paths
+    from cosmosim.model.mini import mini_document
+
+    if out.suffix != ".json":
+        raise InputError(f"--out {out}: expected a .json file (what `cosmosim train --config` reads)")
+    is_path = looks_like_path(target)
+    check_outputs({"--out": out}, {"TARGET": Path(target) if is_path else None})
+    arch = get_arch(target)
+    document = mini_document(arch, target, arch.name if arch.name in named_paths() else None)
+    atomic_write_json(out, document)
+    model, params = document["model"], document["params"]
+    typer.echo(f"wrote {out}: {document['name']}, {model['n_layers']} layers, d {model['d_model']}, "
+               f"{model['n_experts']} experts top-{model['top_k']}, {params['total'] / 1e6:.1f}M total / "
+               f"{params['active'] / 1e6:.1f}M active parameters")
+
+
+@app.command()
 def train(
-    config: str = typer.Option(..., help=f"Mini model config: {', '.join(MINI_CONFIGS)}."),
+    config: str = typer.Option(..., help=f"Mini model config: {', '.join(MINI_CONFIGS)}, or a CONFIG.json "
+                                         "written by `cosmosim mini TARGET --out CONFIG.json`."),
     steps: int = typer.Option(2000, help="Optimizer steps (batch 16 x 128 tokens unless changed)."),
-    out: Path = typer.Option(None, help="Checkpoint folder. Default: runs/CONFIG. An existing run there resumes."),
+    out: Path = typer.Option(None, help="Checkpoint folder. Default: runs/CONFIG (runs/NAME for NAME.json). An "
+                                        "existing run there resumes."),
     corpus: Path = typer.Option(None, help=_CORPUS_HELP),
     seed: int = typer.Option(0, help="Seed for weights and batches; a run is deterministic for a seed."),
     bles_lambda: float = typer.Option(None, help="Override the config's BlES loss weight λ (0 turns BlES off)."),
@@ -56,7 +92,7 @@ def train(
     overrides = {k: v for k, v in {"bles_lambda": bles_lambda, "bles_tau": bles_tau, "wd_rank": wd_rank}.items()
                  if v is not None}
     out_dir = train_model(config, overrides=overrides, corpus_dir=corpus or default_corpus_dir(),
-                          out_dir=out or Path("runs") / config, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                          out_dir=out or Path("runs") / Path(config).stem, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
                           eval_every=eval_every, checkpoint_every=eval_every, threads=threads)
     typer.echo(f"checkpoint in {out_dir}")
 

@@ -7,7 +7,8 @@ steps. The dense minis are sized like the paper's dense baselines: FA matches th
 
 A config's shape is an `Architecture` (`ModelConfig.arch`), the class that describes the paper-size
 targets: it validates the shape and counts parameters, bytes and FLOPs, with its conventions (a
-dense model has n_experts = top_k = 1).
+dense model has n_experts = top_k = 1), shared experts and a MoE's dense layers included.
+`cosmosim.model.mini` derives the config of a mini of any target architecture.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ LoadBalanceLevel = Literal["batch", "sequence"]
 
 # The fields that give a config its shape: an `Architecture`'s, by the same names.
 SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "vocab_size", "ffn_hidden", "n_experts", "top_k",
-                "wd_rank")
+                "wd_rank", "n_shared_experts", "shared_ffn_hidden", "dense_layers", "dense_ffn_hidden")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class ModelConfig:
     n_experts: int = 1  # 1 = dense FFN, as in cosmosim.inputs.arch
     top_k: int = 1
     wd_rank: int | None = None  # None = full-rank experts; else each n×m matrix is L (n×r) · R (r×m)
+    n_shared_experts: int = 0  # MoE: SwiGLU experts every token takes besides its top_k (never routed)
+    shared_ffn_hidden: int | None = None  # one shared expert's width; None: ffn_hidden
+    dense_layers: tuple[int, ...] = ()  # MoE: layers whose FFN is one dense SwiGLU instead of experts
+    dense_ffn_hidden: int | None = None  # their width; None: ffn_hidden
     # 10_000 rather than Llama-3's 500_000: at 128-token sequences a larger base leaves most of
     # the rotary frequencies nearly constant, i.e. wasted.
     rope_theta: float = 10_000.0
@@ -53,6 +58,8 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.dense_layers, list):  # as JSON gives it
+            object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
         _ = self.arch  # building the Architecture validates the shape
         if self.head_dim % 2:
             raise InputError(f"model config: d_model: expected a head size d_model / n_heads={self.n_heads} that "
@@ -74,7 +81,13 @@ class ModelConfig:
         """A config of `arch`'s shape; `settings` give the other fields."""
         if arch.tied_embeddings:
             raise InputError(f"architecture {arch.name!r}: tied embeddings; the decoder's are untied")
-        return cls(**{name: getattr(arch, name) for name in SHAPE_FIELDS}, **settings)
+        shape = {name: getattr(arch, name) for name in SHAPE_FIELDS}
+        # Architecture fills the widths of absent shared experts and dense layers in; a config leaves them None.
+        if not arch.n_shared_experts:
+            shape["shared_ffn_hidden"] = None
+        if not arch.dense_layers:
+            shape["dense_ffn_hidden"] = None
+        return cls(**shape, **settings)
 
     @property
     def is_moe(self) -> bool:
@@ -141,5 +154,6 @@ MINI_TARGET_ARCH: dict[str, str] = {
 
 def get_config(name: str) -> ModelConfig:
     if name not in MINI_CONFIGS:
-        raise InputError(f"model config: {name!r}: unknown name, expected one of {', '.join(MINI_CONFIGS)}")
+        raise InputError(f"model config: {name!r}: unknown name, expected one of {', '.join(MINI_CONFIGS)} "
+                         "or a CONFIG.json from `cosmosim mini TARGET --out CONFIG.json`")
     return MINI_CONFIGS[name]

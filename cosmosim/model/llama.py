@@ -1,4 +1,5 @@
-"""A Llama-3 style decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU or MoE feed-forward.
+"""A Llama-3 style decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU or MoE feed-forward
+(a MoE's `dense_layers` have a dense SwiGLU; its MoE layers may add shared experts).
 
 One model for training and for decoding (gpt-fast's way): `setup_cache` switches on a KV cache in
 every layer, after which `forward` takes the positions of its new tokens. Replay runs the same
@@ -28,16 +29,17 @@ def residual_std(n_layers: int) -> float:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, resident_experts: bool = True):
+    def __init__(self, config: ModelConfig, resident_experts: bool = True, layer: int = 0):
         super().__init__()
         self.attention_norm = RMSNorm(config.d_model)
         self.attention = Attention(config)
         self.ffn_norm = RMSNorm(config.d_model)
-        self.is_moe = config.is_moe
-        if config.is_moe:
+        # A MoE's `dense_layers` take one dense SwiGLU of dense_ffn_hidden instead of experts.
+        self.is_moe = config.is_moe and layer not in config.arch.dense_layers
+        if self.is_moe:
             self.ffn: nn.Module = MoEFeedForward(config, INIT_STD, residual_std(config.n_layers), resident_experts)
         else:
-            self.ffn = FeedForward(config.d_model, config.ffn_hidden)
+            self.ffn = FeedForward(config.d_model, config.arch.dense_ffn_hidden if config.is_moe else config.ffn_hidden)
         self.dropout = nn.Dropout(config.dropout)
 
     def attend(self, x_BTD: torch.Tensor, cos_TP: torch.Tensor, sin_TP: torch.Tensor,
@@ -58,7 +60,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.layers = nn.ModuleList(Block(config, resident_experts) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(Block(config, resident_experts, layer) for layer in range(config.n_layers))
         self.norm = RMSNorm(config.d_model)
         self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)  # untied, like Llama-3
         self._set_rope(config.seq_len)
@@ -76,7 +78,7 @@ class Decoder(nn.Module):
         out_std = residual_std(self.config.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                is_residual_out = name.endswith(("attention.wo", "ffn.w_down"))
+                is_residual_out = name.endswith(("attention.wo", "ffn.w_down", "ffn.shared.w_down"))
                 nn.init.normal_(module.weight, std=out_std if is_residual_out else INIT_STD)
 
     def setup_cache(self, context_len: int, n_positions: int, batch: int = 1) -> None:

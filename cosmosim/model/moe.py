@@ -3,6 +3,9 @@
 Routing (which experts, with which gates) and expert compute are separate modules so that losses
 and trace recording can read the routing without touching the experts, and so that replay can keep
 the router resident and stream the experts (`resident_experts=False`). Each expert is `layers.swiglu`.
+Shared experts (`n_shared_experts`), which every token takes besides its top-k, are one dense SwiGLU
+of n_shared_experts × shared_ffn_hidden width (the same weights and sum as that many SwiGLUs side by
+side, as Qwen2-MoE holds them), resident like the router and added to the routed experts' output.
 Tensor names carry their shape: B batch, T time, D d_model, F expert hidden, E experts, K top-k,
 N routed tokens, R rank.
 """
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from cosmosim.model.config import ModelConfig
-from cosmosim.model.layers import swiglu
+from cosmosim.model.layers import FeedForward, swiglu
 
 
 @dataclass
@@ -89,12 +92,15 @@ class Experts(nn.Module):
 
 
 class MoEFeedForward(nn.Module):
-    """The router and, unless the caller streams them (`resident_experts=False`), the expert bank."""
+    """The router, the shared experts if any and, unless the caller streams them (`resident_experts=False`),
+    the expert bank."""
 
     def __init__(self, config: ModelConfig, std: float, out_std: float, resident_experts: bool = True):
         super().__init__()
         self.router = Router(config.d_model, config.n_experts, config.top_k)
         self.experts = Experts(config, std, out_std) if resident_experts else None
+        shared_width = config.n_shared_experts * config.arch.shared_ffn_hidden
+        self.shared = FeedForward(config.d_model, shared_width) if shared_width else None
 
     def forward(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         if self.experts is None:
@@ -103,5 +109,8 @@ class MoEFeedForward(nn.Module):
         routing = self.router(x_BTD)
         out_ND = self.experts(x_BTD.reshape(B * T, D), routing.expert_ids_BTK.reshape(B * T, -1),
                               routing.gates_BTK.reshape(B * T, -1))
-        return out_ND.view(B, T, D), routing
+        out_BTD = out_ND.view(B, T, D)
+        if self.shared is not None:
+            out_BTD = out_BTD + self.shared(x_BTD)
+        return out_BTD, routing
 

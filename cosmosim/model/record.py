@@ -40,6 +40,20 @@ def route_windows(model: Decoder, windows_NT: torch.Tensor, progress: bool = Fal
     return torch.cat(experts).numpy().astype(np.int16), torch.cat(gates).numpy().astype(np.float16)
 
 
+def model_meta(config) -> dict:
+    """meta.model: the config's shape; with shared experts or dense layers also what `record --hf` gives
+    (`n_shared_experts`, `shared_ffn_hidden`; `n_layers` counts the MoE layers, the trace's, `moe_layers`
+    lists them and `n_model_layers` is the depth)."""
+    model = {key: getattr(config, key) for key in MODEL_META_KEYS}
+    arch = config.arch
+    if arch.n_shared_experts:
+        model.update(n_shared_experts=arch.n_shared_experts, shared_ffn_hidden=arch.shared_ffn_hidden)
+    if arch.dense_layers:
+        model.update(n_layers=arch.n_moe_layers, moe_layers=list(arch.moe_layers), n_model_layers=arch.n_layers,
+                     dense_layers=list(arch.dense_layers), dense_ffn_hidden=arch.dense_ffn_hidden)
+    return model
+
+
 def record(checkpoint_dir: str | Path, out_path: str | Path, *, corpus_dir: str | Path,
            n_tokens: int | None = None, progress: bool = True) -> Path:
     """Write the trace of the checkpoint's routing over the trace split; returns out_path.
@@ -67,7 +81,7 @@ def record(checkpoint_dir: str | Path, out_path: str | Path, *, corpus_dir: str 
     state, training = header["state"], header["training"]
     meta = {
         "schema_version": SCHEMA_VERSION,
-        "model": {key: getattr(config, key) for key in MODEL_META_KEYS},
+        "model": model_meta(config),
         "training": {
             "corpus_manifest_sha256": trained_on,
             "config_name": header.get("config_name"),
@@ -85,6 +99,7 @@ def record(checkpoint_dir: str | Path, out_path: str | Path, *, corpus_dir: str 
             "commit": header.get("commit"),
         },
         "target_arch": header.get("target_arch"),
+        **({"mini": header["mini"]} if "mini" in header else {}),  # the target a `cosmosim mini` config shrank
         "domain_names": split.domain_names,
         "source": f"recorded from {checkpoint_dir} on the trace split",
         "commit": repository_commit(),

@@ -36,6 +36,7 @@ from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from cosmosim.model.config import MINI_TARGET_ARCH, ModelConfig, get_config
 from cosmosim.model.llama import Decoder
+from cosmosim.model.mini import is_mini_file, load_mini_file
 from cosmosim.model.losses import moe_aux_losses
 from cosmosim.provenance import repository_commit, sha256_file
 
@@ -287,12 +288,13 @@ def _append_log(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def train(config_name_or_config: str | ModelConfig, *, corpus_dir: str | Path, out_dir: str | Path, steps: int,
+def train(config_name_or_config: str | Path | ModelConfig, *, corpus_dir: str | Path, out_dir: str | Path, steps: int,
           seed: int = 0, batch_size: int = 16, lr: float = 2e-3, min_lr: float = 2e-4, warmup_steps: int = 100,
           weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 100, eval_windows: int = 64,
           checkpoint_every: int = 100, threads: int | None = None, time_budget_s: float | None = None,
           overrides: dict | None = None, progress: bool = True) -> Path:
-    """Train (or resume training) into out_dir and return it.
+    """Train (or resume training) into out_dir and return it. The config: a ModelConfig, a named mini, or
+    the path of a .json mini config written by `cosmosim mini` (`cosmosim.model.mini`).
 
     `threads` sets torch's intra-op threads (default: every core). `time_budget_s` ends this
     session with a checkpoint once that much wall time has passed; calling again resumes.
@@ -300,7 +302,10 @@ def train(config_name_or_config: str | ModelConfig, *, corpus_dir: str | Path, o
     args = TrainArgs(steps=steps, seed=seed, batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
                      weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                      eval_windows=eval_windows, checkpoint_every=checkpoint_every)
-    config, config_name = resolve_config(config_name_or_config, overrides)
+    mini = load_mini_file(config_name_or_config) if is_mini_file(config_name_or_config) else None
+    config, config_name = resolve_config(mini.config if mini else config_name_or_config, overrides)
+    if mini is not None:  # a mini of any target, from `cosmosim mini`
+        config_name = mini.name
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     train_split, val_split = load_split(corpus_dir, "train"), load_split(corpus_dir, "val")
     # The vocabulary belongs to the corpus' tokenizer, not to the named config.
@@ -312,7 +317,9 @@ def train(config_name_or_config: str | ModelConfig, *, corpus_dir: str | Path, o
     model = Decoder(config).train()
     optimizer = make_optimizer(model, args)
     rng = np.random.default_rng(args.seed)
-    header = {"format": CHECKPOINT_FORMAT, "config_name": config_name, "target_arch": target_arch_of(config_name),
+    header = {"format": CHECKPOINT_FORMAT, "config_name": config_name,
+              "target_arch": mini.target_arch if mini else target_arch_of(config_name),
+              **({"mini": {"file": str(mini.path), "target": mini.target}} if mini else {}),
               "model": config.to_dict(), "training": dataclasses.asdict(args),
               "corpus": {"dir": str(corpus_dir), "manifest_sha256": sha256_file(corpus_dir / MANIFEST_FILE),
                          "vocab_size": train_split.vocab_size, "domain_names": train_split.domain_names},
