@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -126,7 +127,7 @@ class Architecture:
     def is_moe(self) -> bool:
         return self.n_experts > 1
 
-    @property
+    @cached_property  # asked for per row of a sweep: computed once per architecture (a frozen value)
     def moe_layers(self) -> tuple[int, ...]:
         """The layers whose FFN is routed experts, ascending (none for a dense model)."""
         if not self.is_moe:
@@ -137,7 +138,7 @@ class Architecture:
     def n_moe_layers(self) -> int:
         return len(self.moe_layers)
 
-    @property
+    @cached_property
     def step_layers(self) -> tuple[tuple[int, ...], ...]:
         """The model layers each replayed step runs, in order. A dense model: one step per layer. A MoE:
         one step per MoE layer, which also runs the dense layers just before it, and the last step any

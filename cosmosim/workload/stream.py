@@ -20,6 +20,7 @@ replay, so all of them read the one stream the engines replay.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,7 +68,7 @@ def layer_map(trace_layers: int, target_layers: int) -> np.ndarray:
 def next_use_of(keys: np.ndarray) -> np.ndarray:
     """For each access, the index of the next access to the same key (len(keys) when none)."""
     n = keys.size
-    order = np.lexsort((np.arange(n), keys))  # by key, then by time
+    order = np.argsort(keys, kind="stable")  # by key, then by time (a stable sort keeps time order)
     sorted_keys = keys[order]
     following = np.full(n, n, dtype=np.int64)
     same = sorted_keys[1:] == sorted_keys[:-1]
@@ -76,11 +77,12 @@ def next_use_of(keys: np.ndarray) -> np.ndarray:
 
 
 def _prefill_keys(experts: np.ndarray, layer: int, n_experts: int) -> tuple[list[int], list[int]]:
-    """Unique experts of a prompt at one layer in order of first use, and tokens routed to each."""
-    flat = experts.reshape(-1)
-    unique, first, counts = np.unique(flat, return_index=True, return_counts=True)
-    order = np.argsort(first, kind="stable")
-    return [layer * n_experts + int(e) for e in unique[order]], [int(c) for c in counts[order]]
+    """Unique experts of a prompt at one layer in order of first use (token order, then gate order), and
+    tokens routed to each. Plain Python: a prompt is a few dozen choices, where numpy's call overhead wins."""
+    flat = experts.reshape(-1).tolist()
+    counts = Counter(flat)
+    first_use = list(dict.fromkeys(flat))
+    return [layer * n_experts + e for e in first_use], [counts[e] for e in first_use]
 
 
 def build_workload(trace: Trace, target_layers: int, *, prompt_tokens: int, context_len: int,

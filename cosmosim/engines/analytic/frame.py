@@ -157,6 +157,7 @@ class _Rows:
         self._archs: dict[tuple, Architecture] = {}
         self._costs: dict[tuple, StepCosts] = {}
         self._traces: dict[str, tuple] = {}
+        self._checked: set[tuple[str, RunConfig]] = set()  # (profile, settings) already validated: rows repeat them
 
     def fail(self, i: int, message: str) -> InputError:
         return InputError(f"points row {self.labels[i]!r}: {message}")
@@ -179,14 +180,18 @@ class _Rows:
         expected = {"flag": "true or false", "number": "a number", "rank": f"an integer rank or {FULL_RANK!r}"}
         raise self.fail(i, f"column {name}: expected {expected.get(kind, 'an integer')}, got {value!r}")
 
-    def _value(self, name: str, i: int):
-        column = self.values.get(name)
-        value = None if column is None else column[i]
-        return _CONFIG_DEFAULTS.get(name) if value is None else value
+    def _row(self, i: int) -> dict:
+        """Row i's inputs by name, defaults where a cell is empty or its column absent."""
+        row = {}
+        for name in _INPUT_COLUMNS:
+            column = self.values.get(name)
+            value = None if column is None else column[i]
+            row[name] = _CONFIG_DEFAULTS.get(name) if value is None else value
+        return row
 
-    def _arch(self, i: int) -> Architecture:
-        name, rank = self._value("arch", i), self._value("wd_rank", i)
-        overrides = tuple((field, self._value(field, i)) for field in OVERRIDES)
+    def _arch(self, row: dict) -> Architecture:
+        name, rank = row["arch"], row["wd_rank"]
+        overrides = tuple((field, row[field]) for field in OVERRIDES)
         key = (name, rank, overrides)
         if key not in self._archs:
             arch = derive(get_arch(name), dict(overrides))
@@ -194,13 +199,16 @@ class _Rows:
         return self._archs[key]
 
     def plan(self, i: int, cache: StatsCache) -> _Plan:
-        profile_name = self._value("profile", i)
+        row = self._row(i)
+        profile_name = row["profile"]
         if profile_name not in self._profiles:
             self._profiles[profile_name] = load_profile(profile_name)
-        profile, arch = self._profiles[profile_name], self._arch(i)
-        config = RunConfig(**{name: self._value(name, i) for name in _CONFIG_DEFAULTS})
-        check_settings(config)
-        check_closed_form(profile, config)
+        profile, arch = self._profiles[profile_name], self._arch(row)
+        config = RunConfig(**{name: row[name] for name in _CONFIG_DEFAULTS})
+        if (profile_name, config) not in self._checked:
+            check_settings(config)
+            check_closed_form(profile, config)
+            self._checked.add((profile_name, config))
         given_arch = arch  # build_scenario makes the shared experts routed itself
         if config.cache_shared_experts and arch.is_moe:
             arch = shared_as_routed(arch)
@@ -209,7 +217,7 @@ class _Rows:
             self._costs[cost_key] = StepCosts.build(arch, profile, config.weight_bits)
         costs = self._costs[cost_key]
 
-        trace_path = self._value("trace", i)
+        trace_path = row["trace"]
         if trace_path not in self._traces:
             self._traces[trace_path] = cache.trace(trace_path) if trace_path is not None else (None, None)
         trace_key, trace = self._traces[trace_path]
