@@ -112,28 +112,12 @@ def test_the_analytic_engine_refuses_a_throttled_profile(tiny_profile, tiny_arch
         run(slow_profile(tiny_profile, spec), None, arch, RunConfig(tokens=256), engine="analytic")
 
 
-def profile_with(throttle: dict) -> dict:
-    cite = lambda keys: {key: "test value" for key in keys}  # noqa: E731
-    return {
-        "name": "t", "description": "throttle parsing",
-        "flash": {"bandwidth_curve": [{"read_kib": 4, "mb_per_s": 100}], "latency_us": 100, "queue_depth": 1,
-                  "max_request_kib": 1024, "sources": cite(["bandwidth_curve", "latency_us", "queue_depth", "max_request_kib"])},
-        "dram": {"capacity_gib": 1, "app_budget_gib": 0.5, "bandwidth_gb_per_s": 1.0,
-                 "sources": cite(["capacity_gib", "app_budget_gib", "bandwidth_gb_per_s"])},
-        "compute": {"gemv_gflops": 1.0, "gemm_gflops": 2.0, "layer_overhead_us": 10,
-                    "sources": cite(["gemv_gflops", "gemm_gflops", "layer_overhead_us"])},
-        "energy": {"flash_pj_per_byte": 100, "dram_pj_per_bit": 10, "pj_per_flop": 1, "idle_mw": 50,
-                   "sources": cite(["flash_pj_per_byte", "dram_pj_per_bit", "pj_per_flop", "idle_mw"])},
-        "throttle": throttle,
-    }
-
-
 GOOD = {"compute_curve": [{"load_s": 0, "fraction": 1.0}, {"load_s": 60, "fraction": 0.6}], "cool_rate": 0.5,
         "sources": {"compute_curve": "a measurement", "cool_rate": "estimate: a guess"}}
 
 
-def test_a_throttle_section_parses_and_interpolates():
-    spec = profile_from_dict(profile_with(GOOD), source="t.toml").throttle
+def test_a_throttle_section_parses_and_interpolates(tiny_profile_dict):
+    spec = profile_from_dict({**tiny_profile_dict(), "throttle": GOOD}, source="t.toml").throttle
     assert spec.compute_curve == ((0.0, 1.0), (60.0, 0.6)) and spec.flash_curve == ((0.0, 1.0),)
     assert spec.compute_fraction(30) == pytest.approx(0.8) and spec.compute_fraction(600) == 0.6
     assert spec.steady_load_s == 60.0 and spec.flash_fraction(1e6) == 1.0
@@ -151,6 +135,6 @@ def test_a_throttle_section_parses_and_interpolates():
     ({"flash_curve": [{"load_s": 0, "fraction": 0.9}]}, r"throttle.sources.flash_curve is missing"),
     ({"hot": 1}, r"throttle.hot is not a known key"),
 ])
-def test_bad_throttle_values_name_the_field(change, message):
+def test_bad_throttle_values_name_the_field(tiny_profile_dict, change, message):
     with pytest.raises(InputError, match=message):
-        profile_from_dict(profile_with({**GOOD, **change}), source="t.toml")
+        profile_from_dict({**tiny_profile_dict(), "throttle": {**GOOD, **change}}, source="t.toml")
