@@ -8,10 +8,11 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = ["01_quickstart.ipynb", "02_wd_rank.ipynb", "03_bles_penalty.ipynb", "04_device.ipynb"]
+NOTEBOOKS = ["01_quickstart.ipynb", "02_wd_rank.ipynb", "03_bles_penalty.ipynb", "04_device.ipynb",
+             "05_own_design.ipynb"]
 
 
-def test_the_four_notebooks_are_there_without_outputs():
+def test_the_notebooks_are_there_without_outputs():
     assert sorted(path.name for path in NOTEBOOKS_DIR.glob("*.ipynb")) == NOTEBOOKS
     for name in NOTEBOOKS:
         notebook = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
