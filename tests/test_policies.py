@@ -98,3 +98,11 @@ def test_belady_prices_a_wrong_prefetch_by_its_true_next_use():
         cache.touch(int(keys[clock]), clock)
     cache.insert(C, 2, 0.0, set(), prefetch=True)
     assert cache.insert(D, 2, 0.0, {D}) == C
+
+
+@pytest.mark.parametrize("seed, n", [(0, 0), (1, 1), (2, 50), (3, 5000)])
+def test_next_use_is_the_next_index_of_the_same_key(seed, n):
+    """Against a plain scan forward from each access."""
+    keys = np.random.default_rng(seed).integers(0, 12, n)
+    expected = [next((j for j in range(i + 1, n) if keys[j] == keys[i]), n) for i in range(n)]
+    assert next_use_of(keys).tolist() == expected

@@ -23,6 +23,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from cosmosim.errors import InputError
@@ -67,12 +68,19 @@ def layer_map(trace_layers: int, target_layers: int) -> np.ndarray:
 
 def next_use_of(keys: np.ndarray) -> np.ndarray:
     """For each access, the index of the next access to the same key (len(keys) when none)."""
+    keys = np.ascontiguousarray(keys, dtype=np.int64)
+    return _next_use_kernel(keys, int(keys.max(initial=-1)) + 1)
+
+
+@numba.njit(cache=True)
+def _next_use_kernel(keys: np.ndarray, n_keys: int) -> np.ndarray:
+    """One backward pass: each access's next use is where its key was last seen from the end."""
     n = keys.size
-    order = np.argsort(keys, kind="stable")  # by key, then by time (a stable sort keeps time order)
-    sorted_keys = keys[order]
-    following = np.full(n, n, dtype=np.int64)
-    same = sorted_keys[1:] == sorted_keys[:-1]
-    following[order[:-1][same]] = order[1:][same]
+    following = np.empty(n, dtype=np.int64)
+    seen = np.full(n_keys, n, dtype=np.int64)
+    for clock in range(n - 1, -1, -1):
+        following[clock] = seen[keys[clock]]
+        seen[keys[clock]] = clock
     return following
 
 
