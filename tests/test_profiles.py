@@ -237,3 +237,29 @@ def test_shipped_curves_are_monotone_and_bounded(size_a, size_b, name):
     assert bw_low <= bw_high * (1 + 1e-12)
     assert min(bandwidths) <= bw_low and bw_high <= max(bandwidths)
     assert math.isfinite(bw_low)
+
+
+def test_a_profile_extends_another_and_cites_what_it_changes(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text((profiles_dir() / "phone.toml").read_text())
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\nname = "child"\n[dram]\napp_budget_gib = 3\n'
+                     '[dram.sources]\napp_budget_gib = "estimate: half the phone budget, 6 / 2 = 3"\n')
+    profile, phone = load_profile(child), load_profile("phone")
+    assert profile.name == "child" and profile.dram.app_budget_bytes == 3 * 2**30
+    assert profile.dram.bandwidth_bytes_per_s == phone.dram.bandwidth_bytes_per_s  # kept from the base
+    assert profile.sha256 == hashlib.sha256(child.read_bytes() + base.read_bytes()).hexdigest()
+    child.write_text('extends = "base.toml"\n[dram]\napp_budget_gib = 3\n')
+    with pytest.raises(InputError, match=r"child\.toml: dram\.sources\.app_budget_gib is missing: a value that "
+                                         r"overrides the extended profile's cites its own source"):
+        load_profile(child)
+
+
+def test_a_cycle_of_profiles_is_an_error(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(InputError, match="extends itself"):
+        load_profile(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text("extends = 3\n")
+    with pytest.raises(InputError, match=r"c\.toml: extends must be a profile name or a \.toml path, got 3"):
+        load_profile(tmp_path / "c.toml")
