@@ -12,6 +12,8 @@ from cosmosim.cli.app import app
 from cosmosim.cli.run import POLICY_HELP
 from cosmosim.files import atomic_write_json, check_outputs
 from cosmosim.host.goals import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
+
+BUSY_LOAD_PER_CPU = 0.5  # cosmosim.host.calibrate.BUSY_LOAD_PER_CPU (torch-free here; a test checks they agree)
 from cosmosim.scenario.settings import RunConfig
 
 _DEFAULTS = RunConfig()
@@ -38,18 +40,23 @@ def calibrate(
     scale: int = typer.Option(1, help=_SCALE_HELP),
     threads: int = typer.Option(None, help=_THREADS_HELP),
     quick: bool = typer.Option(False, help="Tiny, short measurements (seconds; for trying it out, not for validation)."),
+    force: bool = typer.Option(False, "--force", help=f"Calibrate even when the machine is busy (1-minute load average above {BUSY_LOAD_PER_CPU} per CPU); warn in one line instead of refusing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
 ) -> None:
     """Measure this host (cold storage reads, DRAM copy, torch GEMV/GEMM, per-layer overhead) and write its profile.
 
     Reads bypass the page cache (O_DIRECT, else posix_fadvise DONTNEED); a filesystem in RAM is refused.
+    Refuses (exit 2) when the machine is busy: 1-minute load average above 0.5 per CPU (--force: a warning).
+    The profile records when (UTC) and under what load it was measured.
     Takes about a minute (--quick: seconds). Example: cosmosim calibrate --dir /data/tmp
     """
     from cosmosim.host.calibrate import calibrate as calibrate_host  # torch: loaded by this command only
 
     check_outputs({"--out": out})
+    stderr = Console(stderr=True)
     profile, path = calibrate_host(arch, scale=scale, threads=threads, out=out, directory=directory, quick=quick,
-                                   progress=_progress(quiet))
+                                   progress=_progress(quiet), refuse_busy=not force,
+                                   warn=lambda message: stderr.print(message, style="yellow", markup=False, soft_wrap=True))
     flash, compute = profile.flash, profile.compute
     table = Table(title=f"host profile: {path}")
     table.add_column("measurement")
@@ -126,13 +133,14 @@ def validate(
     budget_min: float = typer.Option(BUDGET_S / 60, help="Time budget in minutes that sets the default --tokens."),
     min_cases: int = typer.Option(MIN_CASES, help="At least this many cases (traces x cache sizes x policies)."),
     directory: Path = typer.Option(None, "--dir", help=_DIR_HELP),
-    recalibrate: bool = typer.Option(False, help="Calibrate again even when a fitting host profile exists."),
+    recalibrate: bool = typer.Option(False, help="Calibrate again even when a fitting host profile exists. Without it, a profile calibrated earlier is probed first (a few seconds of flash reads and GEMV); a figure drifted beyond max(the probe's spread, 25 %) stops validation (exit 2)."),
     quick: bool = typer.Option(False, help="When calibrating, tiny short measurements (for trying it out; figures are rough)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
 ) -> None:
     """Compare measured decode latency with the simulator and the analytical model over >= 40 cases.
 
-    Calibrates first when no host profile fits. Goal: median |error| <= 10 %, p95 <= 20 %. About 15 minutes.
+    Calibrates first when no host profile fits; otherwise probes the host against the profile and stops
+    (exit 2) when a figure drifted. Goal: median |error| <= 10 %, p95 <= 20 %. About 15 minutes.
     Example: cosmosim validate --json v.json
     """
     from cosmosim.host.validate import validate as validate_host  # torch: loaded by this command only

@@ -17,6 +17,11 @@ What is measured, in order:
    expert cached; what its tokens take beyond the arithmetic the engines price, per layer.
 
 Energy cannot be measured without a power meter: that section carries cited estimates.
+
+When and under what load the figures were measured (UTC time, 1-minute load average, CPUs, the
+other processes' CPU share over a short window) goes into the profile's description and every
+measured figure's citation, so a profile says whether it was taken on an idle machine; calibrate
+warns, or refuses unless forced, when the load average exceeds BUSY_LOAD_PER_CPU per CPU.
 """
 
 from __future__ import annotations
@@ -54,8 +59,61 @@ from cosmosim.units import GIB, KIB, MIB
 METHOD = 2  # how the figures are measured; a record of another method is calibrated again (validate)
 TINY = 8  # matrix side whose F.linear costs only the call
 DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
-__all__ = ["FULL", "METHOD", "MIN_LATENCY_S", "QUICK", "calibrate", "fit_latency", "load_record", "matmul_shapes",
-           "measure_layer_overhead", "profile_data", "record_path", "to_toml"]
+BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this per CPU: the machine is busy
+LOAD_WINDOW_S = 0.25  # the window over which the other processes' CPU share is measured
+__all__ = ["BUSY_LOAD_PER_CPU", "FULL", "METHOD", "MIN_LATENCY_S", "QUICK", "calibrate", "check_load", "fit_latency",
+           "load_record", "machine_load", "matmul_shapes", "measure_layer_overhead", "profile_data", "record_path",
+           "to_toml"]
+
+
+# ----------------------------------------------------------------------------- the machine's load
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat's first line; None where it cannot be read."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - fields[3] - (fields[4] if len(fields) > 4 else 0), total
+
+
+def machine_load(window_s: float = LOAD_WINDOW_S) -> dict:
+    """The 1-minute load average, the number of CPUs, and the share of all CPUs that other
+    processes kept busy over `window_s` (this one sleeps meanwhile; None without /proc/stat)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    before, start = _cpu_ticks(), os.times()
+    time.sleep(window_s)
+    after, end = _cpu_ticks(), os.times()
+    share = None
+    if before is not None and after is not None and after[1] > before[1]:
+        own = (end.user + end.system - start.user - start.system) * os.sysconf("SC_CLK_TCK")
+        share = max(0.0, min(1.0, (after[0] - before[0] - own) / (after[1] - before[1])))
+    return {"load_1min": load, "cpus": os.cpu_count() or 1, "others_cpu_share": share}
+
+
+def load_text(load: dict) -> str:
+    """`load` in a few words, for the profile's citations and the busy-machine warning."""
+    parts = ["load average unknown" if load.get("load_1min") is None else f"load average {load['load_1min']:.2f}",
+             f"{load['cpus']} CPUs"]
+    if load.get("others_cpu_share") is not None:
+        parts.append(f"other processes {load['others_cpu_share']:.0%} of the CPUs")
+    return ", ".join(parts)
+
+
+def check_load(load: dict, *, refuse: bool, warn: Progress) -> bool:
+    """Whether the machine is busy (load average > BUSY_LOAD_PER_CPU per CPU); if so, refuse
+    (InputError, one line) or warn in one line."""
+    busy = load.get("load_1min") is not None and load["load_1min"] > BUSY_LOAD_PER_CPU * load["cpus"]
+    if busy:
+        what = (f"this machine is busy ({load_text(load)}: above {BUSY_LOAD_PER_CPU} per CPU), "
+                "so its figures would be too slow")
+        if refuse:
+            raise InputError(f"calibrate: {what}; wait until it is idle, or pass --force to calibrate anyway")
+        warn(f"warning: calibrate: {what}; the profile records the load")
+    return busy
 
 
 # ----------------------------------------------------------------------------- DRAM and compute
@@ -163,12 +221,14 @@ def _overhead_source(record: dict, when: str) -> str:
 
 def profile_data(record: dict) -> dict:
     """The profile in its TOML layout (human units), each number citing how it was measured."""
-    flash, when = record["flash"], f"cosmosim calibrate, {record['date']}"
+    load = f", {load_text(record['load'])}" if "load" in record else ""
+    flash, when = record["flash"], f"cosmosim calibrate, {record['date']}{load}"
     on = f"{flash['filesystem']}, {flash['read_mode']} reads from {flash['queue_depth']} threads"
     shapes = f"{record['arch']} shapes in {record['dtype']}, torch threads: {record['threads']}"
     return {
         "name": "host",
-        "description": f"this host, measured by cosmosim calibrate ({record['effort']}): {record['cpu']}; {on}; {shapes}",
+        "description": f"this host, measured by cosmosim calibrate ({record['effort']}) at {record['date']}{load}: "
+                       f"{record['cpu']}; {on}; {shapes}",
         "flash": {
             "bandwidth_curve": [{"read_kib": size // KIB, "mb_per_s": _sig(rate / 1e6)} for size, rate in flash["curve"]],
             "latency_us": _sig(flash["latency_s"] * 1e6),
@@ -265,9 +325,13 @@ def _cpu_name() -> str:
 
 def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, threads: int | None = None,
               out: Path | None = None, directory: Path | None = None, quick: bool = False,
-              progress: Progress | None = None) -> tuple[DeviceProfile, Path]:
+              progress: Progress | None = None, refuse_busy: bool = False,
+              warn: Progress | None = None) -> tuple[DeviceProfile, Path]:
     """Measure this host, write its profile (default: the user cache folder's profiles/host.toml)
-    and calibration record beside it; return the loaded profile and its path."""
+    and calibration record beside it; return the loaded profile and its path.
+
+    On a busy machine (`check_load`) it refuses with `refuse_busy`, else warns through `warn`
+    (default: `progress`)."""
     say = progress or (lambda message: None)
     effort = QUICK if quick else FULL
     target = scaled_arch(arch if isinstance(arch, Architecture) else get_arch(arch), scale)
@@ -275,11 +339,13 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
     out = Path(out) if out is not None else host_profile_path()
     if out.suffix != ".toml":
         raise InputError(f"--out {out}: expected a .toml path")
+    load = machine_load()
+    busy = check_load(load, refuse=refuse_busy, warn=warn or say)
     started = time.perf_counter()
     with torch_threads(threads):
         record = {"arch": target.name, "scale": scale, "dtype": DTYPE_NAME, "threads": threads,
                   "effort": effort.name, "method": METHOD, "cpu": _cpu_name(), "prompt_tokens": RunConfig().prompt_tokens,
-                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "load": load, "busy": busy,
                   "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                   "dram_test_mib": effort.dram_bytes // MIB}
         record["available_bytes"] = min(available_memory_bytes() or record["memory_bytes"], record["memory_bytes"])

@@ -8,6 +8,10 @@ paper's policy sets its own cache), at least MIN_CASES cases. Every case is repl
 instead of landing on one; its measured TPOT is the median over repeats of each replay's mean TPOT.
 Each engine predicts the same case from the host profile; error = (predicted - measured) /
 measured. Goal: median |error| <= 10 %, p95 <= 20 % (GOAL). The schema is in docs/validation.md.
+
+Before the matrix, a profile calibrated earlier is probed (`cosmosim.host.probe`): a few seconds
+of calibrate's own flash and GEMV measurements; a figure that drifted stops validation (DriftError)
+before any replay, unless `recalibrate` (which calibrates first).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from cosmosim.engines.replay.weights import DTYPE_NAME, scaled_arch
 from cosmosim.errors import InputError
 from cosmosim.host.calibrate import METHOD, calibrate, load_record
 from cosmosim.host.goals import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
+from cosmosim.host.probe import check_drift, probe
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_profile
 from cosmosim.inputs.synthetic import sticky_trace
@@ -186,7 +191,12 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     cases = case_matrix(validation, target, min_cases)
     engines = list(ENGINES)
 
-    with torch_threads(record["threads"]):
+    with torch_threads(record["threads"]), HostModel(target, directory, progress=say) as model:
+        probed = None
+        if not calibrated_now:  # a profile measured earlier: has this host drifted from it?
+            say("probing this host against its profile (flash read rate, GEMV)")
+            probed = probe(host, record, model.reader, model.layout.file_bytes, target)
+            check_drift(probed)
         planned = tokens or DEFAULT_TOKENS
         predictions = _predict(host, cases, target, planned, engines)
         expected_s = repeats * sum(p["des"]["simulated_s"] + REPLAY_SETUP_S for p in predictions)
@@ -197,15 +207,14 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
             predictions = _predict(host, cases, target, planned, engines)
         say(f"{len(cases)} cases x {repeats} replays of {planned} tokens; engines: {', '.join(engines)}")
         runs: list[list[dict]] = [[] for _ in cases]
-        with HostModel(target, directory, progress=say) as model:
-            scenarios = [runner.prepare(host, case.trace.trace, target, case.config(planned)) for case in cases]
-            for repeat in range(repeats):
-                for index, (case, scenario) in enumerate(zip(cases, scenarios)):
-                    done = repeat * len(cases) + index
-                    say(f"replay {done + 1}/{repeats * len(cases)}: {case.trace.label}, {case.policy}, "
-                        f"{scenario.cache_capacity} experts ({time.perf_counter() - started:.0f} s)")
-                    runs[index].append(model.replay(scenario))
-            read_mode = model.reader.mode
+        scenarios = [runner.prepare(host, case.trace.trace, target, case.config(planned)) for case in cases]
+        for repeat in range(repeats):
+            for index, (case, scenario) in enumerate(zip(cases, scenarios)):
+                done = repeat * len(cases) + index
+                say(f"replay {done + 1}/{repeats * len(cases)}: {case.trace.label}, {case.policy}, "
+                    f"{scenario.cache_capacity} experts ({time.perf_counter() - started:.0f} s)")
+                runs[index].append(model.replay(scenario))
+        read_mode = model.reader.mode
 
     rows = [_case_row(case, case_runs, case_predictions) for case, case_runs, case_predictions in zip(cases, runs, predictions)]
     notes = []
@@ -221,6 +230,7 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
         "decode_tokens_per_replay": scenarios[0].workload.n_decode_tokens,
         "traces": [{"label": trace.label, "synthetic": trace.synthetic} for trace in validation],
         "profile": str(profile_path), "profile_sha256": host.sha256, "calibrated_now": calibrated_now,
+        "probe": probed,
         "read_mode": read_mode, "threads": record["threads"],
         "wall_s": time.perf_counter() - started,
         "notes": notes,

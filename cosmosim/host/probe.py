@@ -1,0 +1,91 @@
+"""A quick probe of this host against its calibrated profile: has a figure drifted since calibration?
+
+    figures = probe(profile, record, model.reader, model.layout.file_bytes, arch)
+    check_drift(figures)          # DriftError (one line, exit 2) when a figure drifted
+
+Two of calibrate's own measurements, each repeated PROBE_REPEATS times with at most
+PROBE_SECONDS_PER_POINT per point (a few seconds in all):
+
+- the flash read rate (`flash_measure._read_rate`) at the profile's largest request size, with its
+  queue depth in flight, on the file replay reads (the expert file), against the profile's curve
+  at that size;
+- GEMV throughput (`calibrate.measure_matmul` with one row), against `compute.gemv_gflops`.
+
+The probe's value is the median of its repeats, its spread (max - min) / median; a figure has
+drifted when |profile / probe - 1| exceeds max(spread, DRIFT_FLOOR), QUICK_DRIFT_FLOOR for a profile
+calibrated with --quick (rough figures).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from cosmosim.engines.replay.storage import ALIGN, ColdReader
+from cosmosim.errors import InputError
+from cosmosim.host.calibrate import measure_matmul
+from cosmosim.host.effort import FULL, QUICK
+from cosmosim.host.flash_measure import _read_rate
+from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.profiles import DeviceProfile
+from cosmosim.units import KIB
+
+PROBE_REPEATS = 3
+PROBE_SECONDS_PER_POINT = 0.2  # cap on calibrate's seconds per throughput figure
+DRIFT_FLOOR = 0.25  # a drift within this share of the probe value is never reported
+QUICK_DRIFT_FLOOR = 0.5  # the same for a --quick profile, whose figures are one short measurement each
+
+
+class DriftError(InputError):
+    """A profile figure no longer matches this host (one line; the command line exits 2)."""
+
+
+def _repeated(measure) -> tuple[float, float, list[float]]:
+    values = [float(measure(index)) for index in range(PROBE_REPEATS)]
+    median = float(np.median(values))
+    return median, (max(values) - min(values)) / median if median > 0 else 0.0, values
+
+
+def _figure(name: str, unit: str, scale: float, profile_value: float, floor: float, measure) -> dict:
+    probe_value, spread, values = _repeated(measure)
+    return {"figure": name, "unit": unit, "profile": profile_value / scale, "probe": probe_value / scale,
+            "probe_runs": [value / scale for value in values], "spread": spread,
+            "tolerance": max(spread, floor),
+            "drift": profile_value / probe_value - 1 if probe_value > 0 else float("inf")}
+
+
+def probe(profile: DeviceProfile, record: dict, reader: ColdReader, file_bytes: int, arch: Architecture) -> list[dict]:
+    """The probed figures (name, unit, profile and probe values, spread, tolerance, drift), measured
+    with the effort the profile was calibrated with, capped at PROBE_SECONDS_PER_POINT; the
+    caller sets torch's threads (the record's)."""
+    effort = QUICK if record.get("effort") == QUICK.name else FULL
+    floor = QUICK_DRIFT_FLOOR if effort is QUICK else DRIFT_FLOOR
+    effort = replace(effort, seconds_per_point=min(effort.seconds_per_point, PROBE_SECONDS_PER_POINT))
+    flash = profile.flash
+    request = flash.max_request_bytes
+    while request > ALIGN and request > file_bytes // 2:  # the expert file holds a few of them
+        request //= 2
+    request -= request % ALIGN
+    depth = flash.queue_depth
+    figures = [_figure(f"flash read rate at {request // KIB} KiB requests, {depth} in flight", "MB/s", 1e6,
+                       flash.bandwidth_bytes_per_s(request), floor,
+                       lambda index: _read_rate(reader, file_bytes, request, depth, effort.seconds_per_point,
+                                                100 + index))]
+    figures.append(_figure("GEMV throughput", "GFLOP/s", 1e9, profile.compute.gemv_flops_per_s, floor,
+                           lambda index: measure_matmul(arch, 1, effort, lambda message: None)[0]))
+    return figures
+
+
+def drift_message(figure: dict) -> str:
+    return (f"the host profile no longer matches this host: {figure['figure']} is {figure['profile']:.4g} "
+            f"{figure['unit']} in the profile but {figure['probe']:.4g} {figure['unit']} now "
+            f"({figure['drift']:+.0%}, beyond the probe's tolerance of {figure['tolerance']:.0%}); "
+            "run `cosmosim calibrate` again on an idle machine, or pass --recalibrate")
+
+
+def check_drift(figures: list[dict]) -> None:
+    """DriftError naming the first figure that drifted beyond its tolerance."""
+    for figure in figures:
+        if not abs(figure["drift"]) <= figure["tolerance"]:
+            raise DriftError(drift_message(figure))
