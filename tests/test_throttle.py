@@ -138,3 +138,18 @@ def test_a_throttle_section_parses_and_interpolates(tiny_profile_dict):
 def test_bad_throttle_values_name_the_field(tiny_profile_dict, change, message):
     with pytest.raises(InputError, match=message):
         profile_from_dict({**tiny_profile_dict(), "throttle": {**GOOD, **change}}, source="t.toml")
+
+
+def test_the_verdict_says_sustained_load_slows_the_device(tiny_profile, tiny_arch):
+    spec = ThrottleSpec(compute_curve=CURVE, flash_curve=((0.0, 1.0),), cool_rate=1.0)
+    arch = dataclasses.replace(tiny_arch(n_layers=2), n_experts=1, top_k=1)  # dense
+    result = run(slow_profile(tiny_profile, spec), None, arch, RunConfig(tokens=1024, dense_sequence_len=256))
+    throttle = result["throttle"]
+    finding = next(f for f in result["verdict"]["findings"] if f["rule"] == "sustained_load")
+    first, steady = throttle["tpot_first_minute_ms"], throttle["tpot_steady_ms"]
+    assert finding["weight"] == pytest.approx((steady - first) / steady)
+    shown = lambda ms: f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"  # noqa: E731  (how a verdict writes a figure)
+    assert f"TPOT {shown(first)} ms in the first minute, {shown(steady)} ms at the steady state" in finding["line"]
+    assert finding["suggestions"] == [{"flag": "--idle-gap-s", "value": None}]
+    base = run(slow_profile(tiny_profile, None), None, arch, RunConfig(tokens=1024, dense_sequence_len=256))
+    assert all(f["rule"] != "sustained_load" for f in base["verdict"]["findings"])

@@ -292,6 +292,24 @@ def near_budget(f: Facts) -> Finding | None:
     return Finding(DRAM_BUDGET, 0.0, _sentence(line))
 
 
+THROTTLE = "sustained_load"  # the limit of a finding about throttling: no time group, the whole token slows
+
+
+@rule("sustained_load")
+def sustained_load(f: Facts) -> Finding | None:
+    """(e) A throttled profile (its `throttle` section) that reached its steady state slower than its first
+    minute: weighed by the share of a steady-state token that the slowdown adds. Suggests idle between
+    requests (`--idle-gap-s`), in which the device cools."""
+    throttle = f.result.get("throttle") or {}
+    first, steady = throttle.get("tpot_first_minute_ms"), throttle.get("tpot_steady_ms")
+    if first is None or steady is None or steady <= first:
+        return None
+    line = (f"sustained load slows {f.inputs['profile']}: TPOT {_num(first)} ms in the first minute, {_num(steady)} ms "
+            f"at the steady state (from {_num(throttle['steady_from_s'])} s); idle between requests "
+            "(--idle-gap-s) lets it cool")
+    return Finding(THROTTLE, (steady - first) / steady, _sentence(line), ({"flag": "--idle-gap-s", "value": None},))
+
+
 # ----------------------------------------------------------------------------- the verdict
 
 def _as_json(finding: Finding) -> dict:
