@@ -185,7 +185,8 @@ class Simulation:
         if self.prefetcher is not None:
             self._prefetch(step, layer, step_keys, pinned, router_done)
 
-        # Experts compute in the order their weights arrive (hits first), each once the unit is free.
+        # Experts compute in the order their weights arrive (hits first), each once the unit is free. Decode, the
+        # hot path, stays inline and books its top_k experts in one add_op; prefill prices each by its tokens.
         if kind == DECODE:
             cost = self._expert_decode
             end = router_done
@@ -198,12 +199,7 @@ class Simulation:
         else:
             expert_compute_s = 0.0
             for ready, clock in sorted(zip(ready_at, range(lo, hi))):
-                cost = self._expert_cost(tokens[clock])
-                start, end = compute.run(ready, cost.time_s)
-                if timeline is not None:
-                    timeline.append(("expert", layer, start, end, "compute"))
-                records.add_op(kind, "expert", cost)
-                expert_compute_s += cost.time_s
+                end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s)
         records.add_stall(kind, end - router_done - expert_compute_s)
         return end
 
