@@ -224,21 +224,39 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-# What a figure draws once Plotly has run: (traces in its data, SVG layers Plotly made, traces drawn in them).
+# What each figure draws once Plotly has run: {id: (traces in its data, SVG layers Plotly made, traces drawn
+# in them)}, or null for an id the page does not (yet) hold.
 DRAWN = """
-const div = document.getElementById(arguments[0]);
-if (!div) return null;
-return [(div.data || []).length, div.querySelectorAll('svg.main-svg').length,
-        div.querySelectorAll('.trace, .scatterlayer .trace, .barlayer .trace, .heatmaplayer .hm').length];
+const drawn = {};
+for (const name of arguments[0]) {
+  const div = document.getElementById(name);
+  drawn[name] = div ? [(div.data || []).length, div.querySelectorAll('svg.main-svg').length,
+                       div.querySelectorAll('.trace, .scatterlayer .trace, .barlayer .trace, .heatmaplayer .hm').length]
+                    : null;
+}
+return {state: document.readyState, url: location.href, drawn: drawn};
 """
 
 
+def all_drawn(page_state):
+    return page_state["state"] == "complete" and all(d is not None and min(d) > 0 for d in page_state["drawn"].values())
+
+
 def test_every_figure_renders_without_console_errors(browser, tmp_path, results_dir):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.wait import WebDriverWait
+
     page = write_report(results_dir, tmp_path / "report.html")
     browser.get(page.resolve().as_uri())
-    browser.implicitly_wait(2)
-    for name in FIGURES:
-        drawn = browser.execute_script(DRAWN, name)
+    # get() can hand back before a 4 MB page has parsed on a cold, busy machine (CI saw it once), and
+    # Plotly draws asynchronously: poll until every figure is drawn, then judge what the page holds.
+    try:
+        WebDriverWait(browser, 60, poll_frequency=0.25).until(lambda b: all_drawn(b.execute_script(DRAWN, list(FIGURES))))
+    except TimeoutException:
+        pass
+    page_state = browser.execute_script(DRAWN, list(FIGURES))
+    assert page_state["url"].endswith("report.html") and page_state["state"] == "complete", page_state
+    for name, drawn in page_state["drawn"].items():
         assert drawn is not None, f"figure {name}: no element with its id"
         n_traces, n_svg, n_drawn = drawn
         assert n_traces > 0 and n_svg > 0 and n_drawn > 0, f"figure {name}: {n_traces} traces, {n_svg} svg, {n_drawn} drawn"
