@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from cosmosim.errors import InputError
 from cosmosim.inputs.trace import load_trace
 from cosmosim.model.config import ModelConfig
+from cosmosim.model.llama import Decoder
 from cosmosim.model.record import record
 from cosmosim.model.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
 
@@ -161,3 +162,40 @@ def test_a_dense_checkpoint_written_with_n_experts_0_loads_and_resumes(sample_co
     train(config, corpus_dir=sample_corpus, out_dir=out_dir, steps=2, **FAST)  # the same arguments: resumes, done
     with pytest.raises(InputError, match="model.d_model"):
         train(dataclasses.replace(config, d_model=64), corpus_dir=sample_corpus, out_dir=out_dir, steps=2, **FAST)
+
+
+# ------------------------------------------------------------------ the locality study's knobs
+
+
+def test_router_lr_scale_slows_only_the_routers(sample_corpus, tmp_path):
+    torch.manual_seed(0)  # what train() does before building the model: the same initial weights
+    initial = Decoder(dataclasses.replace(TINY, vocab_size=512)).state_dict()
+    moved = {}
+    for scale in (1.0, 1e-6):
+        out_dir = train(TINY, corpus_dir=sample_corpus, out_dir=tmp_path / f"s{scale}", steps=3, router_lr_scale=scale, **FAST)
+        weights = load_file(out_dir / MODEL_FILE)
+        moved[scale] = {name: (weights[name] - initial[name]).abs().max().item() for name in weights}
+    routers = [name for name in initial if ".router." in name]
+    assert routers and all(moved[1.0][name] > 1e-3 for name in routers)
+    # Adam moves a weight by about lr per step (a few times that at most): 3 steps at lr <= 1e-2, scaled by 1e-6.
+    assert all(moved[1e-6][name] < 10 * 3 * 1e-2 * 1e-6 for name in routers)
+    assert all(moved[1e-6][name] > 1e-3 for name in initial if name.endswith("w_up.weight"))
+
+
+def test_train_flags_reach_the_config_and_refuse_bad_values_in_one_line(cli, sample_corpus, tmp_path):
+    common = ("train", "--config", "wearable-moe-mini", "--corpus", sample_corpus, "--steps", 1, "--batch-size", 2,
+              "--eval-every", 1, "--threads", 1)
+    code, _, err = cli(*common, "--out", tmp_path / "run", "--load-balance-level", "batch", "--load-balance-weight",
+                       0.001, "--z-loss-weight", 0, "--router-lr-scale", 0.5)
+    assert code == 0, err
+    header = json.loads((tmp_path / "run" / CONFIG_FILE).read_text())
+    assert (header["model"]["load_balance_level"], header["model"]["load_balance_weight"]) == ("batch", 0.001)
+    assert (header["model"]["z_loss_weight"], header["training"]["router_lr_scale"]) == (0, 0.5)
+    bad = [(("--load-balance-level", "global"), "load_balance_level"), (("--z-loss-weight", -1), "z_loss_weight"),
+           (("--router-lr-scale", 0), "router_lr_scale"), (("--device", "tpu"), "--device")]
+    if not torch.cuda.is_available():
+        bad.append((("--device", "cuda"), "no CUDA device"))
+    for flags, named in bad:
+        code, _, err = cli(*common, "--out", tmp_path / "bad", *flags)
+        assert code == 2 and named in err and len(err.strip().splitlines()) == 1, (flags, err)
+        assert not (tmp_path / "bad" / MODEL_FILE).exists()

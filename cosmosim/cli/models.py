@@ -79,21 +79,30 @@ def train(
     bles_lambda: float = typer.Option(None, help="Override the config's BlES loss weight λ (0 turns BlES off)."),
     bles_tau: float = typer.Option(None, help="Override the BlES temperature τ (inside the loss's softmax)."),
     wd_rank: int = typer.Option(None, help="Override the WD expert rank (WD configs only)."),
+    load_balance_level: str = typer.Option(None, help="Override where the load-balancing loss averages: "
+                                                      "'sequence' (CoSMoEs) or 'batch' (global, Switch)."),
+    load_balance_weight: float = typer.Option(None, help="Override the load-balancing loss weight α."),
+    z_loss_weight: float = typer.Option(None, help="Override the router z-loss weight."),
+    router_lr_scale: float = typer.Option(1.0, help="The routers' learning rate as a multiple of --lr."),
     batch_size: int = typer.Option(16, help="Sequences per step."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (warmup then cosine)."),
     eval_every: int = typer.Option(100, help="Validate and checkpoint every N steps."),
     threads: int = typer.Option(None, help="Torch CPU threads. Default: all cores."),
+    device: str = typer.Option("cpu", help="Where to train: cpu, or cuda[:N] where a GPU is at hand (weights "
+                                           "start and checkpoints are saved on the CPU either way)."),
 ) -> None:
     """Train a mini CoSMoEs model on the corpus: progress bar with loss, tokens/s and ETA; checkpoints
     (safetensors + config.json) and log.jsonl in the output folder; resumes after an interruption."""
     from cosmosim.data.corpus import default_corpus_dir
     from cosmosim.model.train import train as train_model  # torch: only here
 
-    overrides = {k: v for k, v in {"bles_lambda": bles_lambda, "bles_tau": bles_tau, "wd_rank": wd_rank}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"bles_lambda": bles_lambda, "bles_tau": bles_tau, "wd_rank": wd_rank,
+                                   "load_balance_level": load_balance_level, "load_balance_weight": load_balance_weight,
+                                   "z_loss_weight": z_loss_weight}.items() if v is not None}
     out_dir = train_model(config, overrides=overrides, corpus_dir=corpus or default_corpus_dir(),
                           out_dir=out or Path("runs") / Path(config).stem, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                          eval_every=eval_every, checkpoint_every=eval_every, threads=threads)
+                          eval_every=eval_every, checkpoint_every=eval_every, router_lr_scale=router_lr_scale,
+                          threads=threads, device=device)
     typer.echo(f"checkpoint in {out_dir}")
 
 

@@ -68,6 +68,9 @@ class ModelConfig:
             raise InputError(f"model config: seq_len: expected a positive integer, got {self.seq_len}")
         if self.load_balance_level not in ("batch", "sequence"):
             raise InputError(f"model config: load_balance_level: expected 'batch' or 'sequence', got {self.load_balance_level!r}")
+        for name in ("load_balance_weight", "z_loss_weight", "bles_lambda"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise InputError(f"model config: {name}: expected a weight >= 0, got {getattr(self, name)}")
         if self.bles_lambda and self.bles_tau <= 0:
             raise InputError(f"model config: bles_tau: expected > 0, got {self.bles_tau}")
 

@@ -61,6 +61,7 @@ class TrainArgs:
     eval_every: int = 100
     eval_windows: int = 64  # validation windows of seq_len tokens, the same ones at every eval
     checkpoint_every: int = 100
+    router_lr_scale: float = 1.0  # the routers' learning rate as a multiple of lr (the locality study's knob)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_windows", "checkpoint_every"):
@@ -68,6 +69,8 @@ class TrainArgs:
                 raise InputError(f"training: {name}: expected a positive integer, got {getattr(self, name)}")
         if not 0 < self.min_lr <= self.lr:
             raise InputError(f"training: lr {self.lr}, min_lr {self.min_lr}: expected 0 < min_lr <= lr")
+        if not self.router_lr_scale > 0:
+            raise InputError(f"training: router_lr_scale: expected a positive number, got {self.router_lr_scale}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
             raise InputError("training: warmup_steps and weight_decay must be >= 0, grad_clip > 0")
 
@@ -158,7 +161,7 @@ def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
     """AdamW's state as flat tensors (param index . field) plus its param groups as JSON."""
     state_dict = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value for index, fields in state_dict["state"].items() for key, value in fields.items()}
+    tensors = {f"{index}.{key}": value.cpu() for index, fields in state_dict["state"].items() for key, value in fields.items()}
     return tensors, json.dumps(state_dict["param_groups"])
 
 
@@ -175,7 +178,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, checkpoint_dir: Path, step
 def save_checkpoint(out_dir: Path, header: dict, state: RunState, model: Decoder,
                     optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
     step_meta = {"step": str(state.step)}
-    atomic_write_bytes(out_dir / MODEL_FILE, safetensors.torch.save(model.state_dict(), metadata=step_meta))
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    atomic_write_bytes(out_dir / MODEL_FILE, safetensors.torch.save(weights, metadata=step_meta))
     tensors, param_groups = _optimizer_tensors(optimizer)
     tensors["torch_rng_state"] = torch.get_rng_state()
     atomic_write_bytes(out_dir / OPTIMIZER_FILE,
@@ -227,17 +231,21 @@ def _keep_log_until(path: Path, step: int) -> None:
 
 
 def make_optimizer(model: Decoder, args: TrainArgs) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norm gains), as in nanoGPT."""
-    params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+    """AdamW; weight decay on matrices only (not on norm gains), as in nanoGPT. The routers' gates are a
+    group of their own whose learning rate is `router_lr_scale` times the schedule's."""
+    named = list(model.named_parameters())
+    routers = [p for name, p in named if ".router." in name]
+    matrices = [p for name, p in named if p.dim() >= 2 and ".router." not in name]
+    groups = [{"params": matrices, "weight_decay": args.weight_decay, "lr_scale": 1.0},
+              {"params": routers, "weight_decay": args.weight_decay, "lr_scale": args.router_lr_scale},
+              {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}]
+    return torch.optim.AdamW([group for group in groups if group["params"]], lr=args.lr, betas=(0.9, 0.95))
 
 
 def train_step(model: Decoder, optimizer: torch.optim.Optimizer, x_BT: torch.Tensor, y_BT: torch.Tensor,
                *, lr: float, grad_clip: float) -> dict[str, float]:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"]
     logits_BTV, routings = model(x_BT)
     cross_entropy = F.cross_entropy(logits_BTV.flatten(0, 1), y_BT.flatten())
     aux = moe_aux_losses(routings=routings, config=model.config)
@@ -251,11 +259,12 @@ def train_step(model: Decoder, optimizer: torch.optim.Optimizer, x_BT: torch.Ten
 
 @torch.no_grad()
 def evaluate(model: Decoder, windows_NT: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """Validation loss in nats/token and the mean routing metrics over fixed windows."""
+    """Validation loss in nats/token and the mean routing metrics over fixed windows (on the model's device)."""
     model.train(False)
     totals = {"val_loss": 0.0, "val_load_balance": 0.0, "val_exrep": 0.0}
     n_windows = windows_NT.shape[0]
-    for batch_NT in windows_NT.split(batch_size):
+    device = next(model.parameters()).device
+    for batch_NT in windows_NT.to(device).split(batch_size):
         logits_BTV, routings = model(batch_NT[:, :-1])
         aux = moe_aux_losses(routings=routings, config=model.config)
         share = batch_NT.shape[0] / n_windows
@@ -283,6 +292,19 @@ def resolve_config(config_name_or_config: str | ModelConfig, overrides: dict | N
     return (dataclasses.replace(config, **overrides) if overrides else config), name
 
 
+def training_device(name: str) -> torch.device:
+    """The torch device `name`, refused in one line when it is not one or this machine has none."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name}: expected a torch device such as cpu, cuda or cuda:0") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}); use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: expected cpu or cuda")
+    return device
+
+
 def _append_log(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -291,17 +313,21 @@ def _append_log(path: Path, record: dict) -> None:
 def train(config_name_or_config: str | Path | ModelConfig, *, corpus_dir: str | Path, out_dir: str | Path, steps: int,
           seed: int = 0, batch_size: int = 16, lr: float = 2e-3, min_lr: float = 2e-4, warmup_steps: int = 100,
           weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 100, eval_windows: int = 64,
-          checkpoint_every: int = 100, threads: int | None = None, time_budget_s: float | None = None,
-          overrides: dict | None = None, progress: bool = True) -> Path:
+          checkpoint_every: int = 100, router_lr_scale: float = 1.0, threads: int | None = None,
+          device: str = "cpu", time_budget_s: float | None = None, overrides: dict | None = None,
+          progress: bool = True) -> Path:
     """Train (or resume training) into out_dir and return it. The config: a ModelConfig, a named mini, or
     the path of a .json mini config written by `cosmosim mini` (`cosmosim.model.mini`).
 
-    `threads` sets torch's intra-op threads (default: every core). `time_budget_s` ends this
-    session with a checkpoint once that much wall time has passed; calling again resumes.
+    `threads` sets torch's intra-op threads (default: every core). `device` is where the model trains
+    (a torch device: cpu, cuda, cuda:1); weights are initialised and batches drawn on the CPU either way,
+    so a run starts the same everywhere, though a GPU's kernels round differently. `time_budget_s` ends
+    this session with a checkpoint once that much wall time has passed; calling again resumes.
     """
     args = TrainArgs(steps=steps, seed=seed, batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
                      weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
-                     eval_windows=eval_windows, checkpoint_every=checkpoint_every)
+                     eval_windows=eval_windows, checkpoint_every=checkpoint_every, router_lr_scale=router_lr_scale)
+    device = training_device(device)
     mini = load_mini_file(config_name_or_config) if is_mini_file(config_name_or_config) else None
     config, config_name = resolve_config(mini.config if mini else config_name_or_config, overrides)
     if mini is not None:  # a mini of any target, from `cosmosim mini`
@@ -314,7 +340,7 @@ def train(config_name_or_config: str | Path | ModelConfig, *, corpus_dir: str | 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
     torch.manual_seed(args.seed)
-    model = Decoder(config).train()
+    model = Decoder(config).train().to(device)
     optimizer = make_optimizer(model, args)
     rng = np.random.default_rng(args.seed)
     header = {"format": CHECKPOINT_FORMAT, "config_name": config_name,
@@ -338,7 +364,7 @@ def train(config_name_or_config: str | Path | ModelConfig, *, corpus_dir: str | 
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task(config_name or "train", total=args.steps, completed=state.step, status="")
         while state.step < args.steps:
-            x_BT, y_BT = sample_batch(train_split, args.batch_size, config.seq_len, rng)
+            x_BT, y_BT = (batch.to(device) for batch in sample_batch(train_split, args.batch_size, config.seq_len, rng))
             lr_now = lr_at(state.step, args)
             metrics = train_step(model, optimizer, x_BT, y_BT, lr=lr_now, grad_clip=args.grad_clip)
             state.step += 1
