@@ -31,12 +31,9 @@ side_by_side() {  # two train commands (as strings of arguments) at 1 thread eac
 # The committed tokenizer: BPE training is not reproducible run to run, and minis compared with each
 # other must share token ids (traces/tokenizer.json is the one the WD minis and later were trained on).
 stage_corpus() { [[ -f corpus/manifest.json ]] || "$cosmosim" corpus build --out corpus --tokenizer traces/tokenizer.json; }
-# The MoE mini, side by side with the first run of the locality study (docs/models.md): the same mini
-# with its load-balancing loss averaged over the batch instead of each sequence.
 stage_moe() {
-  side_by_side "wearable-moe-mini wearable-moe-mini 1" "study-lb-batch wearable-moe-mini 1 --load-balance-level batch"
+  train wearable-moe-mini wearable-moe-mini 2
   record wearable-moe-mini moe.npz
-  "$cosmosim" record --checkpoint runs/study-lb-batch --out runs/study-lb-batch.npz --tokens "$TOKENS"
 }
 # The BlES ladder: the MoE mini's architecture plus the BlES loss at weight λ, temperature τ.
 stage_ladder_1() {

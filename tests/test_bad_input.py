@@ -202,7 +202,7 @@ def test_an_absurd_profile_value_is_one_line(tmp_path, good_trace, field, value,
 # ------------------------------------------------------------------------------ sweep specs
 
 SPEC_DAMAGE = {
-    "policy": ['"fifo"', "3", "true"], "weight_bits": ["3", "16.0", '"16"'], "cache_mb": ["-5", "0", "nan", '"x"'],
+    "policy": ['"fifo"', "3", "true"], "weight_bits": ["0", "33", '"16"', '"q9_x"', "true"], "cache_mb": ["-5", "0", "nan", '"x"'],
     "cache_experts": ["0", "1.5", "-3"], "tokens": ["0", "-1", "1e3"], "prompt_tokens": ["0", '"a"'],
     "arch": ['"phone-huge"', "1"], "wd_rank": ['"half"', "0"], "cache_fraction": ["1.5", "0", "-0.1"],
     "trace": ['"missing.npz"', '"*.nothing"', "5"], "profile": ['"mars"', '"missing.toml"', "7"],
@@ -231,7 +231,7 @@ def test_a_bad_sweep_spec_value_names_the_spec_and_key(tmp_path, good_trace, axi
 BAD_FLAGS = [
     ["--cache-mb", "abc"], ["--cache-mb", "-1"], ["--cache-mb", "nan"], ["--cache-experts", "0"],
     ["--cache-experts", "x"], ["--tokens", "-5"], ["--prompt-tokens", "0"], ["--context-len", "0"],
-    ["--weight-bits", "3"], ["--policy", "fifo"], ["--prefetch", "psychic"], ["--engine", "quantum"],
+    ["--weight-bits", "0.5"], ["--expert-bits", "q9"], ["--policy", "fifo"], ["--prefetch", "psychic"], ["--engine", "quantum"],
     ["--bogus-option"], ["--policy", "kactive", "--cache-mb", "50"], ["--cache-mb", "50", "--cache-experts", "9"],
     ["--prompt-tokens", "64", "--context-len", "32"], ["--engine", "analytic", "--prefetch", "oracle"],
     ["--engine", "analytic", "--timeline", "{out}/t.json"], ["--json", "{trace}"], ["--json", "{out}"],

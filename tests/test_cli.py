@@ -62,7 +62,7 @@ def bad_profile(tmp_path):
     (["run", "--profile", "wearable", "--trace", "{trace}", "--cache-experts", "8", "--cache-mb", "9"], "give one cache size"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--policy", "kactive", "--cache-mb", "90"], "fixes the cache itself"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--policy", "fifo"], "--policy: expected one of"),
-    (["run", "--profile", "wearable", "--trace", "{trace}", "--weight-bits", "3"], "--weight-bits: expected one of 16, 8, 4, got 3"),
+    (["run", "--profile", "wearable", "--trace", "{trace}", "--weight-bits", "40"], "--weight-bits: expected bits per weight in [1, 32] or a format name, got 40"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--prompt-tokens", "500"], "longer than --prompt-tokens=500"),
     (["run", "--profile", "wearable", "--trace", "{trace}", "--arch", "phone-dense-fa"], "is dense"),
     (["run", "--profile", "wearable", "--arch", "wearable-moe"], "give a routing --trace"),

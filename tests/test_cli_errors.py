@@ -8,7 +8,7 @@ from cosmosim.cli.app import DEBUG_ENV
 from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.runner import ENGINES
-from cosmosim.scenario.settings import WEIGHT_BITS
+from cosmosim.inputs.precision import FORMATS
 
 
 def one_line(err: str) -> str:
@@ -19,7 +19,8 @@ def one_line(err: str) -> str:
 
 @pytest.mark.parametrize("args, expected", [
     (["run", "--profile", "wearable", "--cache-mb", "abc"], "cosmosim: error: --cache-mb: 'abc': "),
-    (["run", "--profile", "wearable", "--weight-bits", "4.5"], "cosmosim: error: --weight-bits: '4.5': "),
+    (["run", "--profile", "wearable", "--weight-bits", "q9_X"], "cosmosim: error: --weight-bits: expected bits per weight"),
+    (["run", "--profile", "wearable", "--expert-bits", "0.5"], "cosmosim: error: --expert-bits: expected bits per weight"),
     (["run", "--profile", "wearable", "--no-such-flag"], "cosmosim: error: No such option: --no-such-flag"),
     (["run", "--trace", "traces/bles.npz"], "cosmosim: error: Missing option '--profile'"),
     (["trace", "info"], "cosmosim: error: Missing argument 'path'"),
@@ -79,6 +80,6 @@ def test_run_help_lists_the_registries(cli, monkeypatch):
     _, out, _ = cli("run", "--help")
     lines = {flag: next(line for line in out.splitlines() if f" {flag} " in line)
              for flag in ("--policy", "--prefetch", "--weight-bits", "--engine")}
-    for flag, registry in (("--policy", POLICIES), ("--prefetch", PREFETCHERS), ("--weight-bits", WEIGHT_BITS),
+    for flag, registry in (("--policy", POLICIES), ("--prefetch", PREFETCHERS), ("--weight-bits", FORMATS),
                            ("--engine", ENGINES)):
         assert all(str(name) in lines[flag] for name in registry), lines[flag]

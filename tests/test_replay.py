@@ -245,7 +245,7 @@ def test_replay_summary_and_cleanup(disk, trace):
 
 @pytest.mark.parametrize("config, message", [
     (RunConfig(prefetch="oracle", cache_experts=8), "--prefetch oracle"),
-    (RunConfig(weight_bits=8, cache_experts=8), "--weight-bits 8"),
+    (RunConfig(weight_bits=8, cache_experts=8), "8-bit: replay runs bfloat16 weights"),
     (RunConfig(prompt_tokens=20, context_len=16, cache_experts=8), "--prompt-tokens: expected <= --context-len"),
 ])
 def test_replay_refuses_what_it_cannot_run(disk, trace, config, message):

@@ -8,9 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cosmosim.cli.app import app
-from cosmosim.inputs.arch import WEIGHT_BITS, arch_table
+from cosmosim.inputs.arch import arch_table
 from cosmosim.inputs.profiles import load_profile, shipped_profiles
-from cosmosim.scenario.settings import choices
 
 
 @app.command()
@@ -62,7 +61,7 @@ def _cell(row: dict, column: str, fmt: str) -> str:
     return cell
 
 
-def _details(file, weight_bits: int) -> dict:
+def _details(file, weight_bits: float) -> dict:
     """Everything `cosmosim arch NAME` shows: the keys as given, the counts, the published ones, the notes."""
     arch, published = file.arch, file.published
     counts = {"total_params": arch.total_params(), "active_params": arch.active_params(),
@@ -99,7 +98,7 @@ def _print_details(details: dict) -> None:
     counts = details["counts"]
     console.print(f"total {counts['total_params']:,} parameters, active {counts['active_params']:,}, resident "
                   f"{counts['resident_params']:,}; one routed expert {counts['expert_params']:,} "
-                  f"({counts['expert_mb']:.2f} MB at {details['weight_bits']} bits) of {counts['routed_experts']} "
+                  f"({counts['expert_mb']:.2f} MB at {details['weight_bits']:g} bits) of {counts['routed_experts']} "
                   f"in {counts['moe_layers']} MoE layers; KV cache {counts['kv_bytes_per_token']:,} bytes per token")
     if details["published"]:
         for which in ("total", "active"):
@@ -117,7 +116,8 @@ def _print_details(details: dict) -> None:
 def arch(
     target: str = typer.Argument(None, metavar="[NAME|PATH]", help="One architecture to show in full: a name, or the "
                                  "path of a .toml architecture file or a Hugging Face config.json."),
-    weight_bits: int = typer.Option(16, help=f"Weight bit-width for the byte columns: {choices(WEIGHT_BITS)}."),
+    weight_bits: str = typer.Option("16", help="Bits per weight for the byte columns: a number (16, 8, 4.5) or a "
+                                               "format (q4_K, mxfp4; docs/precision.md)."),
     csv: bool = typer.Option(False, "--csv", help="Print every column of the list as CSV instead of a table."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -126,7 +126,9 @@ def arch(
     import json
 
     from cosmosim.inputs.arch_files import find
+    from cosmosim.inputs.precision import parse_bits
 
+    weight_bits = parse_bits(weight_bits, "--weight-bits")
     if target is not None:
         details = _details(find(target), weight_bits)
         typer.echo(json.dumps(details, indent=2)) if as_json else _print_details(details)
@@ -138,7 +140,7 @@ def arch(
         return
     console = Console()
     console = console if console.is_terminal else Console(width=200)  # a pipe or a file: no wrapped cells
-    table = Table(title=f"Architectures, {weight_bits}-bit weights; parameters ours/published (all columns: --csv)",
+    table = Table(title=f"Architectures, {weight_bits:g}-bit weights; parameters ours/published (all columns: --csv)",
                   caption="* outside the published figure's tolerance (1%, or its rounding): the file says why",
                   box=box.SIMPLE_HEAD)
     for header, _ in _ARCH_COLUMNS.values():

@@ -135,6 +135,7 @@ def validate(
     directory: Path = typer.Option(None, "--dir", help=_DIR_HELP),
     recalibrate: bool = typer.Option(False, help="Calibrate again even when a fitting host profile exists. Without it, a profile calibrated earlier is probed first (a few seconds of flash reads and GEMV); a figure drifted beyond max(the probe's spread, 25 %) stops validation (exit 2)."),
     quick: bool = typer.Option(False, help="When calibrating, tiny short measurements (for trying it out; figures are rough)."),
+    pagecache: bool = typer.Option(True, help="Also check the page-cache model (--loader mmap) against this kernel: the same touches of a weights file under a memory cgroup limit, pages read, faults and residency compared (about 2 minutes; docs/validation.md)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
 ) -> None:
     """Compare measured decode latency with the simulator and the analytical model over >= 40 cases.
@@ -148,7 +149,7 @@ def validate(
     check_outputs({"--json": json_path}, {f"--trace {path}": path for path in trace or ()})
     report = validate_host(traces=trace or None, arch=arch, scale=scale, repeats=repeats, tokens=tokens,
                            budget_s=budget_min * 60, min_cases=min_cases, directory=directory,
-                           recalibrate=recalibrate, quick=quick, progress=_progress(quiet))
+                           recalibrate=recalibrate, quick=quick, pagecache=pagecache, progress=_progress(quiet))
     if json_path is not None:
         atomic_write_json(json_path, report)
     if quiet:
@@ -178,6 +179,23 @@ def validate(
                  for e in engines]
         parts.add_row(part, f"{report['parts'][engines[0]][part]['measured_ms']:.3g}", *cells)
     console.print(parts)
+    if report["pagecache"]:
+        console.print(_pagecache_table(report["pagecache"]))
     for note in report["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"{len(report['cases'])} cases in {report['wall_s']:.0f} s")
+
+
+def _pagecache_table(cases: list[dict]) -> Table:
+    first = cases[0]
+    table = Table(title=f"page cache: the model against this kernel · {first['trace']} · {first['file_mb']:.0f} MB file, "
+                        f"{first['cache_mb']:.0f} MB page cache ({first['limit']}), read_ahead {first['read_ahead_kib']} KiB")
+    for column in ("advice", "pages read: model / kernel", "major faults: model / kernel", "resident: model / kernel"):
+        table.add_column(column, justify="left" if column == "advice" else "right")
+    for case in cases:
+        cells = []
+        for count in ("pages_read", "faults", "resident_pages"):
+            error = case["errors"][count]
+            cells.append(f"{case['model'][count]:,} / {case['kernel'][count]:,}" + ("" if error is None else f" ({100 * error:+.0f}%)"))
+        table.add_row(case["advice"], *cells)
+    return table

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cosmosim.cli.app import app
+from cosmosim.cli.bits import BITS_HELP, bits_settings, precision_label
 from cosmosim.device.pagecache import ADVICES
 from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
@@ -19,7 +20,7 @@ from cosmosim.files import atomic_write_json, check_outputs
 from cosmosim.results.timeline import DEFAULT_MAX_PASSES, write_timeline
 from cosmosim.runner import ENGINES, run_with_timeline
 from cosmosim.runner import run as run_scenario
-from cosmosim.scenario.settings import LOADERS, WEIGHT_BITS, RunConfig, choices
+from cosmosim.scenario.settings import LOADERS, RunConfig, choices
 
 _DEFAULTS = RunConfig()
 POLICY_HELP = f"Eviction policy: {choices(POLICIES)} (kactive: the CoSMoEs paper's, only the current k experts per layer)."
@@ -38,7 +39,7 @@ def print_summary(result: dict, console: Console) -> None:
     else:
         cache = (f"policy {inputs['policy']} · prefetch {inputs['prefetch']} · cache {inputs['cache_experts']}/"
                  f"{inputs['total_experts']} experts ({inputs['cache_mb']:.0f} MB)")
-    title = f"{inputs['arch']} on {inputs['profile']} · {cache} · {inputs['weight_bits']}-bit · engine {result['engine']}"
+    title = f"{inputs['arch']} on {inputs['profile']} · {cache} · {precision_label(inputs)} · engine {result['engine']}"
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -88,7 +89,9 @@ def run(
     idle_gap_s: float = typer.Option(_DEFAULTS.idle_gap_s, help="Idle seconds between requests, in which a throttled device cools (its profile's throttle section). Default: back to back."),
     policy: str = typer.Option(_DEFAULTS.policy, help=POLICY_HELP),
     prefetch: str = typer.Option(_DEFAULTS.prefetch, help=f"Prefetcher: {choices(PREFETCHERS)} (next-layer: learned co-occurrence; oracle: an upper bound)."),
-    weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help=f"Weight bit-width: {choices(WEIGHT_BITS)}."),
+    weight_bits: str = typer.Option(str(_DEFAULTS.weight_bits), help=BITS_HELP),
+    expert_bits: str = typer.Option(None, help="Bits per weight of the routed experts (what the cache and flash move), as --weight-bits. Default: --weight-bits."),
+    shared_bits: str = typer.Option(None, help="Bits per weight of the shared experts, as --weight-bits. Default: --weight-bits."),
     tokens: int = typer.Option(None, help="Simulate about this many tokens: whole requests, the last cut short but kept to its prompt + 1 token (dense: rounded up to whole 256-token requests). Default: the whole trace after warm-up (dense: 4096)."),
     prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request (prefilled at once; gives TTFT)."),
     context_len: int = typer.Option(_DEFAULTS.context_len, help="KV-cache length bound (tokens); also sizes the KV cache in peak DRAM."),
@@ -108,7 +111,7 @@ def run(
     check_outputs({"--json": json_path, "--timeline": timeline_path}, {"--trace": trace, "--profile": Path(profile)})
     config = RunConfig(policy=policy, prefetch=prefetch, cache_mb=cache_mb, cache_experts=cache_experts,
                        per_layer_cache=per_layer_cache, cache_shared_experts=cache_shared_experts,
-                       weight_bits=weight_bits, tokens=tokens,
+                       **bits_settings(weight_bits, expert_bits, shared_bits), tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len,
                        loader=loader, madvise=madvise, idle_gap_s=idle_gap_s)
     if target_tps is not None:
@@ -147,7 +150,7 @@ def _answer_target(profile: str, trace: Path | None, arch: str | None, config: R
                                                             f"TPOT {p.tpot_ms:.4g} ms, hit rate {p.hit_rate:.3f}"))
     inputs = answer.inputs
     console.print(f"{inputs['arch']} on {inputs['profile']} · {inputs['policy']} · cache {inputs['cache_experts']}/"
-                  f"{inputs['total_experts']} experts · {inputs['weight_bits']}-bit")
+                  f"{inputs['total_experts']} experts · {precision_label(inputs)}")
     headline = f"[bold]{answer.verdict}[/]"
     if answer.verdict == REACHED:
         headline = (f"[bold]largest ExRep: {answer.largest_exrep:.3f}[/] (the next probe, "

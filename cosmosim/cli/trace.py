@@ -214,8 +214,8 @@ def export(
     out: Path = typer.Option(..., help="Where to write the stream (.csv)."),
     arch: str = typer.Option(None, help="Target architecture: its layer mapping, and its expert bytes as the object size. "
                                         "Default: the trace's meta.target_arch; with none, the trace's layers and size 1."),
-    weight_bits: int = typer.Option(_DEFAULTS.weight_bits, help="Weight bit-width of the object size, as "
-                                                                "`cosmosim run --weight-bits`."),
+    weight_bits: str = typer.Option(str(_DEFAULTS.weight_bits), help="Bits per weight of the experts (the object "
+                                    "size): a number or a format, as `cosmosim run --expert-bits`."),
     prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request, as "
                                                                     "`cosmosim run --prompt-tokens`."),
     warmup_fraction: float = typer.Option(_DEFAULTS.warmup_fraction, help="Leading fraction of sequences held out, "
@@ -236,14 +236,17 @@ def export(
     from cosmosim.scenario.build import resolve_arch
     from cosmosim.workload.export import EXPORT_FORMATS, LIBCACHESIM_TRACE_PARAMS, export_stream
 
+    from cosmosim.inputs.precision import parse_bits
+
     check_outputs({"--out": out}, {"TRACE": path})
+    bits = parse_bits(weight_bits, "--weight-bits")
     if format_name not in EXPORT_FORMATS:
         raise InputError(f"--format {format_name}: expected one of {', '.join(EXPORT_FORMATS)}")
-    check_settings(RunConfig(weight_bits=weight_bits, prompt_tokens=prompt_tokens, warmup_fraction=warmup_fraction,
+    check_settings(RunConfig(weight_bits=bits, prompt_tokens=prompt_tokens, warmup_fraction=warmup_fraction,
                              tokens=tokens))
     trace = load_trace(path)
     target = resolve_arch(arch, trace) if arch or trace.meta.get("target_arch") else None
-    stream = export_stream(trace, target, weight_bits=weight_bits, prompt_tokens=prompt_tokens,
+    stream = export_stream(trace, target, weight_bits=bits, prompt_tokens=prompt_tokens,
                            warmup_fraction=warmup_fraction, max_tokens=tokens)
     EXPORT_FORMATS[format_name](stream, out)
     typer.echo(f"{out}: {stream.key.size} accesses ({int(stream.decode.sum())} in decode steps), "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.precision import Precision
 from cosmosim.inputs.profile_options import OP_CLASSES, ComputeClasses
 from cosmosim.inputs.profiles import DeviceProfile
 from cosmosim.workload.stream import DECODE, PREFILL
@@ -87,7 +88,7 @@ class OpTable:
 
 @dataclass(frozen=True)
 class StepCosts:
-    """Per-operation costs of one architecture on one device at one weight bit-width.
+    """Per-operation costs of one architecture on one device at one weight precision.
 
     Context-dependent costs (attention over the KV cache) are functions; the rest are constants
     computed once, because the simulator asks for them millions of times.
@@ -95,7 +96,7 @@ class StepCosts:
 
     arch: Architecture
     profile: DeviceProfile
-    weight_bits: int
+    precision: Precision  # bits per weight of each class (routed experts, shared experts, the rest)
     expert_bytes: int
     expert_decode: OpCost  # one expert, one token (GEMV)
     lm_head: OpCost  # final norm + LM head, one token
@@ -106,15 +107,17 @@ class StepCosts:
     lm_head_rates: Rates  # final norm + LM head (always one token: its GEMV rate)
 
     @classmethod
-    def build(cls, arch: Architecture, profile: DeviceProfile, weight_bits: int) -> "StepCosts":
+    def build(cls, arch: Architecture, profile: DeviceProfile, bits: Precision | float) -> "StepCosts":
+        """`bits`: a Precision, or one bit-width for every weight."""
+        precision = Precision.of(bits)
         dram_bytes_per_s = profile.dram.bandwidth_bytes_per_s
         attention, experts, head = (Rates.of(profile, op_class) for op_class in OP_CLASSES)
-        expert_bytes = arch.expert_bytes(weight_bits) if arch.is_moe else 0
+        expert_bytes = arch.expert_bytes(precision) if arch.is_moe else 0
         expert = roofline(arch.expert_flops_per_token() if arch.is_moe else 0, expert_bytes,
                           experts.gemv_flops_per_s, dram_bytes_per_s)
-        lm_bytes = arch.lm_head_params() * weight_bits / 8 + arch.vocab_size * LOGIT_BYTES
+        lm_bytes = arch.lm_head_params() * precision.weights / 8 + arch.vocab_size * LOGIT_BYTES
         lm_head = roofline(arch.lm_head_flops_per_token(), lm_bytes, head.gemv_flops_per_s, dram_bytes_per_s)
-        return cls(arch, profile, weight_bits, expert_bytes, expert, lm_head, profile.compute.layer_overhead_s,
+        return cls(arch, profile, precision, expert_bytes, expert, lm_head, profile.compute.layer_overhead_s,
                    arch.step_layers, attention, experts, head)
 
     def units(self) -> dict[str, str | None]:
@@ -140,7 +143,7 @@ class StepCosts:
         # A layer's FLOPs are its projections plus attention linear in the keys: split them from two contexts.
         attention_flops_per_key = float(arch.nonexpert_flops_of(0, 2) - arch.nonexpert_flops_of(0, 1))
         projection_flops_L = np.array([arch.nonexpert_flops_of(layer, 1) for layer in layers], float) - attention_flops_per_key
-        weight_bytes_L = np.array([arch.nonexpert_bytes_of(layer, self.weight_bits) for layer in layers], float)
+        weight_bytes_L = np.array([arch.nonexpert_bytes_of(layer, self.precision) for layer in layers], float)
         kv_bytes = self.kv_bytes_per_token_per_layer()
         contexts_C1 = np.asarray(contexts, dtype=float).reshape(-1, 1)
         if kind == DECODE:

@@ -26,13 +26,13 @@ src/llama-model.cpp create_tensor, ggml ne order, fastest dimension first):
 A real file's order is whatever its converter wrote (each tensor info carries its own offset); this
 is the order llama.cpp's loader creates them in, a stand-in, not a promise about any one file.
 
-Sizes come from the package's one counter, `cosmosim.inputs.arch.Architecture`, at `weight_bits`
-with its rounding (`_bytes`: ceil(params * bits / 8), per tensor here; per expert slice for the
-stacked tensors), so the slices of one expert add up to `arch.expert_bytes(bits)` and the other
-tensors to `arch.resident_bytes(bits)`, up to that per-tensor rounding (under one byte a tensor, and
-only at 4 bits with an odd count) and the alignment padding. Like the counter, norms count at the
-weight bit-width (real GGUFs keep them F32: a few KiB a layer) and quantisation blocks' scales are
-not counted. A weight-decomposed expert (wd_rank r) has no llama.cpp tensor: each of its matrices is
+Sizes come from the package's one counter, `cosmosim.inputs.arch.Architecture`, at a `Precision`
+(each class its bits: routed experts, shared experts, the rest) with its rounding (`weight_bytes`:
+ceil(params * bits / 8), per tensor here; per expert slice for the stacked tensors), so the slices of
+one expert add up to `arch.expert_bytes(bits)` and the other tensors to `arch.resident_bytes(bits)`,
+up to that per-tensor rounding (under one byte a tensor) and the alignment padding. Like the counter,
+norms count at the other weights' bits (real GGUFs keep them F32: a few KiB a layer); a block format's
+scales count through its bits per weight (cosmosim.inputs.precision). A weight-decomposed expert (wd_rank r) has no llama.cpp tensor: each of its matrices is
 stored as its two stacked factor tensors, ffn_<m>_exps_a {rows, r, E} then ffn_<m>_exps_b {r, cols,
 E}, so such an expert has six extents.
 """
@@ -41,7 +41,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cosmosim.inputs.arch import Architecture, _bytes
+from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.precision import Precision, weight_bytes
 
 GGUF_DEFAULT_ALIGNMENT = 32  # ggml/include/gguf.h; docs/gguf.md: "If the alignment is not specified, assume it is 32"
 SWIGLU_NAMES = ("gate", "down", "up")  # llama-model.cpp creates ffn_gate*, ffn_down*, ffn_up* in this order
@@ -72,17 +73,17 @@ def align(offset: int, alignment: int) -> int:
 
 
 class GgufLayout:
-    """The byte offsets of every tensor of `arch` at `weight_bits` in a GGUF-like file (see the module
+    """The byte offsets of every tensor of `arch` at `bits` (a Precision or one bit-width) in a GGUF-like file (see the module
     docstring for the order and sizes), and the extents an engine touches: one expert's slices, one
     layer's resident tensors, the head."""
 
-    def __init__(self, arch: Architecture, weight_bits: int, header_bytes: int = 0,
+    def __init__(self, arch: Architecture, bits: Precision | float, header_bytes: int = 0,
                  alignment: int = GGUF_DEFAULT_ALIGNMENT) -> None:
         if not isinstance(header_bytes, int) or header_bytes < 0:
             raise ValueError(f"header_bytes must be an integer >= 0, got {header_bytes!r}")
         if not isinstance(alignment, int) or alignment <= 0 or alignment % 8:
             raise ValueError(f"alignment must be a positive multiple of 8 (GGUF spec), got {alignment!r}")
-        self.arch, self.weight_bits, self.alignment = arch, weight_bits, alignment
+        self.arch, self.precision, self.alignment = arch, Precision.of(bits), alignment
         self.data_offset = align(header_bytes, alignment)
         self._offset = self.data_offset
         self._tensors: list[TensorData] = []
@@ -101,8 +102,9 @@ class GgufLayout:
         self._offset = align(tensor.end, self.alignment)
         return tensor
 
-    def _bytes(self, n_params: int) -> int:
-        return _bytes(n_params, self.weight_bits)
+    def _bytes(self, n_params: int, bits: float | None = None) -> int:
+        """n_params weights at `bits` (default: the other weights' bits)."""
+        return weight_bytes(n_params, self.precision.weights if bits is None else bits)
 
     def _build(self) -> None:
         arch, d = self.arch, self.arch.d_model
@@ -120,7 +122,7 @@ class GgufLayout:
                                         for name, part in self._expert_parts()]
                 if arch.n_shared_experts:
                     width = arch.n_shared_experts * arch.shared_ffn_hidden
-                    resident += [self._add(f"{blk}ffn_{m}_shexp.weight", self._bytes(d * width))
+                    resident += [self._add(f"{blk}ffn_{m}_shexp.weight", self._bytes(d * width, self.precision.shared))
                                  for m in SWIGLU_NAMES]
             else:
                 width = arch.dense_ffn_hidden if arch.is_moe else arch.ffn_hidden
@@ -135,10 +137,11 @@ class GgufLayout:
         three SwiGLU matrices, or their rank-r factors (rows x r, then r x cols) for a WD expert."""
         d, f, rank = self.arch.d_model, self.arch.ffn_hidden, self.arch.wd_rank
         shapes = {"gate": (d, f), "down": (f, d), "up": (d, f)}
+        bits = self.precision.routed
         if rank is None:
-            return [(f"{m}_exps", self._bytes(rows * cols)) for m, (rows, cols) in shapes.items()]
+            return [(f"{m}_exps", self._bytes(rows * cols, bits)) for m, (rows, cols) in shapes.items()]
         return [part for m, (rows, cols) in shapes.items()
-                for part in ((f"{m}_exps_a", self._bytes(rows * rank)), (f"{m}_exps_b", self._bytes(rank * cols)))]
+                for part in ((f"{m}_exps_a", self._bytes(rows * rank, bits)), (f"{m}_exps_b", self._bytes(rank * cols, bits)))]
 
     # ------------------------------------------------------------------ queries
 

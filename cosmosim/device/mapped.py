@@ -22,6 +22,7 @@ from cosmosim.device.gguf_layout import Extent, GgufLayout
 from cosmosim.device.hardware import Flash
 from cosmosim.device.pagecache import PageCache
 from cosmosim.inputs.arch import Architecture
+from cosmosim.inputs.precision import Precision
 from cosmosim.inputs.profiles import PageCacheSpec
 
 
@@ -41,9 +42,9 @@ def largest_access_bytes(layout: GgufLayout, page_bytes: int) -> int:
 class MappedWeights:
     """One weights file mapped from `flash` into a page cache of `capacity_bytes`."""
 
-    def __init__(self, arch: Architecture, weight_bits: int, spec: PageCacheSpec, capacity_bytes: int, advice: str,
-                 flash: Flash) -> None:
-        self.layout = GgufLayout(arch, weight_bits)
+    def __init__(self, arch: Architecture, bits: Precision | float, spec: PageCacheSpec, capacity_bytes: int,
+                 advice: str, flash: Flash) -> None:
+        self.layout = GgufLayout(arch, bits)
         self.page_bytes = page = spec.page_bytes
         n_pages = -(-self.layout.file_bytes // page)
         self.cache = PageCache(n_pages, capacity_bytes // page, page, spec.read_ahead_bytes // page, advice)

@@ -32,6 +32,7 @@ from cosmosim.errors import InputError
 from cosmosim.host.calibrate import METHOD, calibrate, load_record
 from cosmosim.host.goals import BUDGET_S, DEFAULT_TOKENS, GOAL, MIN_CASES, MIN_REPEATS
 from cosmosim.host.probe import check_drift, probe
+from cosmosim.host.pagecache_check import check_page_cache
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_profile
 from cosmosim.inputs.synthetic import sticky_trace
@@ -171,12 +172,14 @@ def _host_profile(path: Path, arch: Architecture, recalibrate: bool, directory: 
 def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "wearable-moe", scale: int = 1,
              repeats: int = MIN_REPEATS, tokens: int | None = None, budget_s: float = BUDGET_S,
              min_cases: int = MIN_CASES, profile: Path | None = None, recalibrate: bool = False,
-             directory: Path | None = None, quick: bool = False, progress: Progress | None = None) -> dict:
+             directory: Path | None = None, quick: bool = False, pagecache: bool = True,
+             progress: Progress | None = None) -> dict:
     """Replay, simulate and model every case; return the report (docs/validation.md).
 
     `tokens` per replay (prompt included) defaults to DEFAULT_TOKENS, fewer when the simulator
     predicts that the replays would not fit `budget_s`. `profile` is the host profile's path
-    (default: the calibrated one); `quick` calibrates (when needed) with tiny measurements.
+    (default: the calibrated one); `quick` calibrates (when needed) with tiny measurements. `pagecache`
+    adds the page-cache model against this kernel (`cosmosim.host.pagecache_check`) on the first trace.
     """
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -216,6 +219,11 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
                 runs[index].append(model.replay(scenario))
         read_mode = model.reader.mode
 
+    page_cases = []
+    if pagecache:
+        say(f"page cache: the model against this kernel on {validation[0].label} ({time.perf_counter() - started:.0f} s)")
+        page_cases = [case.to_dict() for case in check_page_cache(validation[0].trace, arch=target,
+                                                                  label=validation[0].label, folder=directory)]
     rows = [_case_row(case, case_runs, case_predictions) for case, case_runs, case_predictions in zip(cases, runs, predictions)]
     notes = []
     if any(trace.synthetic for trace in validation):
@@ -232,6 +240,7 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
         "profile": str(profile_path), "profile_sha256": host.sha256, "calibrated_now": calibrated_now,
         "probe": probed,
         "read_mode": read_mode, "threads": record["threads"],
+        "pagecache": page_cases,
         "wall_s": time.perf_counter() - started,
         "notes": notes,
     }

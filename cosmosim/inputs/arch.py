@@ -26,7 +26,6 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 from collections.abc import Callable
@@ -34,24 +33,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from cosmosim.errors import InputError
+from cosmosim.inputs.precision import Precision, weight_bytes
 
 if TYPE_CHECKING:
     import pandas
 
 LLAMA3_VOCAB_SIZE = 128_256
-WEIGHT_BITS = (16, 8, 4)
+WEIGHT_BITS = (16, 8, 4)  # the plain bit-widths a what-if suggests (any real number or format is accepted)
 SWIGLU_MATRICES = 3  # gate, up, down
 FULL_RANK = "full"  # a wd_rank value (sweeps, design points): experts not decomposed
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _bytes(n_params: int, bits: int) -> int:
-    if bits not in WEIGHT_BITS:
-        raise InputError(f"bit-width must be one of {WEIGHT_BITS}, got {bits!r}")
-    return math.ceil(n_params * bits / 8)
 
 
 @dataclass(frozen=True)
@@ -229,18 +223,33 @@ class Architecture:
 
     # ------------------------------------------------------------------ bytes
 
-    def expert_bytes(self, weight_bits: int) -> int:
-        return _bytes(self.expert_params(), weight_bits)
+    # A Precision gives each class its bits (cosmosim.inputs.precision); a plain number is every class's.
 
-    def nonexpert_bytes_of(self, layer: int, weight_bits: int) -> int:
-        return _bytes(self.nonexpert_params_of(layer), weight_bits)
+    def expert_bytes(self, bits: Precision | float) -> int:
+        """One routed expert at the routed class's bits."""
+        return weight_bytes(self.expert_params(), Precision.of(bits).routed)
 
-    def resident_bytes(self, weight_bits: int) -> int:
-        return _bytes(self.resident_params(), weight_bits)
+    def _shared_params_of(self, layer: int) -> int:
+        return self.n_shared_experts * self.shared_expert_params() if self.is_moe and layer not in self.dense_layers else 0
+
+    def nonexpert_bytes_of(self, layer: int, bits: Precision | float) -> int:
+        """Layer `layer`'s resident weights: its shared experts at their bits, the rest at the other weights'."""
+        return self._split_bytes(self.nonexpert_params_of(layer), self._shared_params_of(layer), Precision.of(bits))
+
+    def resident_bytes(self, bits: Precision | float) -> int:
+        shared = sum(self._shared_params_of(layer) for layer in range(self.n_layers))
+        return self._split_bytes(self.resident_params(), shared, Precision.of(bits))
+
+    @staticmethod
+    def _split_bytes(n_params: int, shared: int, precision: Precision) -> int:
+        """n_params weights of which `shared` are shared experts' (one rounding when their bits agree)."""
+        if precision.shared == precision.weights:
+            return weight_bytes(n_params, precision.weights)
+        return weight_bytes(n_params - shared, precision.weights) + weight_bytes(shared, precision.shared)
 
     def kv_bytes_per_token(self, kv_bits: int = 16) -> int:
         """Keys and values one token adds to the cache, over all layers."""
-        return _bytes(2 * self.n_layers * self.n_kv_heads * self.head_dim, kv_bits)
+        return weight_bytes(2 * self.n_layers * self.n_kv_heads * self.head_dim, kv_bits)
 
     # ------------------------------------------------------------------ FLOPs
 
@@ -334,7 +343,7 @@ def _error_pct(ours: int, published: float | None) -> float | None:
     return None if published is None else 100 * (ours - published) / published
 
 
-def arch_table(weight_bits: int = 16) -> pandas.DataFrame:
+def arch_table(weight_bits: float = 16) -> pandas.DataFrame:
     """One row per architecture of the catalog: its group, shape, parameter counts against the published
     ones (and whether each lies within the figure's tolerance: 1%, or its own rounding if coarser), and
     the bytes of one expert and of the resident weights at `weight_bits` (MB = 1e6 bytes)."""

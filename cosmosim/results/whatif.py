@@ -66,7 +66,7 @@ class Facts:
     parts_ms: dict[str, float]  # every time part of the breakdown
     groups_ms: dict[str, float]  # the parts summed by group (GROUPS)
     moe: bool
-    bits: int
+    bits: float
     capacity: int  # experts the cache holds
     total_experts: int
     working_set: int  # experts one decode token reads: layers × top_k
@@ -101,6 +101,10 @@ class Facts:
         return self.sizing.app_budget_bytes / MB if self.sizing else None
 
     def lower_bits(self) -> list[int]:
+        """The plain bit-widths below this run's, each a `--weight-bits` what-if; none when the classes'
+        bits differ (--expert-bits, --shared-bits): one flag would no longer scale every weight alike."""
+        if any(self.inputs.get(name) not in (None, self.bits) for name in ("expert_bits", "shared_bits")):
+            return []
         return sorted((b for b in WEIGHT_BITS if b < self.bits), reverse=True)
 
     @classmethod
@@ -126,8 +130,8 @@ class Facts:
 
 # ----------------------------------------------------------------------------- what-if arithmetic
 
-def _scaled(n_bytes: int, bits: int, from_bits: int) -> int:
-    return -(-n_bytes * bits // from_bits)  # ceil(bytes × bits / from_bits), in integers
+def _scaled(n_bytes: int, bits: float, from_bits: float) -> int:
+    return int(-(-n_bytes * bits // from_bits))  # ceil(bytes × bits / from_bits), exact for integer bits
 
 
 def capacity(f: Facts, expert_bytes: int, fixed_bytes: int) -> int | None:

@@ -21,6 +21,7 @@ from cosmosim.device.policies import POLICIES, PolicyContext
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.arch_files import notes_of
+from cosmosim.inputs.precision import Precision
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.trace import Trace, load_trace
 from cosmosim.scenario.settings import MMAP, ROUTING_SETTINGS, RunConfig, check_dense_settings, check_settings
@@ -93,13 +94,13 @@ class Scenario:
 
     def mapped_weights(self, flash: Flash) -> MappedWeights:
         """A fresh, empty page cache over the weights file, as this scenario maps it (--loader mmap)."""
-        return MappedWeights(self.arch, self.config.weight_bits, self.profile.page_cache, self.cache.page_cache_bytes,
+        return MappedWeights(self.arch, self.config.precision, self.profile.page_cache, self.cache.page_cache_bytes,
                              self.config.madvise, flash)
 
     def memory(self, cache_entries: int | None = None, page_cache_bytes: int | None = None) -> Memory:
         """Memory with the cache at `cache_entries` (default: its capacity); under --loader mmap, with the page
         cache holding `page_cache_bytes` (default: its size), the resident weights first."""
-        resident = self.arch.resident_bytes(self.config.weight_bits)
+        resident = self.arch.resident_bytes(self.config.precision)
         if self.cache.page_cache_bytes:
             held = self.cache.page_cache_bytes if page_cache_bytes is None else page_cache_bytes
             resident, expert_cache = min(held, resident), max(held - resident, 0)
@@ -144,7 +145,7 @@ def _requested_capacity(arch: Architecture, profile: DeviceProfile, config: RunC
     if config.cache_mb is not None:
         return int(config.cache_mb * MB // costs.expert_bytes)
     # Default: what the app's DRAM budget leaves after everything that must stay resident.
-    fixed = (arch.resident_bytes(config.weight_bits) + costs.kv_cache_bytes(config.context_len)
+    fixed = (arch.resident_bytes(config.precision) + costs.kv_cache_bytes(config.context_len)
              + costs.activation_bytes(config.prompt_tokens))
     left = profile.dram.app_budget_bytes - fixed
     capacity = max(int(left // costs.expert_bytes), 0)
@@ -197,19 +198,19 @@ def resolve_page_cache(arch: Architecture, profile: DeviceProfile, config: RunCo
         size = profile.dram.app_budget_bytes - fixed
         warnings.append(f"page cache: {size / MB:.0f} MB, the {profile.name} app budget less KV cache and activations "
                         "(no page_cache.size_gib in the profile)")
-    layout = GgufLayout(arch, config.weight_bits)
+    layout = GgufLayout(arch, config.precision)
     needed = largest_access_bytes(layout, profile.page_cache.page_bytes)
     if size < needed:
         raise InputError(f"{profile.name}: a page cache of {max(size, 0) / MB:.0f} MB cannot hold one use of the weights "
                          f"at once ({needed / MB:.0f} MB: a layer, an expert or the LM head); give fewer --weight-bits "
                          "or a profile with a larger page_cache.size_gib")
-    resident = arch.resident_bytes(config.weight_bits)
+    resident = arch.resident_bytes(config.precision)
     experts = min(max(size - resident, 0) // costs.expert_bytes, arch.total_experts) if arch.is_moe else 0
     return CacheSetup(experts, per_layer=False, offloading_idle=size >= layout.file_bytes, warnings=tuple(warnings),
                       page_cache_bytes=size)
 
 
-def shared_as_routed(arch: Architecture) -> Architecture:
+def shared_as_routed(arch: Architecture, precision: Precision) -> Architecture:
     """--cache-shared-experts: the architecture whose routed experts include the shared ones, ids E..E+S-1 of
     every MoE layer, chosen by every token ahead of its top-k, so they are read, cached and evicted like
     the others (a policy keeps them as it keeps any expert reused every token). Their router rows (S x d
@@ -222,6 +223,9 @@ def shared_as_routed(arch: Architecture) -> Architecture:
         raise InputError(f"--cache-shared-experts: {arch.name}'s shared experts ({arch.shared_expert_params()} weights) "
                          f"differ in size from its routed ones ({arch.expert_params()}); the expert cache holds one "
                          "size of expert, so keep them resident")
+    if precision.shared != precision.routed:
+        raise InputError(f"--cache-shared-experts: --shared-bits {precision.shared:g} differs from --expert-bits "
+                         f"{precision.routed:g}; the expert cache holds one size of expert, so give them one bit-width")
     return replace(arch, n_experts=arch.n_experts + shared, top_k=arch.top_k + shared, n_shared_experts=0)
 
 
@@ -237,7 +241,7 @@ def _with_shared_chosen(trace: Trace, n_experts: int, shared: int) -> Trace:
 
 def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | None, config: RunConfig) -> Scenario:
     check_settings(config)
-    costs = StepCosts.build(arch, profile, config.weight_bits)
+    costs = StepCosts.build(arch, profile, config.precision)
     if not arch.is_moe:
         if trace is not None:
             raise InputError(f"--arch {arch.name} is dense: it routes nothing, so drop --trace")
@@ -252,8 +256,8 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     arch.check_routing(str(trace.path or 'trace'), trace.n_experts, trace.top_k)
     if config.cache_shared_experts:
         trace = _with_shared_chosen(trace, arch.n_experts, arch.n_shared_experts)
-        arch = shared_as_routed(arch)
-        costs = StepCosts.build(arch, profile, config.weight_bits)
+        arch = shared_as_routed(arch, config.precision)
+        costs = StepCosts.build(arch, profile, config.precision)
     warnings: list[str] = []
     layers = arch.n_moe_layers
     if trace.n_layers != layers:

@@ -1,8 +1,9 @@
 """Run settings: the knobs of one run and the one validator every entry point uses.
 
 `cosmosim run`, sweep specs and the analytic frame all build a `RunConfig` and call
-`check_settings`; the choices it accepts come from the registries (policies, prefetchers,
-bit-widths), so a new one is accepted everywhere by itself.
+`check_settings`; the choices it accepts come from the registries (policies, prefetchers, page-cache
+advice), so a new one is accepted everywhere by itself. Bits per weight are numbers here; format names
+(q4_K, mxfp4) are read into numbers where a user writes them (`cosmosim.inputs.precision.parse_bits`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cosmosim.device.pagecache import ADVICES
 from cosmosim.device.policies import POLICIES
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.errors import InputError
-from cosmosim.inputs.arch import WEIGHT_BITS
+from cosmosim.inputs.precision import Precision, check_bits
 
 
 def choices(options) -> str:
@@ -34,7 +35,9 @@ class RunConfig:
     cache_mb: float | None = None
     cache_experts: int | None = None
     per_layer_cache: bool = False
-    weight_bits: int = 16
+    weight_bits: float = 16  # bits per weight (a real number: block formats count their scales); see precision
+    expert_bits: float | None = None  # the routed experts' bits (None: weight_bits)
+    shared_bits: float | None = None  # the shared experts' bits (None: weight_bits)
     tokens: int | None = None
     prompt_tokens: int = 16
     context_len: int = 1024
@@ -45,6 +48,13 @@ class RunConfig:
     loader: str = "app-cache"  # how experts reach DRAM: the app's own cache, or the kernel's page cache (mmap)
     madvise: str = "normal"  # --loader mmap: the advice on the mapping (normal read-around, random, willneed)
     idle_gap_s: float = 0.0  # idle time between requests, in which a throttled device cools
+
+
+    @property
+    def precision(self) -> Precision:
+        """Bits per weight of each class, the unset ones taking weight_bits."""
+        return Precision(weights=self.weight_bits, routed=self.weight_bits if self.expert_bits is None else self.expert_bits,
+                         shared=self.weight_bits if self.shared_bits is None else self.shared_bits)
 
 
 APP_CACHE, MMAP = "app-cache", "mmap"
@@ -91,6 +101,14 @@ def non_negative_number(value):
     return value
 
 
+def bits_per_weight(value):
+    try:
+        check_bits(value)
+    except ValueError as bad:
+        raise BadValue(f"{bad} (a format name such as q4_K is read by the command line and sweep specs)") from None
+    return value
+
+
 def _warmup_fraction(value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
         raise BadValue("expected a fraction in [0, 1)")
@@ -101,7 +119,9 @@ def _warmup_fraction(value):
 FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "policy": _choice(tuple(POLICIES)),
     "prefetch": _choice(tuple(PREFETCHERS)),
-    "weight_bits": _choice(WEIGHT_BITS),
+    "weight_bits": bits_per_weight,
+    "expert_bits": bits_per_weight,
+    "shared_bits": bits_per_weight,
     "cache_mb": positive_number,
     "cache_experts": positive_int,
     "per_layer_cache": boolean,

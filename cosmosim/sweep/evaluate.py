@@ -38,7 +38,7 @@ INPUT_COLUMNS = {
     "point_id": "int64", "profile": "string", "arch": "string", "wd_rank": "Int64", "trace": "string",
     "policy": "string", "prefetch": "string", "cache_mb_requested": "Float64", "cache_experts_requested": "Int64",
     "cache_fraction": "Float64", "per_layer_cache": "boolean", "cache_shared_experts": "boolean",
-    "weight_bits": "int64", "tokens": "Int64", "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
+    "weight_bits": "Float64", "expert_bits": "Float64", "shared_bits": "Float64", "tokens": "Int64", "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
     "exrep_target": "Float64", "synth_seed": "Int64", "loader": "string", "madvise": "string", "idle_gap_s": "Float64",
     **dict.fromkeys(OVERRIDES, "Int64"),  # the override axes' values (<NA>: not swept, the base's own)
 }
@@ -183,6 +183,8 @@ def _resolve(point: Point, engine: str) -> Resolved:
         "cache_experts_requested": point.config.cache_experts, "cache_fraction": point.cache_fraction,
         "per_layer_cache": config.per_layer_cache if routed else None,
         "cache_shared_experts": config.cache_shared_experts if routed else None, "weight_bits": config.weight_bits,
+        "expert_bits": config.precision.routed if routed else None,
+        "shared_bits": config.precision.shared if arch.n_shared_experts else None,
         "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
         "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed, "loader": config.loader,
         "madvise": config.madvise if config.loader == MMAP else None, "idle_gap_s": config.idle_gap_s,

@@ -8,7 +8,8 @@
                                             # trace's meta.target_arch
     wd_rank = ["full", 100, 200]            # omit: the architecture's own
     trace = ["../traces/*.npz"]             # paths or globs, relative to this file
-    weight_bits = [16, 8, 4]
+    weight_bits = [16, 8, 4]                # bits per weight, or formats: ["bf16", "q8_0", "q4_K"]
+    expert_bits = ["q4_K", 3]               # the routed experts' own (also shared_bits); omit: weight_bits
     cache_mb = [50, 100, 200]               # or cache_experts, or cache_fraction (of all experts)
     policy = ["lru", "belady", "kactive"]
     exrep = ["recorded", 0.1, 0.3, 0.5]     # each trace as recorded, or synthesised like it at that ExRep
@@ -35,6 +36,7 @@ from cosmosim.inputs.arch import FULL_RANK, catalog_groups, get_arch
 from cosmosim.inputs.arch_variants import OVERRIDES
 from cosmosim.inputs.arch_files import looks_like_path
 from cosmosim.inputs.locality import exrep
+from cosmosim.inputs.precision import FORMATS, MAX_BITS, MIN_BITS, parse_bits
 from cosmosim.inputs.profiles import load_profile
 from cosmosim.inputs.synthetic import highest_exrep_like
 from cosmosim.inputs.trace import load_trace
@@ -148,14 +150,23 @@ def _arch(value):
     return value
 
 
-SWEEP_SETTINGS = ("policy", "prefetch", "weight_bits", "cache_mb", "cache_experts", "per_layer_cache",
+def _bits(value):
+    """Bits per weight: a number, or a format name kept as its number (q4_K: 4.5)."""
+    try:
+        return parse_bits(value, "bits", numbers_as_text=False)
+    except InputError:
+        raise BadValue(f"expected bits per weight in [{MIN_BITS}, {MAX_BITS}] or a format ({', '.join(FORMATS)})") from None
+
+
+BITS_AXES = ("weight_bits", "expert_bits", "shared_bits")
+SWEEP_SETTINGS = ("policy", "prefetch", *BITS_AXES, "cache_mb", "cache_experts", "per_layer_cache",
                   "cache_shared_experts", "tokens", "prompt_tokens", "context_len", "loader", "madvise", "idle_gap_s")
 AXES: dict[str, Callable[[Any], Any]] = {
     "profile": _text,
     "arch": _arch,
     "wd_rank": _wd_rank,
     "trace": _text,
-    **{name: FIELD_CHECKS[name] for name in SWEEP_SETTINGS},
+    **{name: _bits if name in BITS_AXES else FIELD_CHECKS[name] for name in SWEEP_SETTINGS},
     "cache_fraction": _fraction,
     "exrep": _exrep,
     "synth_seed": _seed,

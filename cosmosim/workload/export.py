@@ -29,7 +29,7 @@ LIBCACHESIM_HEADER = "time,obj_id,obj_size"
 LIBCACHESIM_TRACE_PARAMS = "time-col=1,obj-id-col=2,obj-size-col=3,obj-id-is-num=true,delimiter=,,has-header=true"
 
 
-def export_stream(trace: Trace, arch: Architecture | None, *, weight_bits: int, prompt_tokens: int,
+def export_stream(trace: Trace, arch: Architecture | None, *, weight_bits: float, prompt_tokens: int,
                   warmup_fraction: float, max_tokens: int | None) -> AccessStream:
     """The stream an engine replays for `trace` on `arch` (its layer mapping, objects of its expert
     size at `weight_bits`), or without an architecture the trace's own layers, objects of size 1."""

@@ -14,9 +14,10 @@ Input columns (one row per point; other columns pass through untouched):
     n_experts, top_k, ffn_hidden, n_layers, d_model, n_shared_experts
                              empty or absent: the architecture's own; else a variant of it with that size
                              (cosmosim.inputs.arch_variants.derive), then the WD rank
-    policy, prefetch, cache_mb, cache_experts, per_layer_cache, weight_bits, tokens, prompt_tokens,
-    context_len, warmup_fraction
-                             as `cosmosim run` (cosmosim.scenario.settings.RunConfig); empty or absent: its default
+    policy, prefetch, cache_mb, cache_experts, per_layer_cache, weight_bits, expert_bits, shared_bits,
+    tokens, prompt_tokens, context_len, warmup_fraction
+                             as `cosmosim run` (cosmosim.scenario.settings.RunConfig); empty or absent: its
+                             default; the bits columns take a number or a format name (q4_K)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from cosmosim.engines.analytic.outcomes import StatsCache, TraceStats
 from cosmosim.errors import InputError
 from cosmosim.inputs.arch import FULL_RANK, Architecture, get_arch
 from cosmosim.inputs.arch_variants import OVERRIDES, derive
+from cosmosim.inputs.precision import parse_bits
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.results import catalog
 from cosmosim.results.catalog import ENERGY_GROUP, MEMORY_GROUP, TIME_GROUP, Metric
@@ -53,7 +55,8 @@ _CONFIG_DEFAULTS = {field.name: field.default for field in fields(RunConfig)}
 _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch", "loader", "madvise")
 _INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *OVERRIDES, *_CONFIG_DEFAULTS)))
 _COLUMN_KINDS = {"per_layer_cache": "flag", "cache_shared_experts": "flag", "cache_mb": "number",
-                 "warmup_fraction": "number", "idle_gap_s": "number", "wd_rank": "rank"}  # else integer
+                 "warmup_fraction": "number", "idle_gap_s": "number", "wd_rank": "rank",
+                 "weight_bits": "bits", "expert_bits": "bits", "shared_bits": "bits"}  # else integer
 
 
 def frame_column(metric: Metric) -> str:
@@ -175,6 +178,9 @@ class _Rows:
             return float(value)
         if kind == "rank" and value == FULL_RANK:
             return value
+        if kind == "bits" and (is_number or isinstance(value, str)):  # a number or a format name (q4_K)
+            return parse_bits(value.item() if isinstance(value, (np.integer, np.floating)) else value,
+                              f"points row {self.labels[i]!r}: column {name}")
         if kind in ("integer", "rank") and is_number and float(value).is_integer():
             return int(value)
         expected = {"flag": "true or false", "number": "a number", "rank": f"an integer rank or {FULL_RANK!r}"}
@@ -211,10 +217,10 @@ class _Rows:
             self._checked.add((profile_name, config))
         given_arch = arch  # build_scenario makes the shared experts routed itself
         if config.cache_shared_experts and arch.is_moe:
-            arch = shared_as_routed(arch)
-        cost_key = (profile_name, arch, config.weight_bits)
+            arch = shared_as_routed(arch, config.precision)
+        cost_key = (profile_name, arch, config.precision)
         if cost_key not in self._costs:
-            self._costs[cost_key] = StepCosts.build(arch, profile, config.weight_bits)
+            self._costs[cost_key] = StepCosts.build(arch, profile, config.precision)
         costs = self._costs[cost_key]
 
         trace_path = row["trace"]

@@ -32,6 +32,7 @@ from cosmosim.engines.replay.compute import decode_gates
 from cosmosim.engines.replay.storage import ALIGN, ColdReader, aligned_buffer, check_memory, submit_read
 from cosmosim.engines.replay.weights import WEIGHT_BITS, ExpertLayout, ResidentWeights
 from cosmosim.errors import InputError
+from cosmosim.inputs.precision import Precision
 from cosmosim.model.layers import swiglu
 from cosmosim.scenario.build import Scenario
 from cosmosim.workload.stream import DECODE, PREFILL
@@ -83,8 +84,9 @@ class ReplayEngine:
         config, workload = scenario.config, scenario.workload
         if config.prefetch != "none":
             raise InputError(f"--prefetch {config.prefetch}: replay runs demand reads only; use --prefetch none")
-        if config.weight_bits != WEIGHT_BITS:
-            raise InputError(f"--weight-bits {config.weight_bits}: replay runs bfloat16 weights; use --weight-bits 16")
+        if config.precision != Precision.uniform(WEIGHT_BITS):
+            raise InputError(f"--weight-bits/--expert-bits/--shared-bits {config.precision.label()}: replay runs "
+                             f"bfloat16 weights; use {WEIGHT_BITS} bits for every weight")
         self.scenario, self.model, self.layout, self.reader = scenario, weights.model, layout, reader
         self.cache = scenario.expert_cache()
         check_memory(self.cache.capacity * layout.stride, f"replay's expert cache of {self.cache.capacity} experts")
