@@ -155,10 +155,11 @@ def kernel_counts(path: Path, plan: list[tuple[Extent, ...]], advice: str, cache
                   folder: Path) -> PageCounts:
     pages, bounds, extents = [], [0], []
     for i, access in enumerate(plan):
+        first_page = len(pages)
         for start, end in access:
             pages.append(np.arange(start // PAGE_BYTES, (end - 1) // PAGE_BYTES + 1) * PAGE_BYTES)
             extents.append((i, start, end))
-        bounds.append(bounds[-1] + sum(len(p) for p in pages[len(pages) - len(access):]))
+        bounds.append(bounds[-1] + sum(len(run) for run in pages[first_page:]))
     plan_path, out = folder / "plan.npz", folder / "kernel.json"
     np.savez(plan_path, page_offsets=np.concatenate(pages), bounds=np.array(bounds), extents=np.array(extents),
              page_bytes=PAGE_BYTES)

@@ -71,9 +71,10 @@ def parse_bits(value: object, where: str, *, numbers_as_text: bool = True) -> fl
         except ValueError:
             raise InputError(f"{where}: expected bits per weight ({MIN_BITS}-{MAX_BITS}) or a format "
                              f"({', '.join(FORMATS)}), got {text!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not MIN_BITS <= value <= MAX_BITS:
-        raise InputError(f"{where}: expected bits per weight in [{MIN_BITS}, {MAX_BITS}] or a format name, got {value!r}")
+    try:
+        check_bits(value)
+    except ValueError as bad:
+        raise InputError(f"{where}: {bad} or a format name, got {value!r}") from None
     return int(value) if float(value).is_integer() else float(value)
 
 
