@@ -60,6 +60,12 @@ stage_wd_r90() {
   record wd-r90 wd-r90.npz
 }
 stage_dense_pa() { train wearable-dense-pa-mini wearable-dense-pa-mini 2; }
+# The locality study (docs/models.md): the MoE mini with one setting changed and everything else
+# equal; the MoE stage's run is the control. Not among the default stages.
+stage_study_1() {
+  side_by_side "study-batch-balance wearable-moe-mini 1 --load-balance-level batch" \
+    "study-balance-0.001 wearable-moe-mini 1 --load-balance-weight 0.001"
+}
 stage_minis() { .venv/bin/python scripts/summarize_minis.py runs/*/ --out traces/minis.json; }
 
 mkdir -p runs traces

@@ -65,7 +65,7 @@ def test_kactive_swaps_on_every_change_per_layer():
 def test_cache_smaller_than_top_k_is_refused():
     context = PolicyContext(capacity=1, n_experts=4, top_k=2, next_use=np.zeros(0, dtype=np.int64),
                             warmup_usage=np.zeros(4, dtype=np.int64))
-    with pytest.raises(ValueError, match="< top_k=2"):
+    with pytest.raises(ValueError, match="top_k=2"):
         ExpertCache(POLICIES["lru"], 1, 1, context)
 
 

@@ -90,7 +90,7 @@ def run(
     policy: str = typer.Option(_DEFAULTS.policy, help=POLICY_HELP),
     prefetch: str = typer.Option(_DEFAULTS.prefetch, help=f"Prefetcher: {choices(PREFETCHERS)} (next-layer: learned co-occurrence; oracle: an upper bound)."),
     weight_bits: str = typer.Option(str(_DEFAULTS.weight_bits), help=BITS_HELP),
-    expert_bits: str = typer.Option(None, help="Bits per weight of the routed experts (what the cache and flash move), as --weight-bits. Default: --weight-bits."),
+    expert_bits: str = typer.Option(None, help="Bits per weight of the routed experts (what the cache and flash move), as --weight-bits; or two sizes, hot=BITS,cold=BITS: the experts used most in the warm-up at hot bits, a quarter of them unless count=N (over all layers) or mb=M (their bytes) says otherwise, and the cache counts bytes (docs/precision.md). Default: --weight-bits."),
     shared_bits: str = typer.Option(None, help="Bits per weight of the shared experts, as --weight-bits. Default: --weight-bits."),
     tokens: int = typer.Option(None, help="Simulate about this many tokens: whole requests, the last cut short but kept to its prompt + 1 token (dense: rounded up to whole 256-token requests). Default: the whole trace after warm-up (dense: 4096)."),
     prompt_tokens: int = typer.Option(_DEFAULTS.prompt_tokens, help="Prompt tokens per request (prefilled at once; gives TTFT)."),

@@ -29,6 +29,7 @@ class PolicyContext:
     next_use: np.ndarray  # [accesses] clock of the next demand access to the same key (len = never)
     warmup_usage: np.ndarray  # [layers * n_experts] accesses per key in the warm-up sequences
     access_key: np.ndarray | None = None  # [accesses] the demand stream; needed only to prefetch under belady
+    key_bytes: np.ndarray | None = None  # [layers * n_experts] each key's size when they differ; capacity is then bytes
 
 
 def _lazy_heap_victim(heap: list[tuple], is_current, pinned: set[int]) -> int | None:
@@ -75,6 +76,10 @@ class CachePolicy:
     def victim(self, pinned: set[int]) -> int | None:
         """The cached key to evict, never one in `pinned`; None when every entry is pinned."""
         raise NotImplementedError
+
+    def keeps(self, key: int) -> bool:
+        """Whether the policy itself never evicts `key` (beside the step's pinned ones)."""
+        return False
 
 
 class LRU(CachePolicy):
@@ -142,7 +147,9 @@ class LFU(CachePolicy):
 
 class Belady(CachePolicy):
     """Evict the entry whose next demand access is furthest away. With the step's experts pinned this is
-    the offline optimum of the simulator's execution model (docs/simulator.md, tests/test_belady_bound.py)."""
+    the offline optimum of the simulator's execution model (docs/simulator.md, tests/test_belady_bound.py)
+    while every expert has one size; with experts of two sizes (a byte-counting cache) it is only a
+    heuristic: the optimum would weigh each victim's bytes, a knapsack problem."""
 
     name = "belady"
 
@@ -181,20 +188,28 @@ class Belady(CachePolicy):
 
 
 class Pinned(LRU):
-    """Pin the experts used most in the warm-up part (all but top_k entries of the cache); once
-    loaded they stay. The remaining top_k entries serve everything else in LRU order."""
+    """Pin the experts used most in the warm-up part (all but top_k entries of the cache; counting
+    bytes, as many of the most used as fit beside top_k of the largest); once loaded they stay. The
+    rest of the cache serves everything else in LRU order."""
 
     name = "pinned"
 
     def __init__(self, context: PolicyContext) -> None:
         super().__init__(context)
-        n_pinned = max(context.capacity - context.top_k, 0)
         # Stable sort: ties go to the lower key, so the choice is deterministic.
         ranked = np.argsort(-context.warmup_usage, kind="stable")
+        if context.key_bytes is None:
+            n_pinned = max(context.capacity - context.top_k, 0)
+        else:
+            budget = context.capacity - context.top_k * int(context.key_bytes.max())
+            n_pinned = int(np.searchsorted(np.cumsum(context.key_bytes[ranked]), budget, side="right"))
         self.pinned_keys = frozenset(int(key) for key in ranked[:n_pinned])
 
     def victim(self, pinned: set[int]) -> int | None:
         return next((key for key in self._order if key not in pinned and key not in self.pinned_keys), None)
+
+    def keeps(self, key: int) -> bool:
+        return key in self.pinned_keys
 
 
 POLICIES: dict[str, type[CachePolicy]] = {policy.name: policy for policy in (LRU, LFU, Belady, Pinned, KActive)}

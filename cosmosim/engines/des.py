@@ -56,6 +56,9 @@ class Simulation:
         self.prefetcher = None if config.prefetch == "none" else PREFETCHERS[config.prefetch](workload)
         self._prefetched: set[int] = set()  # keys prefetched for the next step, to score accuracy
         self.load = SustainedLoad(scenario.profile.throttle) if scenario.profile.throttle else None
+        sizes = scenario.expert_sizes  # experts of two sizes: each key's bytes and class (else None: one size)
+        self._key_bytes = None if sizes is None else sizes.key_bytes.tolist()
+        self._hot_key = None if sizes is None else sizes.hot_key.tolist()
         self._set_slowdown(1.0)
 
     def run(self) -> Records:
@@ -75,8 +78,10 @@ class Simulation:
         costs = self.scenario.costs
         self._slowdown = slowdown
         self._nonexpert: dict[tuple[int, int], list[OpCost]] = {}
-        self._expert: dict[int, OpCost] = {}
+        self._expert: dict[tuple[int, bool], OpCost] = {}
         self._expert_decode, self._lm_head = self._slowed(costs.expert_decode), self._slowed(costs.lm_head)
+        hot_costs = self.scenario.hot_costs
+        self._hot_decode = None if hot_costs is None else self._slowed(hot_costs.expert_decode)
         self._overhead_s = costs.layer_overhead_s * slowdown
 
     def _slowed(self, cost: OpCost) -> OpCost:
@@ -101,10 +106,11 @@ class Simulation:
             self._nonexpert[(kind, context)] = by_step
         return by_step[layer]
 
-    def _expert_cost(self, n_tokens: int) -> OpCost:
-        cost = self._expert.get(n_tokens)
+    def _expert_cost(self, n_tokens: int, hot: bool) -> OpCost:
+        cost = self._expert.get((n_tokens, hot))
         if cost is None:
-            cost = self._expert[n_tokens] = self._slowed(self.scenario.costs.expert_prefill(n_tokens))
+            costs = self.scenario.hot_costs if hot else self.scenario.costs
+            cost = self._expert[(n_tokens, hot)] = self._slowed(costs.expert_prefill(n_tokens))
         return cost
 
     # -- the replay ---------------------------------------------------------------------------------
@@ -156,17 +162,19 @@ class Simulation:
         step_keys = keys[lo:hi]
         pinned = set(step_keys)
         if self._prefetched:
-            records.add_prefetch_outcome(len(self._prefetched & pinned), len(self._prefetched - pinned),
-                                         self.scenario.costs.expert_bytes)
+            wasted = self._prefetched - pinned
+            records.add_prefetch_outcome(len(self._prefetched & pinned), len(wasted), sum(map(self._bytes_of, wasted)))
             self._prefetched = set()
-        expert_bytes = self.scenario.costs.expert_bytes
+        expert_bytes, key_bytes = self.scenario.costs.expert_bytes, self._key_bytes
         ready_at = []
-        hits = late_hits = misses = 0
+        hits = late_hits = misses = read_bytes = 0
         for clock in range(lo, hi):
             key = keys[clock]
             ready = cache.ready_s.get(key)
             if ready is None:
-                ready = self.flash.read(expert_bytes, router_done)
+                nbytes = expert_bytes if key_bytes is None else key_bytes[key]
+                ready = self.flash.read(nbytes, router_done)
+                read_bytes += nbytes
                 # A prefill step may need more experts than the cache holds: it streams them, so
                 # only the one being loaded is pinned; a decode step's top_k stay pinned together.
                 cache.insert(key, clock, ready, pinned if kind == DECODE else {key})
@@ -181,13 +189,14 @@ class Simulation:
                 hits += 1
             cache.touch(key, clock)
             ready_at.append(ready)
-        records.add_outcomes(kind, layer, hits, late_hits, misses, misses * expert_bytes)
+        records.add_outcomes(kind, layer, hits, late_hits, misses, read_bytes)
         if self.prefetcher is not None:
             self._prefetch(step, layer, step_keys, pinned, router_done)
 
-        # Experts compute in the order their weights arrive (hits first), each once the unit is free. Decode, the
-        # hot path, stays inline and books its top_k experts in one add_op; prefill prices each by its tokens.
-        if kind == DECODE:
+        # Experts compute in the order their weights arrive (hits first), each once the unit is free. Decode with
+        # experts of one size, the hot path, stays inline and books its top_k in one add_op; otherwise each is priced
+        # by its own size and (prefill) its tokens.
+        if kind == DECODE and self._hot_key is None:
             cost = self._expert_decode
             end = router_done
             for ready in sorted(ready_at):
@@ -199,7 +208,7 @@ class Simulation:
         else:
             expert_compute_s = 0.0
             for ready, clock in sorted(zip(ready_at, range(lo, hi))):
-                end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s)
+                end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s, keys[clock])
         records.add_stall(kind, end - router_done - expert_compute_s)
         return end
 
@@ -259,9 +268,18 @@ class Simulation:
         records.add_stall(kind, end - router_done - expert_compute_s)
         return end
 
-    def _expert_op(self, kind: int, ready_s: float, n_tokens: int, layer: int, compute_s: float) -> tuple[float, float]:
-        """One expert's compute once its weights are ready; (its end, `compute_s` plus its duration)."""
-        cost = self._expert_decode if kind == DECODE else self._expert_cost(n_tokens)
+    def _bytes_of(self, key: int) -> int:
+        return self.scenario.costs.expert_bytes if self._key_bytes is None else self._key_bytes[key]
+
+    def _expert_op(self, kind: int, ready_s: float, n_tokens: int, layer: int, compute_s: float,
+                   key: int | None = None) -> tuple[float, float]:
+        """One expert's compute once its weights are ready; (its end, `compute_s` plus its duration). `key`
+        says which of two sizes it has (None: one size for every expert)."""
+        hot = key is not None and self._hot_key is not None and self._hot_key[key]
+        if kind == DECODE:
+            cost = self._hot_decode if hot else self._expert_decode
+        else:
+            cost = self._expert_cost(n_tokens, hot)
         start, end = self.compute.run(ready_s, cost.time_s)
         self.records.add_op(kind, "expert", cost)
         if self.timeline is not None:
@@ -270,15 +288,16 @@ class Simulation:
 
     def _prefetch(self, step: int, layer: int, step_keys: list[int], pinned: set[int], issue_s: float) -> None:
         step_clock = self.scenario.workload.step_offsets[step + 1]  # the next step's first access: "due now"
-        cache, expert_bytes = self.cache, self.scenario.costs.expert_bytes
+        cache = self.cache
         guess = self.prefetcher.predict(step, layer, step_keys)
         protected = pinned | set(guess)
         for key in guess:
             if key in cache or not cache.can_insert_without(key, protected):
                 continue
-            ready = self.flash.read(expert_bytes, issue_s)
+            nbytes = self._bytes_of(key)
+            ready = self.flash.read(nbytes, issue_s)
             cache.insert(key, step_clock, ready, protected, prefetch=True)
-            self.records.add_prefetch_issue(expert_bytes)
+            self.records.add_prefetch_issue(nbytes)
             if self.timeline is not None:
                 self.timeline.append((f"prefetch expert {key % self.scenario.workload.n_experts}", layer + 1,
                                       issue_s, ready, "flash"))

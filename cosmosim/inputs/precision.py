@@ -8,7 +8,9 @@ checks the GGUF ones against the `gguf` package's own table (GGML_QUANT_SIZES).
 
 Three classes of weight may differ (`Precision`): the routed experts (what the cache and the flash
 move), the shared experts, and everything else (attention, embeddings, norms, routers, dense FFNs,
-the LM head). The KV cache and activations stay 16-bit.
+the LM head). The KV cache and activations stay 16-bit. The routed experts may themselves come in
+two sizes: the "hot" ones (the most used in a trace's warm-up) at more bits than the rest
+(`parse_expert_bits`: `hot=8,cold=4`), which makes the expert cache count bytes, not experts.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ class Precision:
     """Bits per weight of each class: `weights` (everything not named), `routed` and `shared` experts."""
 
     weights: float = 16
-    routed: float = 16
+    routed: float = 16  # every routed expert, or the cold ones when `hot` is set
     shared: float = 16
+    hot: float | None = None  # the hot routed experts' bits (None: one size for every routed expert)
 
     @classmethod
     def uniform(cls, bits: float) -> Precision:
@@ -104,13 +107,47 @@ class Precision:
 
     @property
     def is_uniform(self) -> bool:
-        return self.weights == self.routed == self.shared
+        return self.weights == self.routed == self.shared and self.hot is None
 
     def label(self) -> str:
-        """'16-bit', or 'experts 4.5 / shared 8 / other 16 bits' when the classes differ."""
+        """'16-bit', or 'experts 4.5 / shared 8 / other 16 bits' when the classes differ (experts
+        'hot 8, cold 4' when they come in two sizes)."""
         if self.is_uniform:
             return f"{self.weights:g}-bit"
-        return f"experts {self.routed:g} / shared {self.shared:g} / other {self.weights:g} bits"
+        experts = f"{self.routed:g}" if self.hot is None else f"hot {self.hot:g}, cold {self.routed:g}"
+        return f"experts {experts} / shared {self.shared:g} / other {self.weights:g} bits"
+
+
+HOT_SHARE = 0.25  # the hot experts when neither a count nor a budget is given: this share of all routed experts
+
+
+def parse_expert_bits(value: str, where: str) -> dict:
+    """RunConfig's routed-expert settings from `--expert-bits`: bits for every routed expert ("4.5", "q4_K"),
+    or two sizes, "hot=BITS,cold=BITS", optionally with how many are hot: "count=N" (experts, over all
+    layers) or "mb=M" (the hot experts' bytes, at their bits); by default a quarter of them."""
+    if "=" not in value:
+        return {"expert_bits": parse_bits(value, where)}
+    parts: dict[str, str] = {}
+    for item in value.split(","):
+        name, sep, text = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in ("hot", "cold", "count", "mb") or name in parts:
+            raise InputError(f"{where}: expected hot=BITS,cold=BITS[,count=N or mb=M], got {value!r}")
+        parts[name] = text.strip()
+    if "hot" not in parts or "cold" not in parts:
+        raise InputError(f"{where}: expected both hot=BITS and cold=BITS, got {value!r}")
+    if "count" in parts and "mb" in parts:
+        raise InputError(f"{where}: give the hot experts as count=N or mb=M, not both, got {value!r}")
+    settings = {"expert_bits": parse_bits(parts["cold"], f"{where} cold"),
+                "hot_expert_bits": parse_bits(parts["hot"], f"{where} hot")}
+    try:
+        if "count" in parts:
+            settings["hot_experts"] = int(parts["count"])
+        if "mb" in parts:
+            settings["hot_mb"] = float(parts["mb"])
+    except ValueError:
+        raise InputError(f"{where}: count= takes a whole number of experts and mb= a size in MB, got {value!r}") from None
+    return settings
 
 
 def weight_bytes(n_params: int, bits: float) -> int:

@@ -114,7 +114,7 @@ class Records:
         self.prefetch["issued"] += 1
         self.prefetch["bytes"] += nbytes
 
-    def add_prefetch_outcome(self, used: int, wasted: int, expert_bytes: int) -> None:
+    def add_prefetch_outcome(self, used: int, wasted: int, wasted_bytes: int) -> None:
         self.prefetch["used"] += used
         self.prefetch["wasted"] += wasted
-        self.prefetch["wasted_bytes"] += wasted * expert_bytes
+        self.prefetch["wasted_bytes"] += wasted_bytes

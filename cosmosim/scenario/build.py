@@ -24,6 +24,7 @@ from cosmosim.inputs.arch_files import notes_of
 from cosmosim.inputs.precision import Precision
 from cosmosim.inputs.profiles import DeviceProfile, load_profile
 from cosmosim.inputs.trace import Trace, load_trace
+from cosmosim.scenario.expert_sizes import ExpertSizes, resolve_expert_sizes
 from cosmosim.scenario.settings import MMAP, ROUTING_SETTINGS, RunConfig, check_dense_settings, check_settings
 from cosmosim.units import MB
 from cosmosim.workload.dense import dense_workload
@@ -56,6 +57,7 @@ class CacheSetup:
     offloading_idle: bool  # the cache holds every expert: flash is read once per expert at most
     warnings: tuple[str, ...] = ()
     page_cache_bytes: int = 0  # --loader mmap: the page cache every weight shares (capacity: the experts it holds beside the rest)
+    capacity_bytes: int | None = None  # experts of two sizes: the cache counts bytes (capacity: the most entries it holds)
 
     def partition_capacity(self, n_layers: int) -> int:
         return self.capacity // n_layers if self.per_layer else self.capacity
@@ -74,6 +76,8 @@ class Scenario:
     cache: CacheSetup
     trace: Trace | None
     warnings: list[str] = field(default_factory=list)
+    expert_sizes: ExpertSizes | None = None  # routed experts in two sizes (--expert-bits hot=,cold=)
+    hot_costs: StepCosts | None = None  # then: the costs with every routed expert at the hot bits
 
     @property
     def cache_capacity(self) -> int:
@@ -85,12 +89,14 @@ class Scenario:
 
     def expert_cache(self) -> ExpertCache:
         """A fresh, empty DRAM expert cache as this scenario has it: what every engine that keeps one uses."""
-        workload = self.workload
-        context = PolicyContext(capacity=self.cache.capacity, n_experts=workload.n_experts, top_k=workload.top_k,
+        workload, by_bytes = self.workload, self.cache.capacity_bytes is not None
+        capacity = self.cache.capacity_bytes if by_bytes else self.cache.capacity
+        key_bytes = self.expert_sizes.key_bytes if by_bytes else None
+        context = PolicyContext(capacity=capacity, n_experts=workload.n_experts, top_k=workload.top_k,
                                 next_use=workload.next_use, warmup_usage=workload.warmup_usage,
-                                access_key=workload.access_key)
-        return ExpertCache(POLICIES[self.config.policy], self.cache.capacity, workload.n_layers, context,
-                           per_layer=self.cache.per_layer)
+                                access_key=workload.access_key, key_bytes=key_bytes)
+        return ExpertCache(POLICIES[self.config.policy], capacity, workload.n_layers, context,
+                           per_layer=self.cache.per_layer, key_bytes=None if key_bytes is None else key_bytes.tolist())
 
     def mapped_weights(self, flash: Flash) -> MappedWeights:
         """A fresh, empty page cache over the weights file, as this scenario maps it (--loader mmap)."""
@@ -104,6 +110,8 @@ class Scenario:
         if self.cache.page_cache_bytes:
             held = self.cache.page_cache_bytes if page_cache_bytes is None else page_cache_bytes
             resident, expert_cache = min(held, resident), max(held - resident, 0)
+        elif self.expert_sizes is not None:  # two sizes: what the cache reserves, whichever experts it holds
+            expert_cache = self.cache.capacity_bytes or self.cache.capacity * self.expert_sizes.largest
         else:
             entries = self.cache_capacity if cache_entries is None else cache_entries
             expert_cache = entries * self.costs.expert_bytes
@@ -119,15 +127,20 @@ class Scenario:
         config = asdict(self.config)
         if not self.arch.is_moe:  # nothing of these was used: say so rather than echo the defaults
             config.update(dict.fromkeys(ROUTING_SETTINGS))
+        sizes = self.expert_sizes
+        if sizes is not None:
+            config.update(hot_experts=sizes.n_hot, hot_mb=sizes.n_hot * sizes.hot_bytes / MB)
+        cache_bytes = self.cache.capacity_bytes
         return {
             **config,
             "arch": self.arch.name,
             "profile": self.profile.name,
             "trace": str(self.trace.path) if self.trace is not None and self.trace.path else None,
             "cache_experts": self.cache_capacity,
-            "cache_mb": self.cache_capacity * self.costs.expert_bytes / MB,
+            "cache_mb": (self.cache_capacity * self.costs.expert_bytes if cache_bytes is None else cache_bytes) / MB,
             "page_cache_mb": self.cache.page_cache_bytes / MB if self.cache.page_cache_bytes else None,
             "expert_mb": self.costs.expert_bytes / MB,
+            "hot_expert_mb": None if sizes is None else sizes.hot_bytes / MB,
             "total_experts": self.arch.total_experts,
             "offloading_idle": self.offloading_idle,
             "requests": self.workload.n_requests,
@@ -144,9 +157,7 @@ def _requested_capacity(arch: Architecture, profile: DeviceProfile, config: RunC
         return config.cache_experts
     if config.cache_mb is not None:
         return int(config.cache_mb * MB // costs.expert_bytes)
-    # Default: what the app's DRAM budget leaves after everything that must stay resident.
-    fixed = (arch.resident_bytes(config.precision) + costs.kv_cache_bytes(config.context_len)
-             + costs.activation_bytes(config.prompt_tokens))
+    fixed = _fixed_bytes(arch, config, costs)
     left = profile.dram.app_budget_bytes - fixed
     capacity = max(int(left // costs.expert_bytes), 0)
     if capacity < arch.top_k:
@@ -158,11 +169,50 @@ def _requested_capacity(arch: Architecture, profile: DeviceProfile, config: RunC
     return capacity
 
 
-def resolve_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts) -> CacheSetup:
+def _fixed_bytes(arch: Architecture, config: RunConfig, costs: StepCosts) -> int:
+    """What must stay in DRAM beside the expert cache: the default cache is what the app budget leaves."""
+    return (arch.resident_bytes(config.precision) + costs.kv_cache_bytes(config.context_len)
+            + costs.activation_bytes(config.prompt_tokens))
+
+
+def resolve_byte_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
+                       sizes: ExpertSizes) -> CacheSetup:
+    """The cache of experts in two sizes, in bytes: asked for, or what the app budget leaves; per-layer partitions
+    of equal bytes; capped at what holds every expert. `capacity` is then the most entries it can hold."""
+    warnings: list[str] = []
+    if config.cache_mb is not None:
+        capacity = int(config.cache_mb * MB)
+    else:
+        fixed = _fixed_bytes(arch, config, costs)
+        capacity = max(profile.dram.app_budget_bytes - fixed, 0)
+        warnings.append(f"cache: {capacity / MB:.0f} MB from the {profile.name} app budget "
+                        f"({profile.dram.app_budget_bytes / MB:.0f} MB minus {fixed / MB:.0f} MB resident)")
+    layers, per_layer = arch.n_moe_layers, config.per_layer_cache
+    whole = int(sizes.key_bytes.reshape(layers, -1).sum(axis=1).max()) * layers if per_layer else sizes.total_bytes
+    offloading_idle = capacity >= whole
+    if offloading_idle:
+        warnings.append(f"cache: {capacity / MB:.1f} MB holds all {arch.total_experts} experts "
+                        f"({whole / MB:.1f} MB), so offloading is idle (each expert is read from flash once, then stays)")
+        capacity = whole
+    per_partition, needed = capacity // layers if per_layer else capacity, arch.top_k * sizes.largest
+    if per_partition < needed:
+        where = "per layer" if per_layer else "in all"
+        raise InputError(f"cache: {per_partition / MB:.2f} MB {where} is smaller than top_k={arch.top_k} of the "
+                         f"largest experts ({needed / MB:.2f} MB); a step's experts must fit at once: give a larger "
+                         "--cache-mb or fewer bits")
+    entries = min(capacity // min(sizes.hot_bytes, sizes.cold_bytes), arch.total_experts)
+    return CacheSetup(entries, per_layer, offloading_idle, tuple(warnings), capacity_bytes=capacity)
+
+
+def resolve_cache(arch: Architecture, profile: DeviceProfile, config: RunConfig, costs: StepCosts,
+                  sizes: ExpertSizes | None = None) -> CacheSetup:
     """The cache of a MoE run: its size (asked for, or what the app budget leaves), its partitions,
-    rounded to whole per-layer partitions and to the number of experts there are."""
+    rounded to whole per-layer partitions and to the number of experts there are; counted in bytes when
+    `sizes` makes experts of two sizes and the policy sizes its cache by the settings."""
     if not arch.is_moe:
         return NO_CACHE
+    if sizes is not None and POLICIES[config.policy].needs_cache_size:
+        return resolve_byte_cache(arch, profile, config, costs, sizes)
     warnings: list[str] = []
     capacity = _requested_capacity(arch, profile, config, costs, warnings)
     per_layer = POLICIES[config.policy].per_layer_partitions or config.per_layer_cache
@@ -263,10 +313,17 @@ def build_scenario(profile: DeviceProfile, arch: Architecture, trace: Trace | No
     if trace.n_layers != layers:
         warnings.append(f"layers: the trace has {trace.n_layers}, {arch.name} has {layers} MoE layers; "
                         f"its i-th MoE layer replays trace layer floor(i * {trace.n_layers} / {layers})")
-    cache = (resolve_page_cache if config.loader == MMAP else resolve_cache)(arch, profile, config, costs)
     workload = build_workload(trace, layers, prompt_tokens=config.prompt_tokens, context_len=config.context_len,
                               max_tokens=config.tokens, warmup_fraction=config.warmup_fraction)
-    return Scenario(arch, profile, config, workload, costs, cache, trace, [*warnings, *cache.warnings])
+    hot_costs, sizes = None, None
+    if config.hot_expert_bits is not None:
+        hot_costs = StepCosts.build(arch, profile, replace(config.precision, routed=config.hot_expert_bits, hot=None))
+        sizes = resolve_expert_sizes(config, workload, hot_costs.expert_bytes, costs.expert_bytes)
+    if config.loader == MMAP:
+        cache = resolve_page_cache(arch, profile, config, costs)
+    else:
+        cache = resolve_cache(arch, profile, config, costs, sizes)
+    return Scenario(arch, profile, config, workload, costs, cache, trace, [*warnings, *cache.warnings], sizes, hot_costs)
 
 
 def resolve_arch(arch: str | Path | Architecture | None, trace: Trace | None) -> Architecture:

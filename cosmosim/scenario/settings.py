@@ -36,7 +36,10 @@ class RunConfig:
     cache_experts: int | None = None
     per_layer_cache: bool = False
     weight_bits: float = 16  # bits per weight (a real number: block formats count their scales); see precision
-    expert_bits: float | None = None  # the routed experts' bits (None: weight_bits)
+    expert_bits: float | None = None  # the routed experts' bits, the cold ones' with hot_expert_bits (None: weight_bits)
+    hot_expert_bits: float | None = None  # the warm-up's most used routed experts at these bits (None: one size)
+    hot_experts: int | None = None  # how many are hot, over all layers (None: hot_mb, else HOT_SHARE of them)
+    hot_mb: float | None = None  # or: the hot experts' bytes at their bits
     shared_bits: float | None = None  # the shared experts' bits (None: weight_bits)
     tokens: int | None = None
     prompt_tokens: int = 16
@@ -54,7 +57,8 @@ class RunConfig:
     def precision(self) -> Precision:
         """Bits per weight of each class, the unset ones taking weight_bits."""
         return Precision(weights=self.weight_bits, routed=self.weight_bits if self.expert_bits is None else self.expert_bits,
-                         shared=self.weight_bits if self.shared_bits is None else self.shared_bits)
+                         shared=self.weight_bits if self.shared_bits is None else self.shared_bits,
+                         hot=self.hot_expert_bits)
 
 
 APP_CACHE, MMAP = "app-cache", "mmap"
@@ -122,6 +126,9 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "weight_bits": bits_per_weight,
     "expert_bits": bits_per_weight,
     "shared_bits": bits_per_weight,
+    "hot_expert_bits": bits_per_weight,
+    "hot_experts": positive_int,
+    "hot_mb": positive_number,
     "cache_mb": positive_number,
     "cache_experts": positive_int,
     "per_layer_cache": boolean,
@@ -136,8 +143,14 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+_IN_EXPERT_BITS = {"hot_expert_bits": "hot", "hot_experts": "count", "hot_mb": "mb"}  # parts of --expert-bits
+
+
 def flag(name: str) -> str:
-    """How `cosmosim run` spells a setting: --cache-mb."""
+    """How `cosmosim run` spells a setting: --cache-mb; the hot experts' settings are parts of one flag
+    (--expert-bits hot=8,cold=4,count=16)."""
+    if name in _IN_EXPERT_BITS:
+        return f"--expert-bits {_IN_EXPERT_BITS[name]}="
     return "--" + name.replace("_", "-")
 
 
@@ -162,6 +175,25 @@ def check_settings(config: RunConfig, name_of: Callable[[str], str] = flag) -> N
         raise InputError(f"{name_of('policy')} {config.policy}: it fixes the cache itself (top_k experts per layer); "
                          f"drop {'/'.join(name_of(name) for name in CACHE_SIZE_SETTINGS)}")
     _check_loader(config, name_of)
+    _check_hot_experts(config, name_of)
+
+
+def _check_hot_experts(config: RunConfig, name_of: Callable[[str], str]) -> None:
+    """Experts in two sizes: a byte-based cache, so the settings that count experts of one size do not apply."""
+    if config.hot_expert_bits is None:
+        given = [name for name in ("hot_experts", "hot_mb") if getattr(config, name) is not None]
+        if given:
+            raise InputError(f"{name_of(given[0])}: says how many experts are hot, but {name_of('hot_expert_bits')} "
+                             "is not given (--expert-bits hot=BITS,cold=BITS)")
+        return
+    if config.hot_experts is not None and config.hot_mb is not None:
+        raise InputError(f"{name_of('hot_experts')} and {name_of('hot_mb')}: give the hot experts as a count or a "
+                         "budget, not both")
+    clashes = {"cache_experts": f"counts experts of one size; give the cache in bytes ({name_of('cache_mb')})",
+               "cache_shared_experts": "caches the shared experts as routed ones of one size"}
+    for name, why in clashes.items():
+        if getattr(config, name) not in (None, False):
+            raise InputError(f"{name_of(name)}: {why}, but {name_of('hot_expert_bits')} makes experts of two sizes")
 
 
 def _check_loader(config: RunConfig, name_of: Callable[[str], str]) -> None:
@@ -177,7 +209,9 @@ def _check_loader(config: RunConfig, name_of: Callable[[str], str]) -> None:
 
 CACHE_SIZE_SETTINGS = ("cache_mb", "cache_experts", "per_layer_cache")
 # The app cache's own settings: meaningless without experts to cache, or when the page cache is the cache.
-ROUTING_SETTINGS = ("policy", "prefetch", *CACHE_SIZE_SETTINGS, "cache_shared_experts")
+# (--loader mmap maps GGUF tensors, each of one type for all of a layer's experts: no hot experts either.)
+ROUTING_SETTINGS = ("policy", "prefetch", *CACHE_SIZE_SETTINGS, "cache_shared_experts", "hot_expert_bits",
+                    "hot_experts", "hot_mb")
 
 
 def check_dense_settings(config: RunConfig, arch_name: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from cosmosim.workload.stream import DECODE, Workload
 
 COLD = np.iinfo(np.int32).max  # the depth of a key's first access: a miss at every cache size
+COLD_BYTES = np.iinfo(np.int64).max  # likewise, in bytes
 
 
 def _partitions(workload: Workload, per_layer: bool) -> tuple[np.ndarray, int, int]:
@@ -38,11 +39,14 @@ def _partitions(workload: Workload, per_layer: bool) -> tuple[np.ndarray, int, i
 
 
 @numba.njit(cache=True)
-def _find(stack: np.ndarray, size: int, key: int) -> int:
+def _find(stack: np.ndarray, size: int, key: int, key_bytes: np.ndarray) -> tuple[int, int]:
+    """(depth of `key` in the stack or -1, bytes of the keys down to it: its own and those above)."""
+    through = 0
     for depth in range(size):
+        through += key_bytes[stack[depth]]
         if stack[depth] == key:
-            return depth
-    return -1
+            return depth, through
+    return -1, through
 
 
 @numba.njit(cache=True)
@@ -57,27 +61,29 @@ def _move_to_top(stack: np.ndarray, size: int, depth: int, key: int) -> int:
 
 
 @numba.njit(cache=True)
-def _lru_kernel(keys, offsets, kinds, partitions, n_partitions, partition_keys, decode):
+def _lru_kernel(keys, offsets, kinds, partitions, n_partitions, partition_keys, decode, key_bytes):
     stacks = np.empty((n_partitions, partition_keys), np.int64)  # keys, most recently used first
     sizes = np.zeros(n_partitions, np.int64)
     depths = np.full(keys.size, COLD, np.int32)
+    through = np.full(keys.size, COLD_BYTES, np.int64)
     for step in range(kinds.size):
         lo, hi = offsets[step], offsets[step + 1]
         stack, p = stacks[partitions[step]], partitions[step]
         if kinds[step] == decode:
             for clock in range(lo, hi):  # every depth before any key moves
-                depth = _find(stack, sizes[p], keys[clock])
+                depth, nbytes = _find(stack, sizes[p], keys[clock], key_bytes)
                 if depth >= 0:
-                    depths[clock] = depth
+                    depths[clock], through[clock] = depth, nbytes
             for clock in range(lo, hi):  # then to the top in gate order: the last touched is the most recent
-                sizes[p] = _move_to_top(stack, sizes[p], _find(stack, sizes[p], keys[clock]), keys[clock])
+                depth = _find(stack, sizes[p], keys[clock], key_bytes)[0]
+                sizes[p] = _move_to_top(stack, sizes[p], depth, keys[clock])
         else:
             for clock in range(lo, hi):
-                depth = _find(stack, sizes[p], keys[clock])
+                depth, nbytes = _find(stack, sizes[p], keys[clock], key_bytes)
                 if depth >= 0:
-                    depths[clock] = depth
+                    depths[clock], through[clock] = depth, nbytes
                 sizes[p] = _move_to_top(stack, sizes[p], depth, keys[clock])
-    return depths
+    return depths, through
 
 
 def lru_depths(workload: Workload, per_layer: bool = False) -> np.ndarray:
@@ -88,9 +94,22 @@ def lru_depths(workload: Workload, per_layer: bool = False) -> np.ndarray:
     its depth); then the keys move to the top in gate order, as the simulator touches them. Prefill
     step: plain LRU, access by access.
     """
+    return _lru_pass(workload, per_layer, np.ones(workload.n_layers * workload.n_experts, np.int64))[0]
+
+
+def lru_bytes_through(workload: Workload, key_bytes: np.ndarray, per_layer: bool = False) -> np.ndarray:
+    """int64 [accesses]: for experts of different sizes (`key_bytes` per key), the bytes of each access's key and
+    of every key above it in the LRU stack when the simulator decides (COLD_BYTES: first access). A cache of
+    C bytes that evicts in LRU order until a miss fits hits exactly the accesses with at most C bytes
+    through them: its contents are always the longest prefix of the stack that fits (docs/analytic-model.md)."""
+    return _lru_pass(workload, per_layer, np.asarray(key_bytes, np.int64))[1]
+
+
+def _lru_pass(workload: Workload, per_layer: bool, key_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     partitions, n_partitions, partition_keys = _partitions(workload, per_layer)
     return _lru_kernel(workload.access_key.astype(np.int64), workload.step_offsets.astype(np.int64),
-                       workload.step_kind.astype(np.int64), partitions, n_partitions, partition_keys, DECODE)
+                       workload.step_kind.astype(np.int64), partitions, n_partitions, partition_keys, DECODE,
+                       key_bytes)
 
 
 @numba.njit(cache=True)
