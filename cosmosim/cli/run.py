@@ -32,13 +32,20 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def cache_label(inputs: dict) -> str:
+    """"cache 45/152 experts (38 MB)"; with experts of two sizes the cache counts bytes, so its MB come first."""
+    if inputs.get("hot_expert_bits") is None:
+        return f"cache {inputs['cache_experts']}/{inputs['total_experts']} experts ({inputs['cache_mb']:.0f} MB)"
+    return (f"cache {inputs['cache_mb']:.0f} MB (up to {inputs['cache_experts']} of {inputs['total_experts']} experts; "
+            f"{inputs['hot_experts']} hot)")
+
+
 def print_summary(result: dict, console: Console) -> None:
     inputs = result["inputs"]
     if inputs.get("loader") == "mmap":
         cache = f"mmap (madvise {inputs['madvise']}) · page cache {inputs['page_cache_mb']:.0f} MB"
     else:
-        cache = (f"policy {inputs['policy']} · prefetch {inputs['prefetch']} · cache {inputs['cache_experts']}/"
-                 f"{inputs['total_experts']} experts ({inputs['cache_mb']:.0f} MB)")
+        cache = f"policy {inputs['policy']} · prefetch {inputs['prefetch']} · {cache_label(inputs)}"
     title = f"{inputs['arch']} on {inputs['profile']} · {cache} · {precision_label(inputs)} · engine {result['engine']}"
     table = Table(title=title, show_header=True)
     table.add_column("metric")
@@ -149,8 +156,8 @@ def _answer_target(profile: str, trace: Path | None, arch: str | None, config: R
                            on_probe=lambda p: console.print(f"  ExRep {p.exrep:.4f}: {p.tokens_per_s:.4g} tokens/s, "
                                                             f"TPOT {p.tpot_ms:.4g} ms, hit rate {p.hit_rate:.3f}"))
     inputs = answer.inputs
-    console.print(f"{inputs['arch']} on {inputs['profile']} · {inputs['policy']} · cache {inputs['cache_experts']}/"
-                  f"{inputs['total_experts']} experts · {precision_label(inputs)}")
+    console.print(f"{inputs['arch']} on {inputs['profile']} · {inputs['policy']} · {cache_label(inputs)} · "
+                  f"{precision_label(inputs)}")
     headline = f"[bold]{answer.verdict}[/]"
     if answer.verdict == REACHED:
         headline = (f"[bold]largest ExRep: {answer.largest_exrep:.3f}[/] (the next probe, "

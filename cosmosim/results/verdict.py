@@ -24,6 +24,8 @@ The facts the rules read and the what-if arithmetic: `cosmosim.results.whatif`.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -143,12 +145,20 @@ def over_budget(f: Facts) -> Finding | None:
     if fitting:
         suggestions.append(fitting)
     fixed = fixed_of(f, f.memory["resident_weights"])
-    most = int((f.sizing.app_budget_bytes - fixed) // f.expert_bytes) if f.moe and f.expert_bytes else -1
-    if f.global_cache and most >= f.sizing.top_k:
-        suggestions.append({"flag": "--cache-experts", "value": most, "cache_experts": most,
-                            "peak_dram_mb": peak_with(f, most)})
+    if f.two_sizes:  # a cache that counts bytes: the budget left, in MB (rounded down to 0.1)
+        most_mb = math.floor((f.sizing.app_budget_bytes - fixed) / (MB / 10)) / 10
+        if f.global_cache and most_mb > 0:
+            suggestions.append({"flag": "--cache-mb", "value": most_mb, "cache_experts": None,
+                                "peak_dram_mb": fixed / MB + most_mb})
+        most_text = f"--cache-mb {most_mb:g}"
+    else:
+        most = int((f.sizing.app_budget_bytes - fixed) // f.expert_bytes) if f.moe and f.expert_bytes else -1
+        if f.global_cache and most >= f.sizing.top_k:
+            suggestions.append({"flag": "--cache-experts", "value": most, "cache_experts": most,
+                                "peak_dram_mb": peak_with(f, most)})
+        most_text = f"--cache-experts {most}"
     clauses = [f"at --weight-bits {fitting['value']} it needs {_num(fitting['peak_dram_mb'])} MB" if fitting else "",
-               f"--cache-experts {most} is the most that fits" if len(suggestions) > bool(fitting) else ""]
+               f"{most_text} is the most that fits" if len(suggestions) > bool(fitting) else ""]
     return Finding(DRAM_BUDGET, 1 + (peak - budget) / budget, _sentence(line, *clauses), tuple(suggestions))
 
 
@@ -169,7 +179,8 @@ def working_set(f: Facts) -> Finding | None:
     bits = [at_bits(f, b) for b in f.lower_bits()]
     suggestions = [o for o in bits if o]
     clauses = [_bits_phrase(f, suggestions)]
-    if f.sizing and f.memory and f.inputs.get("loader") != "mmap":  # under mmap the page cache is the policy
+    # Under mmap the page cache is the policy; with experts of two sizes a count of experts fixes no bytes.
+    if f.sizing and f.memory and f.inputs.get("loader") != "mmap" and not f.two_sizes:
         kactive = {"flag": "--policy", "value": "kactive", "cache_experts": f.working_set,
                    "peak_dram_mb": peak_with(f, f.working_set)}
         suggestions += [kactive, cache_mb_for(f, f.working_set)]

@@ -87,6 +87,11 @@ class Facts:
         return bool(self.inputs.get("per_layer_cache")) or bool(policy and policy.per_layer_partitions)
 
     @property
+    def two_sizes(self) -> bool:
+        """Routed experts at two bit-widths (--expert-bits hot=,cold=): the cache counts bytes, not experts."""
+        return self.inputs.get("hot_expert_bits") is not None
+
+    @property
     def global_cache(self) -> bool:
         """One cache over all layers, sized by the user or the budget (lru, lfu, belady, pinned)."""
         policy = POLICIES.get(self.inputs.get("policy"))
@@ -103,7 +108,7 @@ class Facts:
     def lower_bits(self) -> list[int]:
         """The plain bit-widths below this run's, each a `--weight-bits` what-if; none when the classes'
         bits differ (--expert-bits, --shared-bits): one flag would no longer scale every weight alike."""
-        if any(self.inputs.get(name) not in (None, self.bits) for name in ("expert_bits", "shared_bits")):
+        if self.two_sizes or any(self.inputs.get(name) not in (None, self.bits) for name in ("expert_bits", "shared_bits")):
             return []
         return sorted((b for b in WEIGHT_BITS if b < self.bits), reverse=True)
 
@@ -172,14 +177,23 @@ def at_bits(f: Facts, bits: int) -> dict | None:
             "peak_dram_mb": peak, "fits_budget": None if peak is None else peak <= f.budget_mb}
 
 
+def experts_bytes(f: Facts, experts: int) -> int:
+    """Bytes of `experts` experts in the cache; with experts of two sizes (hot ones at their own bits) only
+    all of them have one answer, which is what the rules ask for then."""
+    if f.two_sizes and experts >= f.total_experts:
+        hot = f.inputs["hot_experts"]
+        return round(f.inputs["hot_mb"] * MB) + (f.total_experts - hot) * f.expert_bytes
+    return experts * f.expert_bytes
+
+
 def peak_with(f: Facts, experts: int) -> float:
     """Peak DRAM (MB) at this run's bits with `experts` in the cache."""
-    return (fixed_of(f, f.memory["resident_weights"]) + experts * f.expert_bytes) / MB
+    return (fixed_of(f, f.memory["resident_weights"]) + experts_bytes(f, experts)) / MB
 
 
 def cache_mb_for(f: Facts, experts: int) -> dict:
     """The suggestion `--cache-mb X` that holds `experts` (X rounded up to 0.1 MB)."""
-    value = math.ceil((experts * f.expert_bytes + 1) / (MB / 10)) / 10
+    value = math.ceil((experts_bytes(f, experts) + 1) / (MB / 10)) / 10
     peak = peak_with(f, experts) if f.memory else None
     return {"flag": "--cache-mb", "value": value, "cache_experts": experts, "peak_dram_mb": peak,
             "fits_budget": None if peak is None or f.budget_mb is None else peak <= f.budget_mb}

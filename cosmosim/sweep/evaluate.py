@@ -38,7 +38,9 @@ INPUT_COLUMNS = {
     "point_id": "int64", "profile": "string", "arch": "string", "wd_rank": "Int64", "trace": "string",
     "policy": "string", "prefetch": "string", "cache_mb_requested": "Float64", "cache_experts_requested": "Int64",
     "cache_fraction": "Float64", "per_layer_cache": "boolean", "cache_shared_experts": "boolean",
-    "weight_bits": "Float64", "expert_bits": "Float64", "shared_bits": "Float64", "tokens": "Int64", "prompt_tokens": "int64", "context_len": "int64", "engine": "string",
+    "weight_bits": "Float64", "expert_bits": "Float64", "shared_bits": "Float64", "hot_expert_bits": "Float64",
+    "hot_experts_requested": "Int64", "hot_mb_requested": "Float64", "tokens": "Int64", "prompt_tokens": "int64",
+    "context_len": "int64", "engine": "string",
     "exrep_target": "Float64", "synth_seed": "Int64", "loader": "string", "madvise": "string", "idle_gap_s": "Float64",
     **dict.fromkeys(OVERRIDES, "Int64"),  # the override axes' values (<NA>: not swept, the base's own)
 }
@@ -184,6 +186,8 @@ def _resolve(point: Point, engine: str) -> Resolved:
         "per_layer_cache": config.per_layer_cache if routed else None,
         "cache_shared_experts": config.cache_shared_experts if routed else None, "weight_bits": config.weight_bits,
         "expert_bits": config.precision.routed if routed else None,
+        "hot_expert_bits": config.hot_expert_bits if routed else None,
+        "hot_experts_requested": config.hot_experts if routed else None, "hot_mb_requested": config.hot_mb if routed else None,
         "shared_bits": config.precision.shared if arch.n_shared_experts else None,
         "tokens": config.tokens, "prompt_tokens": config.prompt_tokens, "context_len": config.context_len,
         "engine": engine, "exrep_target": point.exrep, "synth_seed": point.synth_seed, "loader": config.loader,
@@ -215,7 +219,11 @@ def _analytic_rows(points: list[Point]) -> list[dict]:
     """Every point of a part through `evaluate_points` at once: a trace's statistics are computed
     once per worker, then each point is a table lookup (the numbers `run --engine analytic` gives)."""
     resolved = [_resolve(point, "analytic") for point in points]
-    runnable = [(point, done) for point, done in zip(points, resolved) if done.error is None]
+    # Experts of two sizes have no vectorised form (the frame's cache sizes are counts): those run one by one.
+    one_by_one = {i: evaluate_point(point, "analytic") for i, (point, done) in enumerate(zip(points, resolved))
+                  if done.error is None and done.config.hot_expert_bits is not None}
+    runnable = [(point, done) for i, (point, done) in enumerate(zip(points, resolved))
+                if done.error is None and i not in one_by_one]
     frame = pd.DataFrame([{
         "profile": point.profile_path, "arch": done.base.name, **dict(point.overrides),
         "wd_rank": (done.arch.wd_rank or FULL_RANK) if done.arch.is_moe else None,
@@ -223,7 +231,10 @@ def _analytic_rows(points: list[Point]) -> list[dict]:
     } for point, done in runnable])
     evaluated = iter(evaluate_points(frame, percentiles=True, on_error="record").to_dict("records") if runnable else ())
     rows = []
-    for done in resolved:
+    for i, done in enumerate(resolved):
+        if i in one_by_one:
+            rows.append(one_by_one[i])
+            continue
         metrics = {"error": done.error} if done.error else next(evaluated)
         error = metrics.get("error")
         if isinstance(error, str):

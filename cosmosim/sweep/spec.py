@@ -10,6 +10,8 @@
     trace = ["../traces/*.npz"]             # paths or globs, relative to this file
     weight_bits = [16, 8, 4]                # bits per weight, or formats: ["bf16", "q8_0", "q4_K"]
     expert_bits = ["q4_K", 3]               # the routed experts' own (also shared_bits); omit: weight_bits
+    hot_expert_bits = [8]                   # the warm-up's most used experts at these bits, the rest at
+    hot_experts = [16, 38]                  # expert_bits: how many (or hot_mb; default a quarter)
     cache_mb = [50, 100, 200]               # or cache_experts, or cache_fraction (of all experts)
     policy = ["lru", "belady", "kactive"]
     exrep = ["recorded", 0.1, 0.3, 0.5]     # each trace as recorded, or synthesised like it at that ExRep
@@ -158,8 +160,8 @@ def _bits(value):
         raise BadValue(f"expected bits per weight in [{MIN_BITS}, {MAX_BITS}] or a format ({', '.join(FORMATS)})") from None
 
 
-BITS_AXES = ("weight_bits", "expert_bits", "shared_bits")
-SWEEP_SETTINGS = ("policy", "prefetch", *BITS_AXES, "cache_mb", "cache_experts", "per_layer_cache",
+BITS_AXES = ("weight_bits", "expert_bits", "shared_bits", "hot_expert_bits")
+SWEEP_SETTINGS = ("policy", "prefetch", *BITS_AXES, "hot_experts", "hot_mb", "cache_mb", "cache_experts", "per_layer_cache",
                   "cache_shared_experts", "tokens", "prompt_tokens", "context_len", "loader", "madvise", "idle_gap_s")
 AXES: dict[str, Callable[[Any], Any]] = {
     "profile": _text,

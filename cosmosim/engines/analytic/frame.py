@@ -56,7 +56,8 @@ _TEXT_COLUMNS = ("profile", "arch", "trace", "policy", "prefetch", "loader", "ma
 _INPUT_COLUMNS = tuple(dict.fromkeys((*_TEXT_COLUMNS, "wd_rank", *OVERRIDES, *_CONFIG_DEFAULTS)))
 _COLUMN_KINDS = {"per_layer_cache": "flag", "cache_shared_experts": "flag", "cache_mb": "number",
                  "warmup_fraction": "number", "idle_gap_s": "number", "wd_rank": "rank",
-                 "weight_bits": "bits", "expert_bits": "bits", "shared_bits": "bits"}  # else integer
+                 "weight_bits": "bits", "expert_bits": "bits", "shared_bits": "bits", "hot_expert_bits": "bits",
+                 "hot_mb": "number"}  # else integer
 
 
 def frame_column(metric: Metric) -> str:
@@ -214,6 +215,10 @@ class _Rows:
         if (profile_name, config) not in self._checked:
             check_settings(config)
             check_closed_form(profile, config)
+            if config.hot_expert_bits is not None:
+                raise InputError("hot_expert_bits: the frame prices experts of one size, every cache size a count of "
+                                 "them; price experts of two sizes point by point (`cosmosim run --engine analytic`, "
+                                 "or a sweep, which does that for such points)")
             self._checked.add((profile_name, config))
         given_arch = arch  # build_scenario makes the shared experts routed itself
         if config.cache_shared_experts and arch.is_moe:
