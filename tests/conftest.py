@@ -1,10 +1,11 @@
-"""Shared fixtures: a sample corpus, and a tiny hand-worked device and architecture whose costs
-the simulator tests can add up by hand."""
+"""Shared fixtures: a sample corpus, a tiny hand-worked device and architecture whose costs
+the simulator tests can add up by hand, and validate's host probe held at a profile's figures."""
 
 from pathlib import Path
 
 import pytest
 
+import cosmosim.host.probe
 from cosmosim.data.corpus import assemble_corpus
 from cosmosim.data.sources import read_text_folder
 from cosmosim.inputs.arch import Architecture
@@ -84,3 +85,15 @@ def cli(capsys):
         out, err = capsys.readouterr()
         return stop.value.code, out, err
     return invoke
+
+
+def hold_probe_at(monkeypatch, profile: DeviceProfile, spread_per_seed: float = 0.0) -> None:
+    """validate's host probe measures `profile`'s own figures (deterministic): the flash read rate at
+    each request size, scaled by 1 + spread_per_seed x (seed - 101) to give the repeats a spread, and
+    the profile's GEMV throughput."""
+    def read_rate(reader, file_bytes, read_bytes, depth, seconds, seed):
+        return profile.flash.bandwidth_bytes_per_s(read_bytes) * (1 + spread_per_seed * (seed - 101))
+
+    monkeypatch.setattr(cosmosim.host.probe, "_read_rate", read_rate)
+    monkeypatch.setattr(cosmosim.host.probe, "measure_matmul",
+                        lambda arch, rows, effort, say: (profile.compute.gemv_flops_per_s, []))

@@ -7,6 +7,7 @@ import re
 import tomllib
 
 import pytest
+from conftest import hold_probe_at
 
 import cosmosim.host.probe
 import cosmosim.host.validate
@@ -97,14 +98,7 @@ class Reached(Exception):
 def steady_host(busy_calibration, monkeypatch):
     """The probe measures exactly the calibrated figures (deterministic), and validate stops at the matrix."""
     path, _, folder = busy_calibration
-    calibrated = load_profile(path)
-
-    def read_rate(reader, file_bytes, read_bytes, depth, seconds, seed):
-        return calibrated.flash.bandwidth_bytes_per_s(read_bytes) * (1 + 0.01 * (seed - 101))  # a 2 % spread
-
-    monkeypatch.setattr(cosmosim.host.probe, "_read_rate", read_rate)
-    monkeypatch.setattr(cosmosim.host.probe, "measure_matmul",
-                        lambda arch, rows, effort, say: (calibrated.compute.gemv_flops_per_s, []))
+    hold_probe_at(monkeypatch, load_profile(path), spread_per_seed=0.01)  # a 2 % spread over the three repeats
 
     def predict(*args):
         raise Reached

@@ -2,7 +2,6 @@
 against a plain byte LRU written here, both engines against each other and against hand-worked step
 times, and the refusals."""
 
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.workload.stream import DECODE, access_stream
+from test_lru_reference import reference_lru_hits
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 TOKENS = 8 * 128
@@ -70,36 +70,13 @@ def test_the_hot_experts_are_the_warm_ups_most_used():
     assert budget.n_hot == int(10e6 // sizes.hot_bytes)
 
 
-def reference_byte_lru(steps, capacity: int, size_of) -> list[bool]:
-    """Each access's hit under a plain LRU of `capacity` bytes that evicts the least recently used entry,
-    one after another, until a miss fits; a decode step's own keys are never evicted during it, a
-    prefill step protects only the key being loaded."""
-    cache: OrderedDict[int, None] = OrderedDict()
-    used, hits = 0, []
-    for decode, keys in steps:
-        for key in keys:
-            if key in cache:
-                hits.append(True)
-                cache.move_to_end(key)
-                continue
-            hits.append(False)
-            protected = set(keys) if decode else {key}
-            while used + size_of(key) > capacity:
-                victim = next(k for k in cache if k not in protected)
-                used -= size_of(victim)
-                del cache[victim]
-            cache[key] = None
-            used += size_of(key)
-    return hits
-
-
 @pytest.mark.parametrize("name, cache_mb, hot", [("bles.npz", 80, 38), ("bles.npz", 60, 20), ("moe.npz", 45, 60),
                                                  ("wd.npz", 40, 10)])
 def test_both_engines_hit_what_a_plain_byte_lru_hits(name, cache_mb, hot):
     config = RunConfig(**HOT, hot_experts=hot, cache_mb=cache_mb, tokens=TOKENS)
     scenario = prepare("wearable", TRACES / name, None, config)
     key_bytes = scenario.expert_sizes.key_bytes
-    expected = np.array(reference_byte_lru(access_stream(scenario.workload).steps(), int(cache_mb * 1e6),
+    expected = np.array(reference_lru_hits(access_stream(scenario.workload).steps(), int(cache_mb * 1e6),
                                            lambda key: int(key_bytes[key])))
     layout = cache_layout("lru", "none", scenario.cache, scenario.workload.n_layers, key_bytes)
     assert np.array_equal(access_hits(scenario.workload, layout), expected)

@@ -35,23 +35,35 @@ class LruCount(NamedTuple):
     misses: int  # every access's, prefill included: the flash loads
 
 
-def reference_lru(stream: AccessStream, capacity: int, protect_step: bool = True) -> LruCount:
-    """A plain LRU of `capacity` entries over `stream`."""
+def reference_lru_hits(steps, capacity: int, size_of=lambda key: 1, protect_step: bool = True) -> list[bool]:
+    """Each access's hit under a plain LRU of `capacity` units (entries, or bytes with `size_of`) that
+    evicts the least recently used entry, one after another, until a miss fits; a decode step's own
+    keys are never evicted during it, a prefill step protects only the key being loaded."""
     cache: OrderedDict[int, None] = OrderedDict()
-    hits = accesses = misses = 0
-    for decode, keys in stream.steps():
+    used, hits = 0, []
+    for decode, keys in steps:
         for key in keys:
-            accesses += decode
             if key in cache:
-                hits += decode
+                hits.append(True)
                 cache.move_to_end(key)
                 continue
-            misses += 1
-            if len(cache) >= capacity:
-                protected = set(keys) if decode and protect_step else {key}
-                del cache[next(k for k in cache if k not in protected)]
+            hits.append(False)
+            protected = set(keys) if decode and protect_step else {key}
+            while used + size_of(key) > capacity:
+                victim = next(k for k in cache if k not in protected)
+                used -= size_of(victim)
+                del cache[victim]
             cache[key] = None
-    return LruCount(hits, accesses, misses)
+            used += size_of(key)
+    return hits
+
+
+def reference_lru(stream: AccessStream, capacity: int, protect_step: bool = True) -> LruCount:
+    """A plain LRU of `capacity` entries over `stream`."""
+    steps = list(stream.steps())
+    decode = [bool(is_decode) for is_decode, keys in steps for _ in keys]
+    hits = reference_lru_hits(steps, capacity, protect_step=protect_step)
+    return LruCount(sum(h and d for h, d in zip(hits, decode)), sum(decode), hits.count(False))
 
 
 def stream_of(path: Path, prompt: int) -> AccessStream:

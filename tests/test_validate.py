@@ -4,8 +4,8 @@ import dataclasses
 import json
 
 import pytest
+from conftest import hold_probe_at
 
-import cosmosim.host.probe
 import cosmosim.host.validate
 import cosmosim.scenario.build
 from cosmosim import runner
@@ -116,11 +116,7 @@ def test_a_quick_validation_end_to_end(tmp_path, monkeypatch):
     # A fitting profile is reused, not measured again. The probe is held at the profile's own figures: what is
     # under test is the reuse, not how steady a shared CI disk is between two runs seconds apart (it has read
     # at half the rate it was calibrated at); the drift check itself has its own tests in test_drift.py.
-    calibrated = load_profile(profile)
-    monkeypatch.setattr(cosmosim.host.probe, "_read_rate", lambda reader, file_bytes, read_bytes, *rest:
-                        calibrated.flash.bandwidth_bytes_per_s(read_bytes))
-    monkeypatch.setattr(cosmosim.host.probe, "measure_matmul",
-                        lambda arch, rows, effort, say: (calibrated.compute.gemv_flops_per_s, []))
+    hold_probe_at(monkeypatch, load_profile(profile))
     again = validate(traces=[path], arch=TINY, min_cases=1, tokens=40, quick=True, profile=profile, directory=tmp_path)
     assert not again["calibrated_now"] and len(again["cases"]) == 3
 
