@@ -1,6 +1,6 @@
 """Which expert accesses hit the DRAM cache: one pass over the access stream, no event queue.
 
-The simulator (cosmosim/sim) decides hit or miss access by access, with one twist that matters
+The simulator (cosmosim/engines/des.py) decides hit or miss access by access, with one twist that matters
 here: a decode step pins its top_k experts until it ends, so a miss never evicts one of the step's
 own experts, not even one the step has not reached yet. A prefill step streams its experts and pins
 only the one being loaded. This module reproduces those decisions exactly (docs/analytic-model.md
@@ -10,6 +10,9 @@ has the proofs):
   stack, taken when the simulator decides (at the start of a decode step, at the access itself in a
   prefill step), gives the hits of every cache size at once: a cache of c entries hits exactly the
   accesses with depth < c. `kactive` is per-layer LRU with c = top_k.
+- LRU over experts of two sizes (`lru_bytes_through`): the same pass sums the bytes of the keys
+  down to each one; a cache of C bytes that evicts until a miss fits hits exactly the accesses with
+  at most C bytes through them. Belady has no such pass there: with sizes it is only a heuristic.
 - Belady (`belady_hits`): one pass of the offline optimum (evict the key used again furthest in the
   future), under the same pinning, for one cache size.
 
