@@ -9,7 +9,9 @@ Each class of operations (the non-expert work, the routed experts, the LM head) 
 `Rates`: the profile's `[compute_classes]` figures where given, else its `[compute]` ones, so a device
 whose NPU runs attention while its CPU runs the experts is priced unit by unit. A decode pass's
 operations depend on one another in order, so the units take turns and the engines' single compute
-timeline stays exact (docs/device-profiles.md).
+timeline stays exact (docs/device-profiles.md), except where the profile says the units compute at
+once (`concurrent`): then a MoE layer's shared experts are priced apart (`shared_op`), and the
+engines run them on the attention unit beside the routed experts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cosmosim.inputs.arch import Architecture
-from cosmosim.inputs.precision import Precision
+from cosmosim.inputs.precision import Precision, weight_bytes
 from cosmosim.inputs.profile_options import OP_CLASSES, ComputeClasses
 from cosmosim.inputs.profiles import DeviceProfile
 from cosmosim.workload.stream import DECODE, PREFILL
@@ -105,6 +107,7 @@ class StepCosts:
     attention_rates: Rates  # the non-expert work: attention, norms, router, shared experts, dense FFNs
     expert_rates: Rates  # the routed experts
     lm_head_rates: Rates  # final norm + LM head (always one token: its GEMV rate)
+    concurrent_shared: bool = False  # the shared experts run beside the routed ones, not in the non-expert work
 
     @classmethod
     def build(cls, arch: Architecture, profile: DeviceProfile, bits: Precision | float) -> "StepCosts":
@@ -117,20 +120,34 @@ class StepCosts:
                           experts.gemv_flops_per_s, dram_bytes_per_s)
         lm_bytes = arch.lm_head_params() * precision.weights / 8 + arch.vocab_size * LOGIT_BYTES
         lm_head = roofline(arch.lm_head_flops_per_token(), lm_bytes, head.gemv_flops_per_s, dram_bytes_per_s)
+        concurrent = bool(profile.compute_classes and profile.compute_classes.concurrent and arch.n_shared_experts)
         return cls(arch, profile, precision, expert_bytes, expert, lm_head, profile.compute.layer_overhead_s,
-                   arch.step_layers, attention, experts, head)
+                   arch.step_layers, attention, experts, head, concurrent)
 
     def units(self) -> dict[str, str | None]:
         """Which unit the profile says runs each class of operations (None where it names none)."""
         return {"attention": self.attention_rates.unit, "expert": self.expert_rates.unit,
                 "lm_head": self.lm_head_rates.unit}
 
+    def shared_op(self, kind: int, n_tokens: int) -> OpCost:
+        """A MoE layer's shared experts over `n_tokens` tokens (decode: 1; prefill: the prompt), at the
+        attention rates: what runs beside the routed experts when `concurrent_shared`."""
+        arch = self.arch
+        params = arch.n_shared_experts * arch.shared_expert_params()
+        return roofline(2 * params * n_tokens, weight_bytes(params, self.precision.shared),
+                        self.attention_rates.flops_per_s(kind), self.profile.dram.bandwidth_bytes_per_s)
+
+    def concurrent_s(self, kind: int, n_tokens: int) -> float:
+        """The time a step's routed-expert phase cannot end before: its shared experts' where they run at
+        once beside it, else 0 (they are part of the non-expert work)."""
+        return self.shared_op(kind, n_tokens).time_s if self.concurrent_shared else 0.0
+
     def kv_bytes_per_token_per_layer(self) -> float:
         return self.arch.kv_bytes_per_token(ACTIVATION_BYTES * 8) / self.arch.n_layers
 
     def nonexpert_table(self, kind: int, contexts: np.ndarray) -> OpTable:
-        """Every replay step bar its routed experts (attention, norms, router and shared experts; the FFN
-        of dense layers) at each context: decode, one token attending over that many tokens (GEMV);
+        """Every replay step bar its routed experts (attention, norms, router and, unless
+        `concurrent_shared`, shared experts; the FFN of dense layers) at each context: decode, one token attending over that many tokens (GEMV);
         prefill, a whole prompt of that length (GEMM: weights read once). [contexts, steps]. Priced at
         `attention_rates`.
 
@@ -144,6 +161,10 @@ class StepCosts:
         attention_flops_per_key = float(arch.nonexpert_flops_of(0, 2) - arch.nonexpert_flops_of(0, 1))
         projection_flops_L = np.array([arch.nonexpert_flops_of(layer, 1) for layer in layers], float) - attention_flops_per_key
         weight_bytes_L = np.array([arch.nonexpert_bytes_of(layer, self.precision) for layer in layers], float)
+        if self.concurrent_shared:  # the shared experts are priced apart (shared_op)
+            shared_L = np.array([arch.shared_params_of(layer) for layer in layers])
+            projection_flops_L -= 2 * shared_L
+            weight_bytes_L -= [weight_bytes(int(n), self.precision.shared) for n in shared_L]
         kv_bytes = self.kv_bytes_per_token_per_layer()
         contexts_C1 = np.asarray(contexts, dtype=float).reshape(-1, 1)
         if kind == DECODE:

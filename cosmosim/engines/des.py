@@ -8,7 +8,9 @@ pass). Within a step:
    flash at once (reads queue on the device and overlap up to its queue depth) and inserted;
 3. a prefetcher may then start reads for the next layer's experts;
 4. experts compute in the order their weights become ready, so one expert's compute overlaps the
-   next one's read; the step ends when the last expert's compute ends.
+   next one's read; the step ends when the last expert's compute ends, or, where the profile's
+   units compute at once (`compute_classes.concurrent`), when the shared experts running beside
+   them on the attention unit end, if later.
 
 The clock advances once per step (`env.timeout`); cache hits need no event at all, which keeps the
 simulator at about a million expert accesses per second (benchmarks/sim_speed.py).
@@ -59,6 +61,7 @@ class Simulation:
         sizes = scenario.expert_sizes  # experts of two sizes: each key's bytes and class (else None: one size)
         self._key_bytes = None if sizes is None else sizes.key_bytes.tolist()
         self._hot_key = None if sizes is None else sizes.hot_key.tolist()
+        self._concurrent = scenario.costs.concurrent_shared  # shared experts beside the routed ones
         self._set_slowdown(1.0)
 
     def run(self) -> Records:
@@ -79,6 +82,7 @@ class Simulation:
         self._slowdown = slowdown
         self._nonexpert: dict[tuple[int, int], list[OpCost]] = {}
         self._expert: dict[tuple[int, bool], OpCost] = {}
+        self._shared: dict[tuple[int, int], OpCost] = {}
         self._expert_decode, self._lm_head = self._slowed(costs.expert_decode), self._slowed(costs.lm_head)
         hot_costs = self.scenario.hot_costs
         self._hot_decode = None if hot_costs is None else self._slowed(hot_costs.expert_decode)
@@ -210,7 +214,7 @@ class Simulation:
             for ready, clock in sorted(zip(ready_at, range(lo, hi))):
                 end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s, keys[clock])
         records.add_stall(kind, end - router_done - expert_compute_s)
-        return end
+        return self._beside_shared(kind, layer, context, router_done, end) if self._concurrent else end
 
     def _nonexpert_step(self, kind: int, layer: int, context: int, ready_s: float) -> float:
         """Attention, router and norms (and a step's dense layers) once their weights are ready; the router's end."""
@@ -266,7 +270,23 @@ class Simulation:
             end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s)
         records.add_outcomes(kind, layer, hits, late_hits, misses, read_bytes)
         records.add_stall(kind, end - router_done - expert_compute_s)
-        return end
+        return self._beside_shared(kind, layer, context, router_done, end) if self._concurrent else end
+
+    def _beside_shared(self, kind: int, layer: int, context: int, router_done: float, end: float) -> float:
+        """The shared experts on the attention unit from router_done, beside the routed experts (whose phase
+        ends at `end`): the step ends when both have."""
+        shared = self._shared_cost(kind, context if kind == PREFILL else 1)
+        shared_end = router_done + shared.time_s
+        self.records.add_beside(kind, shared, max(shared_end - end, 0.0))
+        if self.timeline is not None:
+            self.timeline.append(("shared experts", layer, router_done, shared_end, "compute"))
+        return max(end, shared_end)
+
+    def _shared_cost(self, kind: int, n_tokens: int) -> OpCost:
+        cost = self._shared.get((kind, n_tokens))
+        if cost is None:
+            cost = self._shared[(kind, n_tokens)] = self._slowed(self.scenario.costs.shared_op(kind, n_tokens))
+        return cost
 
     def _bytes_of(self, key: int) -> int:
         return self.scenario.costs.expert_bytes if self._key_bytes is None else self._key_bytes[key]

@@ -229,15 +229,16 @@ class Architecture:
         """One routed expert at the routed class's bits."""
         return weight_bytes(self.expert_params(), Precision.of(bits).routed)
 
-    def _shared_params_of(self, layer: int) -> int:
+    def shared_params_of(self, layer: int) -> int:
+        """Layer `layer`'s shared experts' weights (0 in a dense layer)."""
         return self.n_shared_experts * self.shared_expert_params() if self.is_moe and layer not in self.dense_layers else 0
 
     def nonexpert_bytes_of(self, layer: int, bits: Precision | float) -> int:
         """Layer `layer`'s resident weights: its shared experts at their bits, the rest at the other weights'."""
-        return self._split_bytes(self.nonexpert_params_of(layer), self._shared_params_of(layer), Precision.of(bits))
+        return self._split_bytes(self.nonexpert_params_of(layer), self.shared_params_of(layer), Precision.of(bits))
 
     def resident_bytes(self, bits: Precision | float) -> int:
-        shared = sum(self._shared_params_of(layer) for layer in range(self.n_layers))
+        shared = sum(self.shared_params_of(layer) for layer in range(self.n_layers))
         return self._split_bytes(self.resident_params(), shared, Precision.of(bits))
 
     @staticmethod

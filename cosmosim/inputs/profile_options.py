@@ -87,11 +87,14 @@ class ComputeClasses:
     """Separate compute ceilings for the non-expert work (attention, norms, router, shared experts, dense
     FFN layers), the routed experts and the LM head: a device whose NPU or GPU runs the dense work while
     its CPU runs the experts. A decode pass's operations depend on one another in order (attention ->
-    router -> experts -> the next layer), so the units take turns and one compute timeline stays exact."""
+    router -> experts -> the next layer), so the units take turns, with one exception: a MoE layer's
+    shared experts need only what its router needs. With `concurrent` (two differently named units
+    that compute at once) they run on the attention unit while the routed experts run on theirs."""
 
     attention: OpClassCompute = OpClassCompute()
     expert: OpClassCompute = OpClassCompute()
     lm_head: OpClassCompute = OpClassCompute()
+    concurrent: bool = False
 
 
 OP_CLASSES = ("attention", "expert", "lm_head")
@@ -112,6 +115,7 @@ _CLASS_FIELDS = {
     for name in OP_CLASSES for kind in ("gemv", "gemm") if (name, kind) != ("lm_head", "gemm")
 }
 _CLASS_UNITS = {f"{name}_unit": name for name in OP_CLASSES}
+CONCURRENT = "concurrent"  # the attention and expert units compute at once (shared experts beside routed ones)
 MAX_UNIT_CHARS = 32
 
 
@@ -180,7 +184,7 @@ def _compute_classes(source: str, raw: Any) -> ComputeClasses:
         raise InputError(f"{source}: {COMPUTE_CLASSES}.lm_head_gemm_gflops is not a known key: the LM head runs on one "
                          "token per pass (the prompt's last after a prefill), always as a GEMV, so only "
                          "lm_head_gemv_gflops applies")
-    check_keys(source, f"{COMPUTE_CLASSES}.", values, [*keys, "sources"], optional=tuple(keys))
+    check_keys(source, f"{COMPUTE_CLASSES}.", values, [*keys, CONCURRENT, "sources"], optional=(*keys, CONCURRENT))
     check_sources(source, COMPUTE_CLASSES, values, [key for key in _CLASS_FIELDS if key in values])
     given: dict[str, dict[str, float | str]] = {name: {} for name in OP_CLASSES}
     for key, (name, spec) in _CLASS_FIELDS.items():
@@ -189,7 +193,21 @@ def _compute_classes(source: str, raw: Any) -> ComputeClasses:
     for key, name in _CLASS_UNITS.items():
         if key in values:
             given[name]["unit"] = _unit(source, f"{COMPUTE_CLASSES}.{key}", values[key])
-    return ComputeClasses(**{name: OpClassCompute(**fields) for name, fields in given.items()})
+    return ComputeClasses(**{name: OpClassCompute(**fields) for name, fields in given.items()},
+                          concurrent=_concurrent(source, values, given))
+
+
+def _concurrent(source: str, values: dict, given: dict[str, dict[str, float | str]]) -> bool:
+    """`concurrent`: the attention and expert units compute at the same time, so they must be two units."""
+    concurrent = values.get(CONCURRENT, False)
+    field = f"{COMPUTE_CLASSES}.{CONCURRENT}"
+    if not isinstance(concurrent, bool):
+        raise InputError(f"{source}: {field} must be true or false (a TOML boolean), got {concurrent!r}")
+    units = given["attention"].get("unit"), given["expert"].get("unit")
+    if concurrent and (None in units or units[0] == units[1]):
+        raise InputError(f"{source}: {field} = true needs attention_unit and expert_unit naming two different units "
+                         f"(one unit cannot compute twice at once), got {units[0]!r} and {units[1]!r}")
+    return concurrent
 
 
 def parse_optional_sections(source: str, data: dict) -> tuple[ThrottleSpec | None, PageCacheSpec, ComputeClasses | None]:

@@ -143,8 +143,8 @@ CATALOG: tuple[Metric, ...] = (
     _time("expert_compute", EXPERT_COMPUTE, "expert FFNs when compute-bound (replay: each expert's SwiGLU and its "
           "gate, measured)", EVERY),
     _time("expert_dram", EXPERT_COMPUTE, "expert FFNs when memory-bound"),
-    _time("flash_stall", FLASH_WAIT, "per step: end of the step − router done − expert compute time (waiting "
-          "for flash)"),
+    _time("flash_stall", FLASH_WAIT, "per step: end of the routed experts' last compute − router done − their "
+          "compute time (waiting for flash)"),
     _time("layer_overhead", ATTENTION_ROUTER_OVERHEAD, "the profile's fixed per-layer overhead × layers"),
     _time("lm_head", LM_HEAD, "final norm + LM head (replay: and the argmax, measured)", EVERY),
     _time("attention_router", ATTENTION_ROUTER_OVERHEAD, "measured: the attention block (norm, q/k/v, RoPE, KV "
@@ -171,6 +171,9 @@ CATALOG: tuple[Metric, ...] = (
            "null without a throttle section or if the replay never gets there"),
     Metric(f"{THROTTLE_GROUP}.steady_from_s", "s", LATENCY, "simulated time at which the first steady-state "
            "decode pass began; null as above"),
+    # Added after sweep format 1, whose columns keep their order: new columns come last.
+    _time("shared_exposed", EXPERT_COMPUTE, "concurrent compute units only (a profile's compute_classes.concurrent): "
+          "per step, how long the shared experts, beside the routed ones on the attention unit, run past them"),
     Metric("read_mb", "MB", REPLAY, "bytes read from the expert file in all (slots are read whole) / 10^6",
            engines=MEASURED),
     Metric("wall_s", "s", REPLAY, "wall time of the replay", engines=MEASURED),

@@ -105,6 +105,14 @@ class Records:
         """Bytes read from flash for weights other than routed experts (--loader mmap: their page faults)."""
         self._flash += nbytes
 
+    def add_beside(self, kind: int, cost: OpCost, exposed_s: float) -> None:
+        """An operation computed beside the routed experts on another unit (the shared experts): its FLOPs
+        and bytes count, and only the time it ran past them (`exposed_s`)."""
+        self._flops += cost.flops
+        self._dram += cost.dram_bytes
+        if kind == DECODE:
+            self.breakdown_s["shared_exposed"] += exposed_s
+
     def add_stall(self, kind: int, stall_s: float) -> None:
         if kind == DECODE:
             self.breakdown_s["flash_stall"] += stall_s

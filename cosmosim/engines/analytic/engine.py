@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cosmosim.device.costs import OpCost
 from cosmosim.engines.analytic.latency import (
     busy_s_per_read,
     decode_phase_s,
@@ -167,11 +168,12 @@ def _fill_expert_outcomes(records: Records, steps: StepArrays, hits: np.ndarray,
 def _prefill_phase_s(scenario: Scenario, steps: StepArrays, miss: np.ndarray, classes: ExpertClasses) -> np.ndarray:
     costs, width, flash = scenario.costs, steps.prefill_clock.shape[1], scenario.profile.flash
     compute_s = prefill_compute_s(costs, steps.prefill_tokens)
+    concurrent_s = costs.concurrent_s(PREFILL, steps.prefill_context)
     if scenario.expert_sizes is None:
-        return expert_phase_s(compute_s, miss, read_done_s(flash, costs.expert_bytes, width))
+        return expert_phase_s(compute_s, miss, read_done_s(flash, costs.expert_bytes, width), concurrent_s)
     slot_class = np.where(steps.prefill_valid, classes.access_class[np.maximum(steps.prefill_clock, 0)], 0)
     compute_s = np.where(slot_class == 1, prefill_compute_s(scenario.hot_costs, steps.prefill_tokens), compute_s)
-    return sized_phase_s(flash, compute_s, miss, classes.read_bytes[slot_class])
+    return np.maximum(sized_phase_s(flash, compute_s, miss, classes.read_bytes[slot_class]), concurrent_s)
 
 
 def _fill_decode(records: Records, scenario: Scenario, steps: StepArrays, miss: np.ndarray, slot_class: np.ndarray,
@@ -189,11 +191,14 @@ def _fill_decode(records: Records, scenario: Scenario, steps: StepArrays, miss: 
         phase_s = sized_phase_s(scenario.profile.flash, classes.decode_s[slot_class].reshape(-1, top_k),
                                 miss.reshape(-1, top_k), classes.read_bytes[slot_class].reshape(-1, top_k)
                                 ).reshape(miss.shape[:2])
-    records.latency_s = (nonexpert.time_s + overhead_s + phase_s).sum(axis=1) + lm_head.time_s
+    # Shared experts beside the routed ones (concurrent units): a step lasts at least their time.
+    shared = costs.shared_op(DECODE, 1) if costs.concurrent_shared else OpCost(0.0, 0.0, 0.0, False)
+    step_phase_s = np.maximum(phase_s, shared.time_s)
+    records.latency_s = (nonexpert.time_s + overhead_s + step_phase_s).sum(axis=1) + lm_head.time_s
     records.flash_bytes = np.where(miss, classes.read_bytes[slot_class], 0).sum(axis=(1, 2)).astype(float)
-    records.flops = (nonexpert.flops + top_k * expert.flops).sum(axis=1) + lm_head.flops
+    records.flops = (nonexpert.flops + top_k * expert.flops + shared.flops).sum(axis=1) + lm_head.flops
     expert_dram_bytes = classes.decode_dram_bytes[slot_class].sum(axis=2)
-    records.dram_bytes = (nonexpert.dram_bytes + expert_dram_bytes).sum(axis=1) + lm_head.dram_bytes
+    records.dram_bytes = (nonexpert.dram_bytes + expert_dram_bytes + shared.dram_bytes).sum(axis=1) + lm_head.dram_bytes
 
     n_steps = miss.shape[0] * miss.shape[1]
     breakdown = records.breakdown_s
@@ -201,6 +206,7 @@ def _fill_decode(records: Records, scenario: Scenario, steps: StepArrays, miss: 
     breakdown["nonexpert_compute"] = float(nonexpert.time_s[~nonexpert.memory_bound].sum())
     breakdown["layer_overhead"] = n_steps * overhead_s
     breakdown["lm_head"] = steps.n_tokens * lm_head.time_s
+    breakdown["shared_exposed"] = float((step_phase_s - phase_s).sum())
     if top_k:
         expert_s = classes.decode_s[slot_class]
         memory_bound = classes.decode_memory_bound[slot_class]

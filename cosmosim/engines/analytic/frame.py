@@ -275,7 +275,15 @@ class _Prices:
         self.prefill_step_s = prefill.time_s + costs.layer_overhead_s  # [layers]
         self.memory = scenario.memory(0)
         if scenario.arch.is_moe:
-            self.decode_phase_s = decode_phase_s(costs, flash, steps.top_k)
+            routed_phase_s = decode_phase_s(costs, flash, steps.top_k)  # [misses 0..top_k]
+            # With shared experts beside the routed ones (concurrent units) a step's phase lasts at least theirs.
+            self.shared = costs.shared_op(DECODE, 1) if costs.concurrent_shared else None
+            self.decode_phase_s = routed_phase_s if self.shared is None else np.maximum(routed_phase_s, self.shared.time_s)
+            self.shared_exposed_s = self.decode_phase_s - routed_phase_s
+            self.prefill_concurrent_s = costs.concurrent_s(PREFILL, steps.prefill_context)
+            if self.shared is not None:  # their FLOPs and bytes are non-expert work still, counted once per step
+                self.nonexpert_flops += steps.n_tokens * steps.n_layers * self.shared.flops
+                self.nonexpert_dram_bytes += steps.n_tokens * steps.n_layers * self.shared.dram_bytes
             self.prefill_compute_s = prefill_compute_s(costs, steps.prefill_tokens)
             self.prefill_read_done = read_done_s(flash, costs.expert_bytes, steps.prefill_clock.shape[1])
             self.busy_s_per_read = busy_s_per_read(flash, costs.expert_bytes)
@@ -307,12 +315,14 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
         counts = outcomes.miss_counts(partition)  # [n, top_k + 1]
         decode_misses = counts @ np.arange(top_k + 1)
         expert_phase_s = counts @ prices.decode_phase_s
-        prefill_phase_s = outcomes.prefill_phase_total(prices.prefill_compute_s, prices.prefill_read_done, partition)
+        shared_exposed_s = counts @ prices.shared_exposed_s
+        prefill_phase_s = outcomes.prefill_phase_total(prices.prefill_compute_s, prices.prefill_read_done, partition,
+                                                       prices.prefill_concurrent_s)
         prefill_misses = prefill_accesses - outcomes.prefill_hits(partition)
         peak_entries = np.minimum(stats.distinct_keys(per_layer)[None, :], partition[:, None]).sum(axis=1)
         busy_s = (decode_misses + prefill_misses) * prices.busy_s_per_read
     else:
-        decode_misses = expert_phase_s = prefill_phase_s = prefill_misses = peak_entries = busy_s = zeros
+        decode_misses = expert_phase_s = shared_exposed_s = prefill_phase_s = prefill_misses = peak_entries = busy_s = zeros
 
     expert_s = decode_steps * top_k * expert.time_s
     tpot_s = (prices.nonexpert_s + decode_steps * costs.layer_overhead_s + expert_phase_s) / n_tokens + lm_head.time_s
@@ -326,7 +336,8 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
     time_s = {"nonexpert_compute": prices.nonexpert_compute_bound_s,
               "nonexpert_dram": prices.nonexpert_dram_bound_s,
               "expert_compute": 0.0 if expert.memory_bound else expert_s, "expert_dram": expert_s if expert.memory_bound else 0.0,
-              "flash_stall": expert_phase_s - expert_s if mode else zeros,
+              "flash_stall": expert_phase_s - shared_exposed_s - expert_s if mode else zeros,
+              "shared_exposed": shared_exposed_s,
               "layer_overhead": decode_steps * costs.layer_overhead_s, "lm_head": n_tokens * lm_head.time_s}
     memory = prices.memory
     memory_bytes = {"resident_weights": memory.resident_weights, "expert_cache": peak_entries * costs.expert_bytes,

@@ -9,7 +9,9 @@ served one at a time in order of readiness r_j, with compute times c_j, the last
 
     max_j ( r_j + sum_{i >= j} c_i )                    (the server is free from router_done on)
 
-which is `expert_phase_s`. Every other cost comes from cosmosim.device.costs, the prices both engines use.
+which is `expert_phase_s`. Where the shared experts run at once beside the routed ones on another
+unit (a profile's `concurrent` compute classes), the step's phase lasts at least their time:
+max(shared, routed phase). Every other cost comes from cosmosim.device.costs, the prices both engines use.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ def busy_s_per_read(flash: FlashSpec, nbytes: int) -> float:
     return device.stats.busy_s
 
 
-def expert_phase_s(compute_s: np.ndarray, miss: np.ndarray, read_done: np.ndarray) -> np.ndarray:
-    """Time from router_done to the end of a step's last expert compute, per row.
+def expert_phase_s(compute_s: np.ndarray, miss: np.ndarray, read_done: np.ndarray, concurrent_s: float = 0.0
+                   ) -> np.ndarray:
+    """Time from router_done to the end of a step's last expert compute, per row, and at least
+    `concurrent_s` (the shared experts computing beside them: `StepCosts.concurrent_s`).
 
     compute_s, miss: [..., n] in access order (padding: compute 0, not a miss); read_done: [>= n]
     completion times of the step's reads, the k-th miss being the k-th read.
@@ -47,7 +51,7 @@ def expert_phase_s(compute_s: np.ndarray, miss: np.ndarray, read_done: np.ndarra
     computed_after = np.cumsum(miss_compute[..., ::-1], axis=-1)[..., ::-1]  # misses at or after j
     read_rank = np.maximum(np.cumsum(miss, axis=-1) - 1, 0)
     finish_from_reads = np.where(miss, read_done[read_rank] + computed_after, -np.inf)
-    return np.maximum(compute_s.sum(axis=-1), finish_from_reads.max(axis=-1, initial=-np.inf))
+    return np.maximum(np.maximum(compute_s.sum(axis=-1), concurrent_s), finish_from_reads.max(axis=-1, initial=-np.inf))
 
 
 def decode_phase_s(costs: StepCosts, flash: FlashSpec, top_k: int) -> np.ndarray:

@@ -72,11 +72,13 @@ class LruOutcomes:
         """int [n]: prefill accesses that hit, for each capacity."""
         return self._prefill_hits[capacities]
 
-    def prefill_phase_total(self, compute_s: np.ndarray, read_done: np.ndarray, capacities: np.ndarray) -> np.ndarray:
-        """float [n]: summed prefill expert phase for each capacity, given per-access compute [steps, width]."""
+    def prefill_phase_total(self, compute_s: np.ndarray, read_done: np.ndarray, capacities: np.ndarray,
+                            concurrent_s: float = 0.0) -> np.ndarray:
+        """float [n]: summed prefill expert phase for each capacity, given per-access compute [steps, width]
+        (each step's phase at least `concurrent_s`: `expert_phase_s`)."""
         width = compute_s.shape[1]
         miss_by_level = self._prefill_rank[:, None, :] >= np.arange(width + 1)[None, :, None]  # [steps, levels, width]
-        phase_by_level = expert_phase_s(compute_s[:, None, :], miss_by_level, read_done)
+        phase_by_level = expert_phase_s(compute_s[:, None, :], miss_by_level, read_done, concurrent_s)
         totals = np.take_along_axis(phase_by_level, self._prefill_level, axis=1).sum(axis=0)
         return totals[capacities]
 
@@ -109,8 +111,10 @@ class BeladyOutcomes:
         valid = self._steps.prefill_valid
         return np.array([valid.sum() - self._outcomes_at(c)[2].sum() for c in capacities], dtype=np.int64)
 
-    def prefill_phase_total(self, compute_s: np.ndarray, read_done: np.ndarray, capacities: np.ndarray) -> np.ndarray:
-        by_size = {c: expert_phase_s(compute_s, self._outcomes_at(c)[2], read_done).sum() for c in np.unique(capacities)}
+    def prefill_phase_total(self, compute_s: np.ndarray, read_done: np.ndarray, capacities: np.ndarray,
+                            concurrent_s: float = 0.0) -> np.ndarray:
+        by_size = {c: expert_phase_s(compute_s, self._outcomes_at(c)[2], read_done, concurrent_s).sum()
+                   for c in np.unique(capacities)}
         return np.array([by_size[c] for c in capacities], dtype=float)
 
 
