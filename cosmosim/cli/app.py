@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 COMMANDS = {
     "run": "run", "trace": "trace", "profiles": "catalog", "arch": "catalog", "sweep": "sweep",
     "report": "sweep", "paper": "paper", "calibrate": "host", "replay": "host", "validate": "host",
-    "corpus": "models", "mini": "models", "train": "models", "record": "models",
+    "corpus": "models", "mini": "models", "train": "models", "record": "models", "llama-cpp": "llama",
 }
 DEBUG_ENV = "COSMOSIM_DEBUG"
 
