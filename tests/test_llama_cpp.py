@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cosmosim.errors import InputError
-from cosmosim.host.gguf_export import mini_shape, mini_tensors, rotary_permute, write_gguf
+from cosmosim.host.gguf_export import mini_shape, mini_tensors, placeholder_vocab, rotary_permute, write_gguf
 from cosmosim.host.llama_cpp import routing_agreement
 from cosmosim.model.config import ModelConfig
 from cosmosim.model.layers import apply_rope, rope_tables
@@ -107,8 +107,43 @@ def test_routing_through_llama_cpp_equals_torch_s(tmp_path):
     with torch.no_grad():
         _, routings = model(tokens_NT)
     expected = torch.stack([r.expert_ids_BTK for r in routings], dim=2).flatten(0, 1).numpy()
-    path = write_gguf(tmp_path / "tiny.gguf", mini_shape(TINY), mini_tensors(model),
-                      ([f"t{i}" for i in range(TINY.vocab_size)], []))
+    path = write_gguf(tmp_path / "tiny.gguf", mini_shape(TINY), mini_tensors(model), placeholder_vocab(TINY.vocab_size))
     got = llama_cpp_routing(path, tokens_NT.numpy(), n_layers=2, n_experts=4, top_k=2)
     report = routing_agreement(expected, got.astype(np.int64))
     assert report["same_set"] >= 0.99, json.dumps(report)
+
+
+# ------------------------------------------------------------------------------ speed: the calibration's fit
+
+
+def test_the_calibration_recovers_a_known_rate_and_per_layer_cost(tmp_path, monkeypatch):
+    """llama.cpp stood in by a host whose token takes 25 µs per layer plus its f16 weight bytes at 7 GB/s."""
+    from cosmosim.host import llama_speed
+    from cosmosim.inputs.arch import Architecture
+
+    target = Architecture(name="t", n_layers=4, d_model=32, n_heads=4, n_kv_heads=4, vocab_size=64, ffn_hidden=48,
+                          n_experts=4, top_k=2, wd_rank=None)
+
+    def fake_seconds(path, tokens, threads):
+        import gguf as gguf_module
+
+        reader = gguf_module.GGUFReader(str(path))
+        n_layers = int(reader.fields["llama.block_count"].contents())
+        weights = sum(int(t.n_elements) for t in reader.tensors if t.name != "token_embd.weight")
+        return np.full(5, n_layers * 25e-6 + 2 * weights / 7e9)
+
+    monkeypatch.setattr(llama_speed, "decode_seconds", fake_seconds)
+    fit = llama_speed.calibrate_llama_cpp(target, np.arange(8), 1, tmp_path, seed=0)
+    assert [p["n_layers"] for p in fit["points"]] == [2, 2, 4, 4]
+    assert fit["bytes_per_s"] == pytest.approx(7e9, rel=1e-3)  # norms (counted by the stand-in) are a rounding
+    assert fit["layer_overhead_us"] == pytest.approx(25, rel=1e-2)
+
+
+def test_the_fitted_profile_loads_and_binds_by_the_fitted_rate():
+    from cosmosim.host.llama_speed import llama_profile
+    from cosmosim.inputs.profiles import profile_from_dict
+
+    profile = profile_from_dict(llama_profile({"bytes_per_s": 9e9, "layer_overhead_us": 30.0}), source="x.toml")
+    assert profile.dram.bandwidth_bytes_per_s == pytest.approx(9e9)
+    assert profile.compute.layer_overhead_s == pytest.approx(30e-6)
+    assert profile.compute.gemv_flops_per_s == pytest.approx(100 * 9e9)

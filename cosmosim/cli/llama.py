@@ -62,3 +62,40 @@ def routing(
     table.add_row(*(f"{100 * value:.2f} %" for value in (report["same_set"], report["same_first"],
                                                         report["slots_in_common"], min(report["same_set_by_layer"]))))
     Console().print(table)
+
+
+@llama_app.command("speed")
+def speed(
+    arch: str = typer.Option("wearable-moe", help="The MoE to time at its real size (see `cosmosim arch`)."),
+    tokens: int = typer.Option(64, min=8, help="Decode tokens timed (after 32 untimed ones that fault the weights in)."),
+    threads: int = typer.Option(1, min=1, help="llama.cpp's threads."),
+    seed: int = typer.Option(0, help="Seed of the random weights and tokens."),
+    directory: Path = typer.Option(None, "--dir", help="Parent folder for the scratch GGUF files (about 2 bytes a weight)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the comparison as JSON."),
+) -> None:
+    """Time llama.cpp decoding ARCH (random float16 weights, every weight resident) against cosmosim's prediction
+    on a profile calibrated on llama.cpp's dense decode here, not on the MoE runs compared.
+
+    Example: cosmosim llama-cpp speed --arch wearable-moe --json s.json
+    """
+    from cosmosim.host.llama_speed import measure_speed
+    from cosmosim.inputs.arch import get_arch
+
+    check_outputs({"--json": json_path})
+    console = Console(stderr=True)
+    report = measure_speed(get_arch(arch), tokens=tokens, threads=threads, seed=seed, directory=directory,
+                           progress=lambda message: console.print(f"[dim]{message}[/]"))
+    if json_path is not None:
+        atomic_write_json(json_path, report)
+    fit = report["calibration"]
+    table = Table(title=f"llama.cpp vs cosmosim: {report['arch']}, f16, every weight resident, {report['threads']} "
+                        f"thread(s), {report['decode_tokens']} tokens · calibrated {fit['bytes_per_s'] / 1e9:.2f} GB/s, "
+                        f"{fit['layer_overhead_us']:.1f} µs per layer")
+    for column in ("", "TPOT (ms)", "tokens/s", "error"):
+        table.add_column(column, justify="left" if not column else "right")
+    table.add_row(f"llama.cpp, measured (IQR {report['measured_spread_pct']:.1f} %)", f"{report['measured_tpot_ms']:.2f}",
+                  f"{report['measured_tokens_per_s']:.1f}", "")
+    for engine, predicted in report["predicted"].items():
+        table.add_row(f"cosmosim {engine}", f"{predicted['tpot_ms']:.2f}", f"{predicted['tokens_per_s']:.1f}",
+                      f"{predicted['error_pct']:+.1f} %")
+    Console().print(table)

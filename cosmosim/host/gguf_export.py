@@ -1,7 +1,8 @@
 """A decoder as a GGUF file that llama.cpp runs: its `llama` architecture with experts (as Mixtral).
 
-Two sources of weights: a trained mini's checkpoint (`export_checkpoint`, for comparing routing), and
-random weights of any MoE architecture at its real size (`random_tensors`, for timing). Names and
+Two sources of weights: a trained mini's checkpoint (`export_checkpoint`, for comparing routing), and a
+decoder of any architecture's real size with random weights (`cosmosim.host.llama_speed`, for timing);
+dense decoders (a SwiGLU FFN per layer) too. Names and
 layouts follow llama.cpp's own converter (convert_hf_to_gguf.py, its LlamaModel): each matrix in
 nn.Linear's [out, in] order, a layer's experts stacked in one tensor per matrix ([E, F, D] for gate and
 up, [E, D, F] for down), and the query and key rows permuted from the rotary layout used here (each
@@ -34,8 +35,8 @@ class GGUFShape:
     n_heads: int
     n_kv_heads: int
     head_dim: int
-    ffn_hidden: int  # one expert's width
-    n_experts: int
+    ffn_hidden: int  # one expert's width, or the dense FFN's
+    n_experts: int  # 0: dense
     top_k: int
     vocab_size: int
     context_len: int
@@ -60,10 +61,18 @@ def byte_level_vocab(tokenizer_path: Path) -> tuple[list[str], list[str]]:
     return tokens, [merge if isinstance(merge, str) else " ".join(merge) for merge in merges]
 
 
+def placeholder_vocab(vocab_size: int) -> tuple[list[str], list[str]]:
+    """Tokens "<0>", "<1>", ... for a model fed token ids only (random weights): llama.cpp checks ids against
+    the vocabulary's size, and its BPE loader needs at least one merge."""
+    return [f"<{i}>" for i in range(vocab_size)], ["<0> <1>"]
+
+
 def write_gguf(path: Path, shape: GGUFShape, tensors: Iterator[tuple[str, np.ndarray]],
-               vocab: tuple[list[str], list[str]] | None = None, name: str = "cosmosim") -> Path:
-    """Write the GGUF file atomically. `vocab` (tokens, merges): a byte-level BPE; None: no vocabulary
-    (llama.cpp's "none", for models fed token ids only). Tensors as float32 or float16 numpy arrays."""
+               vocab: tuple[list[str], list[str]] | None = None, name: str = "cosmosim",
+               matrix_dtype: type = np.float32) -> Path:
+    """Write the GGUF file atomically. `vocab` (tokens, merges): a byte-level BPE (`placeholder_vocab` for a
+    model fed token ids only); None: no vocabulary (llama.cpp's "none", which refuses every token id). Matrices are stored as `matrix_dtype` (float32 or
+    float16), norm weights as float32 (what llama.cpp expects of them)."""
     import gguf
 
     with atomic_path(path) as scratch:
@@ -80,9 +89,11 @@ def write_gguf(path: Path, shape: GGUFShape, tensors: Iterator[tuple[str, np.nda
         writer.add_rope_dimension_count(shape.head_dim)
         writer.add_rope_freq_base(shape.rope_theta)
         writer.add_layer_norm_rms_eps(RMS_EPS)
-        writer.add_expert_count(shape.n_experts)
-        writer.add_expert_used_count(shape.top_k)
+        if shape.n_experts:
+            writer.add_expert_count(shape.n_experts)
+            writer.add_expert_used_count(shape.top_k)
         writer.add_vocab_size(shape.vocab_size)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if matrix_dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
         if vocab is None:
             writer.add_tokenizer_model("none")
         else:
@@ -96,7 +107,8 @@ def write_gguf(path: Path, shape: GGUFShape, tensors: Iterator[tuple[str, np.nda
             writer.add_token_merges(merges)
             writer.add_add_bos_token(False)
         for tensor_name, array in tensors:
-            writer.add_tensor(tensor_name, np.ascontiguousarray(array))
+            stored = array.astype(matrix_dtype) if array.ndim >= 2 else array.astype(np.float32)
+            writer.add_tensor(tensor_name, np.ascontiguousarray(stored))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -105,8 +117,8 @@ def write_gguf(path: Path, shape: GGUFShape, tensors: Iterator[tuple[str, np.nda
 
 
 def mini_tensors(model) -> Iterator[tuple[str, np.ndarray]]:
-    """A trained `cosmosim.model.llama.Decoder` (full-rank experts, no shared experts or dense layers) under
-    llama.cpp's tensor names, float32."""
+    """A `cosmosim.model.llama.Decoder` (a MoE of full-rank experts without shared experts or dense layers,
+    or a dense decoder) under llama.cpp's tensor names, float32."""
     config = model.config
 
     def array(tensor) -> np.ndarray:
@@ -114,17 +126,21 @@ def mini_tensors(model) -> Iterator[tuple[str, np.ndarray]]:
 
     yield "token_embd.weight", array(model.embedding.weight)
     for index, block in enumerate(model.layers):
-        prefix, attention, experts = f"blk.{index}.", block.attention, block.ffn.experts
+        prefix, attention = f"blk.{index}.", block.attention
         yield prefix + "attn_norm.weight", array(block.attention_norm.weight)
         yield prefix + "attn_q.weight", rotary_permute(array(attention.wq.weight), config.n_heads)
         yield prefix + "attn_k.weight", rotary_permute(array(attention.wk.weight), config.n_kv_heads)
         yield prefix + "attn_v.weight", array(attention.wv.weight)
         yield prefix + "attn_output.weight", array(attention.wo.weight)
         yield prefix + "ffn_norm.weight", array(block.ffn_norm.weight)
+        if not block.is_moe:  # nn.Linear weights are [out, in] already
+            for ours, theirs in (("w_gate", "ffn_gate"), ("w_up", "ffn_up"), ("w_down", "ffn_down")):
+                yield prefix + theirs + ".weight", array(getattr(block.ffn, ours).weight)
+            continue
         yield prefix + "ffn_gate_inp.weight", array(block.ffn.router.gate.weight)
         # Expert banks hold x·W matrices [E, in, out]; llama.cpp wants [E, out, in].
         for ours, theirs in (("w_gate", "ffn_gate_exps"), ("w_up", "ffn_up_exps"), ("w_down", "ffn_down_exps")):
-            yield prefix + theirs + ".weight", array(getattr(experts, ours).weight).transpose(0, 2, 1)
+            yield prefix + theirs + ".weight", array(getattr(block.ffn.experts, ours).weight).transpose(0, 2, 1)
     yield "output_norm.weight", array(model.norm.weight)
     yield "output.weight", array(model.output.weight)
 
@@ -132,12 +148,13 @@ def mini_tensors(model) -> Iterator[tuple[str, np.ndarray]]:
 def mini_shape(config) -> GGUFShape:
     """The GGUF shape of a mini's ModelConfig; InputError for what llama.cpp's llama architecture lacks."""
     arch = config.arch
-    if not config.is_moe or config.wd_rank is not None or arch.n_shared_experts or arch.dense_layers:
+    if config.is_moe and (config.wd_rank is not None or arch.n_shared_experts or arch.dense_layers):
         raise InputError("llama.cpp's llama architecture holds full-rank routed experts in every layer: export a MoE "
-                         "mini without WD experts, shared experts or dense layers")
+                         "without WD experts, shared experts or dense layers (or a dense decoder)")
     return GGUFShape(n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads,
                      n_kv_heads=config.n_kv_heads, head_dim=config.head_dim, ffn_hidden=config.ffn_hidden,
-                     n_experts=config.n_experts, top_k=config.top_k, vocab_size=config.vocab_size,
+                     n_experts=config.n_experts if config.is_moe else 0, top_k=config.top_k if config.is_moe else 0,
+                     vocab_size=config.vocab_size,
                      context_len=config.seq_len, rope_theta=config.rope_theta)
 
 

@@ -21,15 +21,23 @@ TOPK_NODE = b"ffn_moe_topk-"
 BUILD_HINT = "build it with `bash scripts/build_llama_cpp.sh`"
 
 
+_LOG_SINK = []  # the ctypes log callback, kept alive as long as llama.cpp may call it
+
+
+def _drop_log(llama_cpp):
+    if not _LOG_SINK:
+        _LOG_SINK.append(llama_cpp.llama_log_callback(lambda level, text, user_data: None))
+    return _LOG_SINK[0]
+
+
 def load_llama_cpp():
     """The llama_cpp module and ggml's library, or InputError saying how to build them."""
     try:
         import llama_cpp
         from llama_cpp._ggml import libggml
-        from llama_cpp._logger import set_verbose
     except ImportError as error:
         raise InputError(f"llama-cpp-python is not installed ({error}); {BUILD_HINT}") from None
-    set_verbose(False)  # llama.cpp logs every load to stderr; errors only
+    llama_cpp.llama_log_set(_drop_log(llama_cpp), ctypes.c_void_p())  # it logs every load to stderr
     libggml.ggml_get_name.restype, libggml.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
     libggml.ggml_nbytes.restype, libggml.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
     libggml.ggml_backend_tensor_get.restype = None
