@@ -184,3 +184,50 @@ def test_the_real_probe_measures_and_refuses_x3(busy_calibration, tmp_path):
     print({f["figure"]: (f["profile"], f["probe"], f["spread"]) for f in figures})
     with pytest.raises(DriftError, match="flash read rate"):
         check_drift(figures)
+
+
+# ----------------------------------------------------------------------------- replay's probe
+def _replay(tmp_path, folder, profile, *flags):
+    trace = save_trace(sticky_trace(n_tokens=256, n_layers=4, seq_len=64, seed=1), tmp_path / "t.npz")
+    return main(["replay", "--trace", str(trace), "--profile", str(profile), "--arch", "tiny", "--tokens", "40",
+                 "--cache-experts", "8", "--dir", str(folder), "--threads", "1", *flags])
+
+
+@pytest.fixture
+def tiny_resolves(monkeypatch):
+    monkeypatch.setattr(cosmosim.scenario.build, "get_arch", lambda name: TINY if name == "tiny" else get_arch(name))
+
+
+def test_replay_refuses_a_drifted_profile_in_one_line_and_goes_on_with_no_probe(steady_host, tmp_path, capsys,
+                                                                                tiny_resolves):
+    record, folder = steady_host
+    profile = tmp_path / "x3" / "host.toml"
+    _write_profile(record, profile, flash_factor=3.0)
+    with pytest.raises(SystemExit) as stop:
+        _replay(tmp_path, folder, profile, "-q")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "flash read rate" in err and "+200%" in err and "--no-probe" in err
+    with pytest.raises(SystemExit) as stop:
+        _replay(tmp_path, folder, profile, "--no-probe")
+    assert stop.value.code == 0 and "probed for drift" not in capsys.readouterr().out
+
+
+def test_replay_probes_a_matching_profile_and_says_so(steady_host, tmp_path, capsys, tiny_resolves):
+    record, folder = steady_host
+    profile = tmp_path / "same" / "host.toml"
+    _write_profile(record, profile)
+    with pytest.raises(SystemExit) as stop:
+        _replay(tmp_path, folder, profile)
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "probed for drift: flash read rate" in " ".join(out.split())
+
+
+def test_replay_on_a_profile_without_a_calibration_record_says_it_was_not_probed(tmp_path, capsys, tiny_resolves):
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    if storage.filesystem_type(folder) in storage.MEMORY_FILESYSTEMS:
+        pytest.skip("the temporary folder is in RAM: cold reads need a disk")
+    with pytest.raises(SystemExit) as stop:
+        _replay(tmp_path, folder, "wearable")
+    assert stop.value.code == 0 and "not probed for drift" in " ".join(capsys.readouterr().out.split())

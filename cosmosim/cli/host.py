@@ -85,6 +85,7 @@ def replay(
     directory: Path = typer.Option(None, "--dir", help=_DIR_HELP),
     threads: int = typer.Option(None, help=_THREADS_HELP),
     json_path: Path = typer.Option(None, "--json", help="Also write the full result as JSON to this path."),
+    probe: bool = typer.Option(True, help="Before the decode, probe a calibrated profile (a few seconds of flash reads and GEMV) and stop (exit 2) when a figure drifted beyond max(the probe's spread, 25 %): the reads are issued as the profile says, and the figures compared with the engines are the profile's."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
 ) -> None:
     """Decode a routing trace for real: experts streamed from a file on disk into a RAM cache, compute in torch.
@@ -97,9 +98,16 @@ def replay(
     config = RunConfig(policy=policy, cache_mb=cache_mb, cache_experts=cache_experts, tokens=tokens,
                        prompt_tokens=prompt_tokens, context_len=context_len)
     from cosmosim.engines.replay.run import replay as replay_trace  # torch: loaded by this command only
+    from cosmosim.host.calibrate import load_record
+    from cosmosim.host.probe import replay_probe
+    from cosmosim.inputs.profiles import HOST, host_profile_path
 
+    notes: list[str] = []
+    profile_file = host_profile_path() if profile == HOST else Path(profile) if profile.endswith(".toml") else None
+    before = replay_probe(load_record(profile_file) if profile_file else None, notes) if probe else None
     result = replay_trace(profile, trace, arch, config, scale=scale, directory=directory, threads=threads,
-                          progress=_progress(quiet))
+                          progress=_progress(quiet), before=before)
+    result["warnings"] += notes
     if json_path is not None:
         atomic_write_json(json_path, result)
     if quiet:

@@ -77,15 +77,39 @@ def probe(profile: DeviceProfile, record: dict, reader: ColdReader, file_bytes: 
     return figures
 
 
-def drift_message(figure: dict) -> str:
+def drift_message(figure: dict, remedy: str = "pass --recalibrate") -> str:
     return (f"the host profile no longer matches this host: {figure['figure']} is {figure['profile']:.4g} "
             f"{figure['unit']} in the profile but {figure['probe']:.4g} {figure['unit']} now "
             f"({figure['drift']:+.0%}, beyond the probe's tolerance of {figure['tolerance']:.0%}); "
-            "run `cosmosim calibrate` again on an idle machine, or pass --recalibrate")
+            f"run `cosmosim calibrate` again on an idle machine, or {remedy}")
 
 
-def check_drift(figures: list[dict]) -> None:
+def check_drift(figures: list[dict], remedy: str = "pass --recalibrate") -> None:
     """DriftError naming the first figure that drifted beyond its tolerance."""
     for figure in figures:
         if not abs(figure["drift"]) <= figure["tolerance"]:
-            raise DriftError(drift_message(figure))
+            raise DriftError(drift_message(figure, remedy))
+
+
+def replay_probe(record: dict | None, notes: list[str]):
+    """For `cosmosim replay`: a hook (replay's `before`) that probes a calibrated profile at the record's
+    threads and stops on drift, saying in `notes` what it measured; None (with a note) when the profile
+    has no calibration record. A profile calibrated for another architecture is not probed (its GEMV
+    figure is of other shapes), with a note."""
+    from cosmosim.engines.replay.compute import torch_threads
+
+    if record is None:
+        notes.append("not probed for drift: the profile was not written by `cosmosim calibrate`")
+        return None
+
+    def before(model, scenario) -> None:
+        if record.get("arch") != model.arch.name:
+            notes.append(f"not probed for drift: the profile was calibrated for {record.get('arch')!r}, "
+                         f"the replay is of {model.arch.name!r}")
+            return
+        with torch_threads(record["threads"]):
+            figures = probe(scenario.profile, record, model.reader, model.layout.file_bytes, model.arch)
+        check_drift(figures, remedy="pass --no-probe to replay anyway")
+        notes.append("probed for drift: " + "; ".join(f"{f['figure']} {f['probe']:.4g} {f['unit']} "
+                                                     f"(profile {f['profile']:.4g}, {f['drift']:+.0%})" for f in figures))
+    return before

@@ -107,18 +107,22 @@ def summarize_replay(scenario: Scenario, records: ReplayRecords, layout: ExpertL
 
 def replay(profile: str | Path | DeviceProfile, trace: str | Path | Trace, arch: str | Architecture | None = None,
            config: RunConfig | None = None, *, scale: int = 1, directory: Path | None = None, seed: int = 0,
-           threads: int | None = None, progress: Progress | None = None) -> dict:
+           threads: int | None = None, progress: Progress | None = None,
+           before: Callable[[HostModel, Scenario], None] | None = None) -> dict:
     """Run `trace` for real on this host and return the measured summary.
 
     `profile` ("host" is the calibrated one) sets how reads are issued (request size, reads in flight)
     and, as in the simulator, the default cache size; `scale` divides the experts' FFN width;
-    `threads` is torch's intra-op thread count (default: all cores but one).
+    `threads` is torch's intra-op thread count (default: all cores but one). `before` runs once the
+    expert file is written, before the decode (the host layer probes the profile for drift there).
     """
     trace = trace if isinstance(trace, Trace) else load_trace(trace)
     target = scaled_arch(resolve_arch(arch, trace), scale)
     scenario = prepare(profile, trace, target, config or RunConfig())
     threads = default_threads() if threads is None else threads
     with torch_threads(threads), HostModel(target, directory, seed=seed, progress=progress) as model:
+        if before is not None:
+            before(model, scenario)
         if progress:
             progress(f"replaying {scenario.workload.n_decode_tokens} decode tokens ({model.reader.mode} reads)")
         return model.replay(scenario)
