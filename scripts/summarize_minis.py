@@ -1,10 +1,11 @@
 """Write traces/minis.json: how each mini model was trained and how well it ended.
 
-    python scripts/summarize_minis.py runs/* [--out traces/minis.json]
+    python scripts/summarize_minis.py runs/* [--out traces/minis.json] [--curves]
 
 One entry per run folder (written by `cosmosim train`): config, parameter counts, steps, tokens seen,
 training time, final train/validation loss (nats/token) and the validation ExRep of its last
-evaluation (none for a dense mini). Entries already in --out whose run folder is not given are
+evaluation (none for a dense mini); with --curves also every evaluation (step, tokens seen, validation
+loss, ExRep and load-balance loss), the locality study's record (docs/models.md). Entries already in --out whose run folder is not given are
 kept: runs trained in an earlier session (on another machine) stay summarised. The README's
 model table is generated from this file and the traces.
 """
@@ -20,7 +21,7 @@ from cosmosim.model.config import ModelConfig
 from cosmosim.model.train import CONFIG_FILE, LOG_FILE, read_header
 
 
-def summarize(run_dir: Path) -> dict:
+def summarize(run_dir: Path, curves: bool = False) -> dict:
     header = read_header(run_dir)
     config = ModelConfig.from_dict(header["model"], source=str(run_dir / CONFIG_FILE))
     state = header["state"]
@@ -39,6 +40,11 @@ def summarize(run_dir: Path) -> dict:
         # A dense model has no router: its logged ExRep of 0 would read as perfect locality.
         "val_exrep": last_eval.get("val_exrep") if config.is_moe else None,
         "seed": header["training"]["seed"], "commit": header["commit"],
+        "load_balance_weight": config.load_balance_weight, "load_balance_level": config.load_balance_level,
+        "z_loss_weight": config.z_loss_weight,
+        **({"evaluations": [{key: round(e[key], 4) if isinstance(e[key], float) else e[key]
+                             for key in ("step", "tokens_seen", "val_loss", "val_exrep", "val_load_balance") if key in e}
+                            for e in evaluations]} if curves else {}),
     }
 
 
@@ -46,8 +52,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("traces/minis.json"))
+    parser.add_argument("--curves", action="store_true", help="also every evaluation of each run")
     args = parser.parse_args()
-    new = {run.name: summarize(run) for run in sorted(args.runs) if (run / CONFIG_FILE).is_file()}
+    new = {run.name: summarize(run, args.curves) for run in sorted(args.runs) if (run / CONFIG_FILE).is_file()}
     kept = read_json(args.out, hint="delete it to start afresh") if args.out.is_file() else {}
     minis = dict(sorted({**kept, **new}.items()))
     atomic_write_json(args.out, minis)
