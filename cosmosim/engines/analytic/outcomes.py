@@ -15,8 +15,8 @@ per cache size asked for, Belady's hits. From them, for a cache of c entries per
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -47,26 +47,36 @@ class LruOutcomes:
         """int [n, top_k + 1]: decode steps with m misses, for each capacity (entries per partition)."""
         return self._miss_counts[capacities]
 
-    def token_phase_s(self, phase_s: np.ndarray, capacities: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """(capacity, float [tokens]: each decode token's expert phases summed over its layers), for each
-        distinct capacity (entries per partition) in ascending order, from the m-miss phase times
-        `phase_s` [top_k + 1]. A step whose sorted depths are d_1 <= ... <= d_k misses k - j experts at
-        capacities in (d_j, d_j+1], so each access changes its token's sum once, at capacity d + 1: the
-        sums at every capacity are a running total of those changes, one pass over the accesses."""
+    def token_phase_s(self, phase_s: np.ndarray, capacities: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """(the distinct capacities (entries per partition), ascending; float [sizes, tokens]: each decode token's
+        expert phases summed over its layers at each), from the m-miss phase times `phase_s` [top_k + 1]. A
+        step whose sorted depths are d_1 <= ... <= d_k misses k - j experts at capacities in (d_j, d_j+1], so
+        each access changes its token's sum once, at capacity d + 1: the sums at every capacity are a running
+        total of those changes, one pass over the accesses (in `_changes`' order)."""
+        n_tokens, n_layers, top_k = self._decode_depths.shape
+        at, token, slot = self._changes
+        change = (phase_s[top_k - 1 - np.arange(top_k)] - phase_s[top_k - np.arange(top_k)])[slot]
+        sizes = np.unique(capacities).tolist()
+        sums = np.empty((len(sizes), n_tokens))
+        running = np.full(n_tokens, n_layers * phase_s[top_k])  # capacity 0: every access misses
+        done = 0
+        for index, capacity in enumerate(sizes):
+            upto = int(np.searchsorted(at, capacity, side="right"))
+            running = sums[index] = running + np.bincount(token[done:upto], weights=change[done:upto], minlength=n_tokens)
+            done = upto
+        return sizes, sums
+
+    @cached_property
+    def _changes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every decode access as (capacity d + 1 at which its token's sum changes, the token, its slot j among
+        the step's sorted depths), in order of capacity: `token_phase_s`'s pass, the same for any phase times."""
         n_tokens, n_layers, top_k = self._decode_depths.shape
         ordered = np.sort(self._decode_depths, axis=2).astype(np.int64)
         at = (ordered + 1).reshape(-1)  # [tokens * layers * top_k], j fastest
-        token = np.repeat(np.arange(n_tokens), n_layers * top_k)
-        change = np.tile(phase_s[top_k - 1 - np.arange(top_k)] - phase_s[top_k - np.arange(top_k)], n_tokens * n_layers)
         order = np.argsort(at, kind="stable")
-        at, token, change = at[order], token[order], change[order]
-        running = np.full(n_tokens, n_layers * phase_s[top_k])  # capacity 0: every access misses
-        done = 0
-        for capacity in np.unique(capacities).tolist():
-            upto = int(np.searchsorted(at, capacity, side="right"))
-            running = running + np.bincount(token[done:upto], weights=change[done:upto], minlength=n_tokens)
-            done = upto
-            yield capacity, running
+        token = np.repeat(np.arange(n_tokens), n_layers * top_k)
+        slot = np.tile(np.arange(top_k), n_tokens * n_layers)
+        return at[order], token[order], slot[order]
 
     def prefill_hits(self, capacities: np.ndarray) -> np.ndarray:
         """int [n]: prefill accesses that hit, for each capacity."""
@@ -99,10 +109,10 @@ class BeladyOutcomes:
             self._at[capacity] = token_misses, counts, self._steps.prefill_misses(hits)
         return self._at[capacity]
 
-    def token_phase_s(self, phase_s: np.ndarray, capacities: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    def token_phase_s(self, phase_s: np.ndarray, capacities: np.ndarray) -> tuple[list[int], np.ndarray]:
         """As `LruOutcomes.token_phase_s`, one Belady pass per capacity."""
-        for capacity in np.unique(capacities).tolist():
-            yield capacity, phase_s[self._outcomes_at(capacity)[0]].sum(axis=1)
+        sizes = np.unique(capacities).tolist()
+        return sizes, np.stack([phase_s[self._outcomes_at(size)[0]].sum(axis=1) for size in sizes])
 
     def miss_counts(self, capacities: np.ndarray) -> np.ndarray:
         return np.array([self._outcomes_at(c)[1] for c in capacities]).reshape(len(capacities), -1)
