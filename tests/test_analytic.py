@@ -192,10 +192,8 @@ def expected_row(point) -> dict:
     return {frame_column(metric): catalog.lookup(result, metric) for metric in catalog.COLUMNS}
 
 
-def test_evaluate_points_equals_the_analytic_engine_row_by_row(trace_file):
-    points = design_points(trace_file)
-    out = evaluate_points(points, percentiles=True, cache=StatsCache())
-    assert list(out.columns[:len(points.columns)]) == list(points.columns)
+def assert_each_row_as_run_prices_it(points, out) -> None:
+    """Every metric column of `out` (evaluate_points of `points`) equals `run --engine analytic` of its row."""
     for label, point in points.iterrows():
         for name, expected in expected_row(point).items():
             got = out.loc[label, name]
@@ -203,6 +201,13 @@ def test_evaluate_points_equals_the_analytic_engine_row_by_row(trace_file):
                 assert pd.isna(got), (label, name)
             else:
                 assert float(got) == pytest.approx(float(expected), rel=1e-9, abs=1e-12), (label, name)
+
+
+def test_evaluate_points_equals_the_analytic_engine_row_by_row(trace_file):
+    points = design_points(trace_file)
+    out = evaluate_points(points, percentiles=True, cache=StatsCache())
+    assert list(out.columns[:len(points.columns)]) == list(points.columns)
+    assert_each_row_as_run_prices_it(points, out)
 
 
 def test_evaluate_points_reuses_statistics_and_rereads_a_changed_trace(tmp_path):

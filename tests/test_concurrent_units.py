@@ -23,7 +23,7 @@ from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.workload.stream import DECODE, PREFILL
-from test_analytic import expected_row
+from test_analytic import assert_each_row_as_run_prices_it
 from test_compute_classes import SLOW_EXPERTS, tiny_arch, tiny_dict
 
 CONCURRENT = {**SLOW_EXPERTS, "concurrent": True}
@@ -171,11 +171,4 @@ def test_the_sweep_frame_prices_each_point_as_run_does(files):
                                 policy=config.policy, cache_experts=config.cache_experts, per_layer_cache=False,
                                 prompt_tokens=config.prompt_tokens) for config in CONFIGS])
     points["cache_experts"] = points["cache_experts"].astype("Int64")
-    out = evaluate_points(points, percentiles=True, cache=StatsCache())
-    for label, point in points.iterrows():
-        for name, expected in expected_row(point).items():
-            got = out.loc[label, name]
-            if expected is None:
-                assert pd.isna(got), (label, name)
-            else:
-                assert float(got) == pytest.approx(float(expected), rel=1e-9, abs=1e-12), (label, name)
+    assert_each_row_as_run_prices_it(points, evaluate_points(points, percentiles=True, cache=StatsCache()))

@@ -11,6 +11,8 @@ its first top_k columns, so a token's experts come by descending gate as the tra
 from __future__ import annotations
 
 import ctypes
+import functools
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,9 @@ def _drop_log(llama_cpp):
     return _LOG_SINK[0]
 
 
+@functools.cache
 def load_llama_cpp():
-    """The llama_cpp module and ggml's library, or InputError saying how to build them."""
+    """The llama_cpp module and ggml's library (set up once), or InputError saying how to build them."""
     try:
         import llama_cpp
         from llama_cpp._ggml import libggml
@@ -43,6 +46,38 @@ def load_llama_cpp():
     libggml.ggml_backend_tensor_get.restype = None
     libggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     return llama_cpp, libggml
+
+
+@contextmanager
+def llama_context(gguf_path: str | Path, n_ctx: int, threads: int, eval_callback=None):
+    """A llama.cpp context on the GGUF file (CPU, `n_ctx` positions, `threads` threads), freed afterwards;
+    `eval_callback` (a ggml_backend_sched_eval_callback, kept alive by the caller) observes graph nodes."""
+    llama_cpp, _ = load_llama_cpp()
+    llama_cpp.llama_backend_init()
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.n_gpu_layers = 0
+    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
+    if not model:
+        raise InputError(f"{gguf_path}: llama.cpp could not load it as a GGUF model")
+    context_params = llama_cpp.llama_context_default_params()
+    context_params.n_ctx = context_params.n_batch = context_params.n_ubatch = n_ctx
+    context_params.n_threads = context_params.n_threads_batch = threads
+    if eval_callback is not None:
+        context_params.cb_eval, context_params.cb_eval_user_data = eval_callback, None
+    context = llama_cpp.llama_init_from_model(model, context_params)
+    try:
+        yield context
+    finally:
+        llama_cpp.llama_free(context)
+        llama_cpp.llama_model_free(model)
+
+
+def decode_one(context, token_id: int, failure: str) -> None:
+    """One token through the context at its next position."""
+    llama_cpp, _ = load_llama_cpp()
+    token = (llama_cpp.llama_token * 1)(token_id)
+    if llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(token, 1)) != 0:
+        raise InputError(failure)
 
 
 def llama_cpp_routing(gguf_path: str | Path, sequences_NT: np.ndarray, *, n_layers: int, n_experts: int,
@@ -63,38 +98,20 @@ def llama_cpp_routing(gguf_path: str | Path, sequences_NT: np.ndarray, *, n_laye
         chosen_LK[int(name[len(TOPK_NODE):])] = ids[:top_k]
         return True
 
-    callback = llama_cpp.ggml_backend_sched_eval_callback(observe)
-    llama_cpp.llama_backend_init()
-    model_params = llama_cpp.llama_model_default_params()
-    model_params.n_gpu_layers = 0
-    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
-    if not model:
-        raise InputError(f"{gguf_path}: llama.cpp could not load it as a GGUF model")
-    context_params = llama_cpp.llama_context_default_params()
-    context_params.n_ctx, context_params.n_batch, context_params.n_ubatch = seq_len, seq_len, seq_len
-    context_params.n_threads = context_params.n_threads_batch = threads
-    context_params.cb_eval, context_params.cb_eval_user_data = callback, None
-    context = llama_cpp.llama_init_from_model(model, context_params)
     routing = np.empty((n_sequences * seq_len, n_layers, top_k), np.int16)
-    try:
+    with llama_context(gguf_path, seq_len, threads, llama_cpp.ggml_backend_sched_eval_callback(observe)) as context:
         memory = llama_cpp.llama_get_memory(context)
-        token = (llama_cpp.llama_token * 1)()
         for n, sequence in enumerate(sequences_NT):
             llama_cpp.llama_memory_clear(memory, True)
             for t, token_id in enumerate(sequence):
-                token[0] = int(token_id)
                 chosen_LK.fill(-1)
-                if llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(token, 1)) != 0:
-                    raise InputError(f"{gguf_path}: llama_decode failed at sequence {n}, token {t}")
+                decode_one(context, int(token_id), f"{gguf_path}: llama_decode failed at sequence {n}, token {t}")
                 if (chosen_LK < 0).any():
                     raise InputError(f"{gguf_path}: llama.cpp's graph showed no {TOPK_NODE.decode()}* node for some "
                                      "layer; is it a MoE of the llama architecture?")
                 routing[n * seq_len + t] = chosen_LK
             if progress is not None:
                 progress(n + 1, n_sequences)
-    finally:
-        llama_cpp.llama_free(context)
-        llama_cpp.llama_model_free(model)
     return routing
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from cosmosim.errors import InputError
 from cosmosim.host.gguf_export import mini_shape, mini_tensors, placeholder_vocab, write_gguf
-from cosmosim.host.llama_cpp import load_llama_cpp
+from cosmosim.host.llama_cpp import decode_one, llama_context
 from cosmosim.inputs.arch import Architecture
 
 WARMUP_TOKENS = 32  # decode steps that fault the mmapped weights in (every expert, all but surely): not timed;
@@ -35,29 +35,12 @@ CALIBRATION_WIDTHS = (1, 3)  # with an FFN of these multiples of the target's ac
 
 def decode_seconds(gguf_path: Path, tokens: np.ndarray, threads: int) -> np.ndarray:
     """Wall seconds of each decode step of `tokens` (one at a time, from position 0), warm-up ones dropped."""
-    llama_cpp, _ = load_llama_cpp()
-    llama_cpp.llama_backend_init()
-    model_params = llama_cpp.llama_model_default_params()
-    model_params.n_gpu_layers = 0
-    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
-    if not model:
-        raise InputError(f"{gguf_path}: llama.cpp could not load it as a GGUF model")
-    context_params = llama_cpp.llama_context_default_params()
-    context_params.n_ctx = context_params.n_batch = context_params.n_ubatch = len(tokens)
-    context_params.n_threads = context_params.n_threads_batch = threads
-    context = llama_cpp.llama_init_from_model(model, context_params)
-    token = (llama_cpp.llama_token * 1)()
     seconds = []
-    try:
+    with llama_context(gguf_path, len(tokens), threads) as context:
         for token_id in tokens:
-            token[0] = int(token_id)
             start = time.perf_counter()
-            if llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(token, 1)) != 0:
-                raise InputError(f"{gguf_path}: llama_decode failed")
+            decode_one(context, int(token_id), f"{gguf_path}: llama_decode failed")
             seconds.append(time.perf_counter() - start)
-    finally:
-        llama_cpp.llama_free(context)
-        llama_cpp.llama_model_free(model)
     return np.array(seconds[WARMUP_TOKENS:])
 
 
