@@ -151,7 +151,10 @@ def test_cli_replay_and_validate_end_to_end(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert stop.value.code == 0 and "des:" in out and "median" in out
     assert json.loads((tmp_path / "v.json").read_text())["arch"] == "tiny"
-    with pytest.raises(SystemExit) as stop:  # `host` is now the profile validate calibrated
-        main(["replay", *common, "--cache-experts", "8", "--tokens", "40", "--json", str(tmp_path / "r.json")])
+    # `host` is now the profile validate calibrated. --no-probe: whether a shared CI machine's GEMV rate
+    # holds for a minute is a fact about the machine (CI once measured 8.5, then 3.9 GFLOP/s); the probe
+    # itself is tested on a steady host in test_drift.py.
+    with pytest.raises(SystemExit) as stop:
+        main(["replay", *common, "--cache-experts", "8", "--tokens", "40", "--no-probe", "--json", str(tmp_path / "r.json")])
     assert stop.value.code == 0 and "TPOT" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["engine"] == "replay"
