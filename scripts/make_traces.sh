@@ -66,6 +66,8 @@ stage_study_1() {
   side_by_side "study-batch-balance wearable-moe-mini 1 --load-balance-level batch" \
     "study-balance-0.001 wearable-moe-mini 1 --load-balance-weight 0.001"
 }
+# Run-to-run noise: the first pair's best locality again with another seed (weights and batches).
+stage_study_seed() { train study-balance-0.001-seed1 wearable-moe-mini 2 --load-balance-weight 0.001 --seed 1; }
 stage_minis() { .venv/bin/python scripts/summarize_minis.py runs/*/ --out traces/minis.json; }
 
 mkdir -p runs traces

@@ -12,6 +12,7 @@ from cosmosim.inputs.locality import (
     delta_uniform,
     expert_usage,
     exrep,
+    exrep_from_usage,
     format_summary,
     locality_summary,
     random_routing,
@@ -262,6 +263,24 @@ def test_random_baselines_match_closed_forms(top_k, n_experts):
     assert srp(experts, positions, n_experts, m=16)[0] == pytest.approx(srp_random(16, top_k, n_experts), abs=0.5)
 
 
+def test_exrep_from_usage_is_the_exrep_of_the_same_tokens_shuffled():
+    """Skewed, sticky routing: shuffling the tokens keeps each layer's usage and removes the order, so
+    the shuffled trace's ExRep (measured, Monte Carlo) is the closed form's; the ordered trace's is lower."""
+    rng = np.random.default_rng(4)
+    n_tokens, n_experts = 40000, 8
+    weights = np.array([8, 4, 2, 1, 1, 1, 1, 1], float)
+    sets = np.stack([rng.choice(n_experts, 2, replace=False, p=weights / weights.sum()) for _ in range(n_tokens // 20)])
+    experts = sets[:, None, :].repeat(20, axis=0)  # [T, 1, 2]: each set held for 20 tokens
+    positions = np.arange(n_tokens) % 400
+    closed_form = exrep_from_usage(experts, n_experts)[0]
+    shuffled = experts[rng.permutation(n_tokens)]
+    assert exrep(shuffled, positions)[0] == pytest.approx(closed_form, abs=0.01)
+    assert exrep(experts, positions)[0] < 0.1 < closed_form < 1 - 2 / n_experts  # order and usage both local
+    always_the_same = np.tile([[[2, 5]]], (10, 3, 1))
+    assert exrep_from_usage(always_the_same, n_experts)[1] == pytest.approx([0, 0, 0])
+    assert exrep_from_usage(random_routing((20000, 2, 2), n_experts, seed=2), n_experts)[0] == pytest.approx(0.75, abs=0.005)
+
+
 def test_srp_random_of_top2_of_8():
     # Per (window, expert), uses c ~ Binomial(4, 1/4); actual selections E[c] = 1. α = 1 predicts the
     # expert when c ≥ 1: matches 1, predicted 4·P(c ≥ 1); α = 2: matches 1 - P(c = 1), predicted
@@ -283,7 +302,8 @@ def test_summary_is_json_ready_and_printable():
     assert summary["exrep"]["value"] == pytest.approx(exrep(experts, positions)[0])
     assert summary["sch_percent"]["value"] == pytest.approx(sch(experts, positions, 8, 2, 4)[0])
     assert summary == locality_summary(experts, positions, 8, m=4, rho=2, seed=3)
-    assert "SRP(m=4)" in format_summary(summary)
+    assert "SRP(m=4)" in format_summary(summary) and "ExRep from usage alone" in format_summary(summary)
+    assert summary["exrep_from_usage"]["value"] == pytest.approx(exrep_from_usage(experts, 8)[0])
 
 
 @pytest.mark.parametrize("experts,positions,call,field", [

@@ -113,6 +113,16 @@ def delta_uniform(experts, n_experts: int) -> tuple[float, np.ndarray]:
     return float(per_layer.mean()), per_layer
 
 
+def exrep_from_usage(experts, n_experts: int) -> tuple[float, np.ndarray]:
+    """The ExRep a trace's expert usage alone implies, overall and per layer [L]: the expected ExRep of
+    tokens drawn independently with the trace's per-layer usage, 1 - K·Σ_e u_e² (docs/metrics.md). What
+    the trace's ExRep lies below it is owed to the order of its tokens; what this lies below 1 - K/E,
+    to uneven usage."""
+    top_k = _check_experts(experts, n_experts).shape[2]
+    per_layer = 1 - top_k * (expert_usage(experts, n_experts) ** 2).sum(axis=1)
+    return float(per_layer.mean()), per_layer
+
+
 # --- reuse distance ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -344,6 +354,7 @@ def locality_summary(experts, positions, n_experts: int, *, m: int = 16, rho: fl
         "n_tokens": n_tokens, "n_layers": n_layers, "top_k": top_k, "n_experts": int(n_experts),
         "n_sequences": len(_sequences(positions)[0]), "m": m, "rho": rho, "seed": int(seed),
         "exrep": entry(*exrep(experts, positions), 1 - top_k / n_experts, "closed form 1 - K/E"),
+        "exrep_from_usage": entry(*exrep_from_usage(experts, n_experts), 1 - top_k / n_experts, "closed form 1 - K/E"),
         "delta_uniform": entry(*delta_uniform(experts, n_experts), delta_uniform(random, n_experts)[0], monte_carlo),
         "expert_usage": {"per_layer": expert_usage(experts, n_experts).tolist(), "random": 1 / n_experts,
                          "random_method": "closed form 1/E"},
@@ -363,6 +374,7 @@ def format_summary(summary: dict) -> str:
     m, rho, reuse = summary["m"], summary["rho"], summary["reuse_distance"]
     rows = [
         ("ExRep", f"{summary['exrep']['value']:.3f}", f"{summary['exrep']['random']:.3f}"),
+        ("ExRep from usage alone", f"{summary['exrep_from_usage']['value']:.3f}", f"{summary['exrep_from_usage']['random']:.3f}"),
         ("ΔUni", f"{summary['delta_uniform']['value']:.3f}", f"{summary['delta_uniform']['random']:.3f}"),
         (f"SRP(m={m}) %", f"{summary['srp_percent']['value']:.1f}", f"{summary['srp_percent']['random']:.1f}"),
         (f"SCH(ρ={rho:g}, m={m}) %", f"{summary['sch_percent']['value']:.1f}", f"{summary['sch_percent']['random']:.1f}"),
