@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every shipped trace, from scratch: the corpus, each mini model's training, each recording, and
 # the choice of traces/bles.npz. CPU only. Each mini trains 2200 steps of 16 x 128 tokens (4.5M
-# tokens, a bit under one epoch of the train split), about 40 minutes at 2 threads on 2 cores.
-# Pairs of runs train side by side at 1 thread each (about 25% more throughput on 2 cores than
-# one after the other). `cosmosim train` resumes an unfinished run folder and skips a finished one,
+# tokens, a bit under one epoch of the train split), about 65 minutes at 2 threads on 2 idle cores
+# (1.8 s a step, 2026-12-03). Pairs of runs train side by side at 1 thread each (3.3 s a step each,
+# about 2 hours a pair: some 10% more throughput than one after the other). `cosmosim train` resumes an unfinished run folder and skips a finished one,
 # so the script can be rerun after an interruption. Traces are 32,768 tokens (256 sequences of 128).
 #
 #   bash scripts/make_traces.sh                 # every stage, in order
