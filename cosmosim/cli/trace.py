@@ -50,7 +50,7 @@ def info(path: Path = typer.Argument(..., help="Trace file (.npz)."),
 
 _MARKDOWN_HEADER = (
     "| trace | mini (run) | target arch | λ | τ | steps | tokens seen | train time | val loss (nats/token) "
-    "| ExRep | ΔUni | SRP(16) % | SCH(2,16) % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    "| ExRep | ExRep from usage alone | ΔUni | SRP(16) % | SCH(2,16) % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _markdown_row(name: str, training: dict, arch: str, stats: dict | None) -> str:
@@ -58,8 +58,8 @@ def _markdown_row(name: str, training: dict, arch: str, stats: dict | None) -> s
         return "–" if value is None else format(value, fmt)
 
     tokens, seconds = training.get("tokens_seen"), training.get("train_time_s")
-    routing = ["–"] * 4 if stats is None else [
-        f"{stats['exrep']['value']:.3f}", f"{stats['delta_uniform']['value']:.3f}",
+    routing = ["–"] * 5 if stats is None else [
+        f"{stats['exrep']['value']:.3f}", f"{stats['exrep_from_usage']['value']:.3f}", f"{stats['delta_uniform']['value']:.3f}",
         f"{stats['srp_percent']['value']:.1f}", f"{stats['sch_percent']['value']:.1f}"]
     cells = [name, training.get("run") or training.get("config_name") or "–", arch,
              number(training.get("bles_lambda"), "g"), number(training.get("bles_tau"), "g"),
@@ -84,7 +84,8 @@ def _markdown_table(rows: list[tuple[str, dict, dict]], minis: dict) -> str:
             lines.append(_markdown_row("–", {**mini, "run": run}, mini.get("target_arch") or "–", None))
     first = rows[0][2]
     lines.append(f"| random top-{first['top_k']} of {first['n_experts']} | – | – | – | – | – | – | – | – | "
-                 f"{first['exrep']['random']:.3f} | {first['delta_uniform']['random']:.3f} | "
+                 f"{first['exrep']['random']:.3f} | {first['exrep_from_usage']['random']:.3f} | "
+                 f"{first['delta_uniform']['random']:.3f} | "
                  f"{first['srp_percent']['random']:.1f} | {first['sch_percent']['random']:.1f} |")
     return "\n".join(lines)
 
