@@ -66,6 +66,11 @@ stage_study_1() {
   side_by_side "study-batch-balance wearable-moe-mini 1 --load-balance-level batch" \
     "study-balance-0.001 wearable-moe-mini 1 --load-balance-weight 0.001"
 }
+# The router: no z-loss, and a router learning rate a tenth of the rest's.
+stage_study_2() {
+  side_by_side "study-no-z-loss wearable-moe-mini 1 --z-loss-weight 0" \
+    "study-router-lr-0.1 wearable-moe-mini 1 --router-lr-scale 0.1"
+}
 # Run-to-run noise: the first pair's best locality again with another seed (weights and batches).
 stage_study_seed() { train study-balance-0.001-seed1 wearable-moe-mini 2 --load-balance-weight 0.001 --seed 1; }
 stage_minis() { .venv/bin/python scripts/summarize_minis.py runs/*/ --out traces/minis.json; }
