@@ -118,7 +118,30 @@ def test_the_fitted_latency_makes_the_model_read_an_expert_as_long_as_measured(c
 
 
 def test_full_effort_reads_every_curve_size():
-    assert FULL.file_bytes // 8 >= 8 * 1024**2 and QUICK.seconds_per_point < FULL.seconds_per_point
+    mib = 1024**2
+    for expert_file_bytes in (1, 5 * mib, 189 * mib):  # a tiny expert file still gets a curve up to 8 MiB
+        assert FULL.flash_file_bytes(expert_file_bytes) // 8 >= 8 * mib
+    assert QUICK.seconds_per_point < FULL.seconds_per_point
+
+
+def test_flash_test_file_is_the_expert_files_size_in_whole_mib():
+    mib = 1024**2
+    assert FULL.flash_file_bytes(189 * mib + 1) == 190 * mib
+    assert FULL.flash_file_bytes(100 * 1024**3) == FULL.max_file_bytes  # capped: a phone's experts are GBs
+    assert QUICK.flash_file_bytes(189 * mib) == QUICK.max_file_bytes
+
+
+def test_warm_storage_reads_the_whole_file_each_pass(tmp_path):
+    from cosmosim.engines.replay.storage import ColdReader, warm_storage
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(3 * 1024**2 + 4096))
+    offsets = []
+    with ColdReader(path) as reader:
+        read_into = reader.read_into
+        reader.read_into = lambda buffer, offset: offsets.append(offset) or read_into(buffer, offset)
+        warm_storage(reader, path.stat().st_size, passes=2)
+    assert offsets == [0, 1024**2, 2 * 1024**2, 3 * 1024**2] * 2
 
 
 def test_default_output_is_the_user_cache_folder(tmp_path, monkeypatch):

@@ -56,7 +56,7 @@ from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.units import GIB, KIB, MIB
 
-METHOD = 2  # how the figures are measured; a record of another method is calibrated again (validate)
+METHOD = 3  # how the figures are measured; a record of another method is calibrated again (validate)
 TINY = 8  # matrix side whose F.linear costs only the call
 DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
 BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this per CPU: the machine is busy
@@ -235,7 +235,9 @@ def profile_data(record: dict) -> dict:
             "queue_depth": flash["queue_depth"],
             "max_request_kib": flash["request_bytes"] // KIB,
             "sources": {
-                "bandwidth_curve": f"{when}: random reads of each size at the measured queue depth, {on}",
+                "bandwidth_curve": f"{when}: random reads of each size at the measured queue depth, {on}, "
+                                   f"from a {flash['test_file_bytes'] // MIB} MiB test file (the expert file's "
+                                   "size) read through twice first, as replay's expert file is",
                 "latency_us": f"{when}: isolated reads of one expert ({flash['expert_read_bytes'] / MIB:.2f} MiB in "
                               f"{flash['request_bytes'] // KIB} KiB requests, {flash['queue_depth']} in flight, "
                               f"from an idle device) took {flash['expert_read_s'] * 1e3:.3f} ms (median); the latency "
@@ -349,7 +351,8 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
                   "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                   "dram_test_mib": effort.dram_bytes // MIB}
         record["available_bytes"] = min(available_memory_bytes() or record["memory_bytes"], record["memory_bytes"])
-        record["flash"] = measure_flash(directory, effort, say, ExpertLayout.of(target).stride)
+        layout = ExpertLayout.of(target)
+        record["flash"] = measure_flash(directory, effort, say, layout.stride, layout.file_bytes)
         say("dram: copy bandwidth")
         record["dram_bytes_per_s"] = measure_dram(effort)
         record["gemv_flops_per_s"], record["gemv_shapes"] = measure_matmul(target, 1, effort, say)

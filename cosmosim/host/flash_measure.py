@@ -22,6 +22,7 @@ from cosmosim.engines.replay.storage import (
     aligned_buffer,
     scratch_folder,
     submit_read,
+    warm_storage,
     write_durably,
 )
 from cosmosim.host.effort import Effort
@@ -76,35 +77,38 @@ def _isolated_read_s(reader: ColdReader, file_bytes: int, nbytes: int, request: 
 
 
 def measure_flash(directory: Path | None, effort: Effort, progress: Progress, expert_bytes: int,
-                  prefer_direct: bool = True) -> dict:
+                  expert_file_bytes: int, prefer_direct: bool = True) -> dict:
     """The read curve, queue depth and single-read time, and the median time of an isolated read of
-    one expert (`expert_bytes`, 4 KiB aligned), from which calibrate fits the latency."""
-    sizes = [size for size in CURVE_SIZES if size <= effort.file_bytes // 8]
+    one expert (`expert_bytes`, 4 KiB aligned), from which calibrate fits the latency; all on a test
+    file the size of replay's expert file (`Effort.flash_file_bytes`), warmed as replay warms it."""
+    file_bytes = effort.flash_file_bytes(expert_file_bytes)
+    sizes = [size for size in CURVE_SIZES if size <= file_bytes // 8]
     request = min(REQUEST_BYTES, sizes[-1])
-    with scratch_folder(directory, effort.file_bytes, "calibrate's flash test file") as folder:
+    with scratch_folder(directory, file_bytes, "calibrate's flash test file") as folder:
         path = folder / "flash-test.bin"
         rng = np.random.default_rng(0)  # random bytes: storage that compresses or dedupes zeros would flatter us
-        progress(f"flash: writing a {effort.file_bytes / MIB:.0f} MiB test file in {folder}")
-        write_durably(path, (rng.bytes(MIB) for _ in range(effort.file_bytes // MIB)))
+        progress(f"flash: writing a {file_bytes / MIB:.0f} MiB test file in {folder}")
+        write_durably(path, (rng.bytes(MIB) for _ in range(file_bytes // MIB)))
         with ColdReader(path, prefer_direct) as reader:
+            warm_storage(reader, file_bytes)
             by_depth = {}
             for depth in QUEUE_DEPTHS:
                 progress(f"flash: {request // KIB} KiB reads, {depth} in flight")
-                by_depth[depth] = _read_rate(reader, effort.file_bytes, request, depth, effort.seconds_per_point, depth)
+                by_depth[depth] = _read_rate(reader, file_bytes, request, depth, effort.seconds_per_point, depth)
             best = max(by_depth.values())
             depth = min(d for d, rate in by_depth.items() if rate >= KNEE * best)
             curve = []
             for size in sizes:
                 progress(f"flash: {size // KIB} KiB reads, {depth} in flight")
-                curve.append((size, _read_rate(reader, effort.file_bytes, size, depth, effort.seconds_per_point, size)))
+                curve.append((size, _read_rate(reader, file_bytes, size, depth, effort.seconds_per_point, size)))
             progress("flash: one 4 KiB read at a time")
-            single_read_s = sizes[0] / _read_rate(reader, effort.file_bytes, sizes[0], 1, effort.seconds_per_point, 7)
-            expert_bytes = min(expert_bytes, effort.file_bytes // 2)
+            single_read_s = sizes[0] / _read_rate(reader, file_bytes, sizes[0], 1, effort.seconds_per_point, 7)
+            expert_bytes = min(expert_bytes, file_bytes // 2)
             progress(f"flash: isolated reads of one expert ({expert_bytes / MIB:.2f} MiB)")
-            expert_read_s = _isolated_read_s(reader, effort.file_bytes, expert_bytes, request, depth,
+            expert_read_s = _isolated_read_s(reader, file_bytes, expert_bytes, request, depth,
                                              effort.isolated_reads, 11)
             mode, filesystem = reader.mode, reader.filesystem
-    return {"read_mode": mode, "filesystem": filesystem, "queue_depth": depth, "request_bytes": request,
+    return {"read_mode": mode, "filesystem": filesystem, "test_file_bytes": file_bytes, "queue_depth": depth, "request_bytes": request,
             "throughput_by_depth": by_depth, "curve": curve, "single_read_s": single_read_s,
             "expert_read_bytes": expert_bytes, "expert_read_s": expert_read_s, "latency_s": MIN_LATENCY_S}
 

@@ -21,7 +21,7 @@ import torch
 
 from cosmosim.engines.replay.compute import default_threads, torch_threads
 from cosmosim.engines.replay.engine import ReplayEngine, ReplayRecords
-from cosmosim.engines.replay.storage import ColdReader, check_memory, scratch_folder
+from cosmosim.engines.replay.storage import ColdReader, check_memory, scratch_folder, warm_storage
 from cosmosim.engines.replay.weights import DTYPE_NAME, ExpertLayout, ResidentWeights, scaled_arch, write_expert_file
 from cosmosim.inputs.arch import Architecture
 from cosmosim.inputs.profiles import DeviceProfile
@@ -57,6 +57,7 @@ class HostModel:
                            f"({self.layout.file_bytes / MB:.0f} MB) to {path}")
             write_expert_file(path, self.arch, self._seed)
             self.reader = stack.enter_context(ColdReader(path, self._prefer_direct))
+            warm_storage(self.reader, self.layout.file_bytes)  # as calibrate warms its test file
             self.weights = ResidentWeights.random(self.arch, self._seed)
             self._cleanup = stack.pop_all()
         return self
