@@ -71,6 +71,12 @@ stage_study_2() {
   side_by_side "study-no-z-loss wearable-moe-mini 1 --z-loss-weight 0" \
     "study-router-lr-0.1 wearable-moe-mini 1 --router-lr-scale 0.1"
 }
+# BlES (λ = 1, τ = 10) on top of each of the first pair's settings: is its cut one of order at even
+# usage (batch-level balance) or does it stack on the imbalance a tenth of the weight allows?
+stage_study_bles() {
+  side_by_side "study-bles-balance-0.001 wearable-bles-mini 1 --load-balance-weight 0.001" \
+    "study-bles-batch-balance wearable-bles-mini 1 --load-balance-level batch"
+}
 # Run-to-run noise: the first pair's best locality again with another seed (weights and batches).
 stage_study_seed() { train study-balance-0.001-seed1 wearable-moe-mini 2 --load-balance-weight 0.001 --seed 1; }
 stage_minis() { .venv/bin/python scripts/summarize_minis.py runs/*/ --out traces/minis.json; }
