@@ -8,7 +8,7 @@ must share with it (architecture shapes, dtype, torch threads, read mode).
 What is measured, in order:
 
 1. flash (`calibrate.flash`): a scratch file read cold from a pool of threads: the queue depth,
-   the bandwidth curve, and the per-request latency fitted to isolated reads of one expert;
+   the bandwidth curve, and the per-request latency fitted to an all-miss step's reads (top-k experts at once);
 2. DRAM: torch copy bandwidth, counting bytes read plus bytes written (STREAM's convention);
 3. compute: `F.linear` at every matrix shape of one decoded token (GEMV) and of a prompt (GEMM),
    in bfloat16, over enough distinct weights to defeat the CPU caches, net of the per-call cost
@@ -47,7 +47,7 @@ from cosmosim.engines.replay.weights import DTYPE, DTYPE_NAME, ExpertLayout, exp
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_json, atomic_write_text
 from cosmosim.host.effort import FULL, QUICK, Effort
-from cosmosim.host.flash_measure import KNEE, MIN_LATENCY_S, QUEUE_DEPTHS, fit_latency, measure_flash
+from cosmosim.host.flash_measure import KNEE, MIN_LATENCY_S, QUEUE_DEPTHS, STEP_GAP_S, fit_latency, measure_flash
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.locality import random_routing
 from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_profile, profile_from_dict
@@ -56,7 +56,7 @@ from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.units import GIB, KIB, MIB
 
-METHOD = 3  # how the figures are measured; a record of another method is calibrated again (validate)
+METHOD = 4  # how the figures are measured; a record of another method is calibrated again (validate)
 TINY = 8  # matrix side whose F.linear costs only the call
 DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
 BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this per CPU: the machine is busy
@@ -238,10 +238,11 @@ def profile_data(record: dict) -> dict:
                 "bandwidth_curve": f"{when}: random reads of each size at the measured queue depth, {on}, "
                                    f"from a {flash['test_file_bytes'] // MIB} MiB test file (the expert file's "
                                    "size) read through twice first, as replay's expert file is",
-                "latency_us": f"{when}: isolated reads of one expert ({flash['expert_read_bytes'] / MIB:.2f} MiB in "
-                              f"{flash['request_bytes'] // KIB} KiB requests, {flash['queue_depth']} in flight, "
-                              f"from an idle device) took {flash['expert_read_s'] * 1e3:.3f} ms (median); the latency "
-                              "at which the flash model's read of it takes as long",
+                "latency_us": f"{when}: an all-miss decode step's reads, {flash['step_reads']} experts of "
+                              f"{flash['expert_read_bytes'] / MIB:.2f} MiB issued at once in {flash['request_bytes'] // KIB} KiB "
+                              f"requests, {flash['queue_depth']} in flight, {STEP_GAP_S * 1e3:.0f} ms of CPU work apart, "
+                              f"took {flash['step_read_s'] * 1e3:.3f} ms (median); the latency at which the flash "
+                              "model reads them as fast",
                 "queue_depth": f"{when}: the fewest reads in flight reaching {KNEE:.0%} of the best "
                                f"{flash['request_bytes'] // KIB} KiB throughput over depths {list(QUEUE_DEPTHS)}",
                 "max_request_kib": "cosmosim replay issues expert reads in requests of this size (its I/O engine's choice)",
@@ -352,14 +353,15 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
                   "dram_test_mib": effort.dram_bytes // MIB}
         record["available_bytes"] = min(available_memory_bytes() or record["memory_bytes"], record["memory_bytes"])
         layout = ExpertLayout.of(target)
-        record["flash"] = measure_flash(directory, effort, say, layout.stride, layout.file_bytes)
+        record["flash"] = measure_flash(directory, effort, say, layout.stride, layout.file_bytes, target.top_k)
         say("dram: copy bandwidth")
         record["dram_bytes_per_s"] = measure_dram(effort)
         record["gemv_flops_per_s"], record["gemv_shapes"] = measure_matmul(target, 1, effort, say)
         record["gemm_flops_per_s"], record["gemm_shapes"] = measure_matmul(target, record["prompt_tokens"], effort, say)
         record["layer_overhead_s"] = DRAFT_OVERHEAD_S
         flash = profile_from_dict(profile_data(record), source="calibration draft").flash
-        record["flash"]["latency_s"] = fit_latency(flash, record["flash"]["expert_read_bytes"], record["flash"]["expert_read_s"])
+        measured = record["flash"]
+        measured["latency_s"] = fit_latency(flash, measured["expert_read_bytes"], measured["step_reads"], measured["step_read_s"])
         say(f"overhead: replay of {target.name} with every expert cached")
         draft = profile_from_dict(profile_data(record), source="calibration draft")
         record.update(measure_layer_overhead(target, draft, directory, effort, record["prompt_tokens"]))

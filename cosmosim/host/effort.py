@@ -21,7 +21,7 @@ class Effort:
     working_set_bytes: int  # distinct weights per matrix shape: more than the CPU's last-level cache
     overhead_tokens: int  # decoded tokens per sequence of the overhead replay
     overhead_sequences: int  # its sequences; the first is the workload's warm-up, not replayed
-    isolated_reads: int  # isolated reads of one expert, for the flash latency
+    step_reads: int  # all-miss steps' reads (top-k experts at once), for the flash latency
 
     def flash_file_bytes(self, expert_file_bytes: int) -> int:
         """The flash test file: as big as the expert file replay reads (the storage beneath a bypassed

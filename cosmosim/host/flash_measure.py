@@ -2,7 +2,8 @@
 
 Throughput of REQUEST_BYTES reads at each queue depth (the smallest depth within KNEE of the best is
 the profile's queue depth), throughput by read size from 4 KiB to 8 MiB at that depth, and the
-median time of isolated reads of one expert, to which the model's per-request latency is fitted.
+median time of an all-miss step's reads (top-k experts issued together, as replay issues them), to
+which the model's per-request latency is fitted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosmosim.device.hardware import Flash
+from cosmosim.device.hardware import idle_flash_read_times
 from cosmosim.engines.replay.run import Progress
 from cosmosim.engines.replay.storage import (
     ALIGN,
@@ -34,7 +35,7 @@ QUEUE_DEPTHS = (1, 2, 4, 8, 16, 32)
 REQUEST_BYTES = MIB  # replay splits an expert read into requests of this size: the profile's max_request_kib
 KNEE = 0.9  # a queue depth "reaches" the device when it gives this share of the best throughput
 MIN_LATENCY_S = 1e-6  # the floor of the fitted flash latency (a profile's figures must be > 0)
-IDLE_GAP_S = 0.002  # between isolated reads: the device drains its queue, as during an expert's compute
+STEP_GAP_S = 0.002  # between steps' reads: the CPU computes (a busy wait, not a sleep) and the device drains
 
 
 def _read_rate(reader: ColdReader, file_bytes: int, read_bytes: int, depth: int, seconds: float, seed: int) -> float:
@@ -59,28 +60,35 @@ def _read_rate(reader: ColdReader, file_bytes: int, read_bytes: int, depth: int,
     return (reads + len(in_flight)) * read_bytes / (time.perf_counter() - start)
 
 
-def _isolated_read_s(reader: ColdReader, file_bytes: int, nbytes: int, request: int, depth: int, n_reads: int,
-                     seed: int) -> float:
-    """Median seconds to read `nbytes` at a random aligned offset from an idle device, in requests of
-    `request` bytes with up to `depth` in flight: how replay reads one missed expert."""
-    buffer = memoryview(aligned_buffer(nbytes))
+def _step_read_s(reader: ColdReader, file_bytes: int, nbytes: int, n_reads: int, request: int, depth: int,
+                 n_steps: int, seed: int) -> float:
+    """Median seconds to read `n_reads` experts of `nbytes` at random aligned offsets, all issued at
+    once in requests of `request` bytes with up to `depth` in flight, then a busy STEP_GAP_S: how
+    replay reads an all-miss decode step's experts and then computes (measured on a 2-vCPU VM, reads
+    spaced by sleeps took up to 2 ms longer each than reads spaced by work, so the gap is work)."""
+    buffers = [memoryview(aligned_buffer(nbytes)) for _ in range(n_reads)]
     positions, rng, times = (file_bytes - nbytes) // ALIGN, np.random.default_rng(seed), []
+    clock = time.perf_counter
     with ThreadPoolExecutor(depth) as pool:
-        for _ in range(n_reads):
-            offset = int(rng.integers(positions)) * ALIGN
-            start = time.perf_counter()
-            for read in submit_read(pool, reader, buffer, offset, request):
+        for _ in range(n_steps):
+            offsets = [int(position) * ALIGN for position in rng.integers(positions, size=n_reads)]
+            start = clock()
+            reads = [read for buffer, offset in zip(buffers, offsets) for read in submit_read(pool, reader, buffer, offset, request)]
+            for read in reads:
                 read.result()
-            times.append(time.perf_counter() - start)
-            time.sleep(IDLE_GAP_S)
+            done = clock()
+            times.append(done - start)
+            while clock() - done < STEP_GAP_S:
+                pass
     return float(np.median(times))
 
 
 def measure_flash(directory: Path | None, effort: Effort, progress: Progress, expert_bytes: int,
-                  expert_file_bytes: int, prefer_direct: bool = True) -> dict:
-    """The read curve, queue depth and single-read time, and the median time of an isolated read of
-    one expert (`expert_bytes`, 4 KiB aligned), from which calibrate fits the latency; all on a test
-    file the size of replay's expert file (`Effort.flash_file_bytes`), warmed as replay warms it."""
+                  expert_file_bytes: int, top_k: int, prefer_direct: bool = True) -> dict:
+    """The read curve, queue depth and single-read time, and the median time of an all-miss step's
+    reads (`top_k` experts of `expert_bytes`, 4 KiB aligned, issued together), from which calibrate
+    fits the latency; all on a test file the size of replay's expert file (`Effort.flash_file_bytes`),
+    warmed as replay warms it."""
     file_bytes = effort.flash_file_bytes(expert_file_bytes)
     sizes = [size for size in CURVE_SIZES if size <= file_bytes // 8]
     request = min(REQUEST_BYTES, sizes[-1])
@@ -103,23 +111,23 @@ def measure_flash(directory: Path | None, effort: Effort, progress: Progress, ex
                 curve.append((size, _read_rate(reader, file_bytes, size, depth, effort.seconds_per_point, size)))
             progress("flash: one 4 KiB read at a time")
             single_read_s = sizes[0] / _read_rate(reader, file_bytes, sizes[0], 1, effort.seconds_per_point, 7)
-            expert_bytes = min(expert_bytes, file_bytes // 2)
-            progress(f"flash: isolated reads of one expert ({expert_bytes / MIB:.2f} MiB)")
-            expert_read_s = _isolated_read_s(reader, file_bytes, expert_bytes, request, depth,
-                                             effort.isolated_reads, 11)
+            expert_bytes = min(expert_bytes, file_bytes // (2 * top_k))
+            progress(f"flash: an all-miss step's reads, {top_k} experts of {expert_bytes / MIB:.2f} MiB at once")
+            step_read_s = _step_read_s(reader, file_bytes, expert_bytes, top_k, request, depth, effort.step_reads, 11)
             mode, filesystem = reader.mode, reader.filesystem
     return {"read_mode": mode, "filesystem": filesystem, "test_file_bytes": file_bytes, "queue_depth": depth, "request_bytes": request,
             "throughput_by_depth": by_depth, "curve": curve, "single_read_s": single_read_s,
-            "expert_read_bytes": expert_bytes, "expert_read_s": expert_read_s, "latency_s": MIN_LATENCY_S}
+            "expert_read_bytes": expert_bytes, "step_reads": top_k, "step_read_s": step_read_s,
+            "latency_s": MIN_LATENCY_S}
 
 
-def fit_latency(spec: FlashSpec, nbytes: int, measured_s: float) -> float:
-    """The per-request latency at which the flash model reads `nbytes` from an idle device in
-    `measured_s` (bisection: the model's read time grows with the latency). The curve is measured
-    with requests always in flight, so it hides the wait an isolated read pays; this puts it back.
-    MIN_LATENCY_S when even that is too slow."""
+def fit_latency(spec: FlashSpec, nbytes: int, n_reads: int, measured_s: float) -> float:
+    """The per-request latency at which the flash model reads `n_reads` reads of `nbytes` issued
+    together on an idle device in `measured_s` (bisection: the model's read time grows with the
+    latency). The curve is measured with requests always in flight, so it hides the wait a step's
+    first requests pay; this puts it back. MIN_LATENCY_S when even that is too slow."""
     def model_s(latency_s: float) -> float:
-        return Flash(replace(spec, latency_s=latency_s)).read(nbytes, 0.0)
+        return idle_flash_read_times(replace(spec, latency_s=latency_s), nbytes, n_reads)[-1]
 
     low, high = MIN_LATENCY_S, measured_s
     if model_s(low) >= measured_s:
