@@ -30,14 +30,17 @@ def sample_corpus(tmp_path_factory) -> Path:
     return corpus_dir
 
 
-def make_tiny_profile(queue_depth: int = 1, latency_us: float = 100.0, mb_per_s: float = 100.0) -> DeviceProfile:
-    return profile_from_dict(make_tiny_profile_dict(queue_depth, latency_us, mb_per_s), source="tiny.toml")
+def make_tiny_profile(queue_depth: int = 1, latency_us: float = 100.0, mb_per_s: float = 100.0,
+                      miss_overhead_us: float | None = None) -> DeviceProfile:
+    return profile_from_dict(make_tiny_profile_dict(queue_depth, latency_us, mb_per_s, miss_overhead_us), source="tiny.toml")
 
 
-def make_tiny_profile_dict(queue_depth: int = 1, latency_us: float = 100.0, mb_per_s: float = 100.0) -> dict:
-    """The tiny profile as its TOML would parse: for tests that add or break a section."""
+def make_tiny_profile_dict(queue_depth: int = 1, latency_us: float = 100.0, mb_per_s: float = 100.0,
+                           miss_overhead_us: float | None = None) -> dict:
+    """The tiny profile as its TOML would parse: for tests that add or break a section. `miss_overhead_us`:
+    None leaves the optional key out."""
     cite = lambda keys: {key: "test value" for key in keys}  # noqa: E731
-    return {
+    data = {
         "name": "tiny", "description": "hand-worked test device",
         "flash": {"bandwidth_curve": [{"read_kib": 4, "mb_per_s": mb_per_s}, {"read_kib": 1024, "mb_per_s": mb_per_s}],
                   "latency_us": latency_us, "queue_depth": queue_depth, "max_request_kib": 1024,
@@ -49,6 +52,10 @@ def make_tiny_profile_dict(queue_depth: int = 1, latency_us: float = 100.0, mb_p
         "energy": {"flash_pj_per_byte": 100, "dram_pj_per_bit": 10, "pj_per_flop": 1, "idle_mw": 50,
                    "sources": cite(["flash_pj_per_byte", "dram_pj_per_bit", "pj_per_flop", "idle_mw"])},
     }
+    if miss_overhead_us is not None:
+        data["compute"]["miss_overhead_us"] = miss_overhead_us
+        data["compute"]["sources"]["miss_overhead_us"] = "test value"
+    return data
 
 
 def make_tiny_arch(n_layers: int = 1, n_experts: int = 2, top_k: int = 1) -> Architecture:
@@ -58,7 +65,8 @@ def make_tiny_arch(n_layers: int = 1, n_experts: int = 2, top_k: int = 1) -> Arc
 
 @pytest.fixture(scope="session")
 def tiny_profile():
-    """`tiny_profile(queue_depth=1, latency_us=100, mb_per_s=100)`: a flat-bandwidth device, 1 GFLOP/s."""
+    """`tiny_profile(queue_depth=1, latency_us=100, mb_per_s=100, miss_overhead_us=None)`: a flat-bandwidth
+    device, 1 GFLOP/s."""
     return make_tiny_profile
 
 

@@ -84,9 +84,9 @@ def test_lru_depths_match_their_definition(per_layer, tiny_profile, tiny_arch):
 @given(n_layers=st.integers(1, 3), n_experts=st.integers(2, 6), top_k=st.integers(1, 3), stay=st.floats(0, 0.9),
        seed=st.integers(0, 10_000), queue_depth=st.sampled_from([1, 3]), prompt_tokens=st.integers(1, 4),
        setup=st.sampled_from([("lru", False), ("lru", True), ("belady", False), ("belady", True), ("kactive", False)]),
-       size=st.floats(0, 1))
+       size=st.floats(0, 1), miss_overhead_us=st.sampled_from([None, 40.0]))
 def test_analytic_records_equal_the_simulators(n_layers, n_experts, top_k, stay, seed, queue_depth, prompt_tokens, setup,
-                                              size, tiny_profile, tiny_arch):
+                                              size, miss_overhead_us, tiny_profile, tiny_arch):
     top_k = min(top_k, n_experts)
     policy, per_layer = setup
     trace = sticky_trace(n_tokens=240, n_layers=n_layers, n_experts=n_experts, top_k=top_k, seq_len=24, stay=stay,
@@ -96,7 +96,8 @@ def test_analytic_records_equal_the_simulators(n_layers, n_experts, top_k, stay,
     per_partition = top_k + round(size * (n_experts * n_layers // partitions - top_k))
     cache = None if policy == "kactive" else per_partition * partitions
     config = RunConfig(policy=policy, cache_experts=cache, per_layer_cache=per_layer, prompt_tokens=prompt_tokens)
-    scenario = prepare(tiny_profile(queue_depth=queue_depth, latency_us=150), trace, arch, config)
+    scenario = prepare(tiny_profile(queue_depth=queue_depth, latency_us=150, miss_overhead_us=miss_overhead_us), trace,
+                       arch, config)
     assert_same_records(simulate(scenario), analyze(scenario))
 
 

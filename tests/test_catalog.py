@@ -103,7 +103,7 @@ def test_validation_compares_every_time_part_once():
     assert PART_MAP == {
         "attention_router_overhead": (("attention_router", "bookkeeping"),
                                       ("nonexpert_compute", "nonexpert_dram", "layer_overhead")),
-        "expert_compute": (("expert_compute",), ("expert_compute", "expert_dram", "shared_exposed")),
+        "expert_compute": (("expert_compute",), ("expert_compute", "expert_dram", "shared_exposed", "miss_overhead")),
         "flash_wait": (("flash_wait",), ("flash_stall",)),
         "lm_head": (("lm_head",), ("lm_head",)),
     }

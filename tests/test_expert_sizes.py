@@ -2,6 +2,7 @@
 against a plain byte LRU written here, both engines against each other and against hand-worked step
 times, and the refusals."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from cosmosim.engines.analytic.engine import access_hits, cache_layout
 from cosmosim.engines.analytic.sized import sized_phase_s
 from cosmosim.errors import InputError
 from cosmosim.inputs.precision import parse_expert_bits
-from cosmosim.inputs.profiles import FlashSpec
+from cosmosim.inputs.profiles import FlashSpec, load_profile
 from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
@@ -90,9 +91,12 @@ def test_both_engines_hit_what_a_plain_byte_lru_hits(name, cache_mb, hot):
 
 @pytest.mark.parametrize("extra", [dict(cache_mb=50), dict(cache_mb=100, per_layer_cache=True), dict(policy="kactive"),
                                    dict(cache_mb=400), dict(hot_experts=1, cache_mb=20)])
-def test_the_engines_agree_with_experts_of_two_sizes(extra):
+@pytest.mark.parametrize("miss_overhead_s", [0.0, 3e-4])
+def test_the_engines_agree_with_experts_of_two_sizes(extra, miss_overhead_s):
     config = RunConfig(**HOT, tokens=TOKENS, prompt_tokens=16, **extra)
-    des, analytic = (run("wearable", TRACES / "bles.npz", None, config, engine=engine) for engine in ("des", "analytic"))
+    wearable = load_profile("wearable")
+    profile = replace(wearable, compute=replace(wearable.compute, miss_overhead_s=miss_overhead_s))
+    des, analytic = (run(profile, TRACES / "bles.npz", None, config, engine=engine) for engine in ("des", "analytic"))
     assert des["accesses"] == analytic["accesses"]
     for key in ("flash_mb_per_token", "energy_mj_per_token", "peak_dram_mb"):
         assert des[key] == pytest.approx(analytic[key], rel=1e-9), key

@@ -108,6 +108,7 @@ class StepCosts:
     expert_rates: Rates  # the routed experts
     lm_head_rates: Rates  # final norm + LM head (always one token: its GEMV rate)
     concurrent_shared: bool = False  # the shared experts run beside the routed ones, not in the non-expert work
+    miss_overhead_s: float = 0.0  # a decode miss's expert computes this much longer (the profile's figure)
 
     @classmethod
     def build(cls, arch: Architecture, profile: DeviceProfile, bits: Precision | float) -> "StepCosts":
@@ -122,7 +123,13 @@ class StepCosts:
         lm_head = roofline(arch.lm_head_flops_per_token(), lm_bytes, head.gemv_flops_per_s, dram_bytes_per_s)
         concurrent = bool(profile.compute_classes and profile.compute_classes.concurrent and arch.n_shared_experts)
         return cls(arch, profile, precision, expert_bytes, expert, lm_head, profile.compute.layer_overhead_s,
-                   arch.step_layers, attention, experts, head, concurrent)
+                   arch.step_layers, attention, experts, head, concurrent, profile.compute.miss_overhead_s)
+
+    def decode_expert_s(self, miss: np.ndarray | bool, expert_s: np.ndarray | float | None = None) -> np.ndarray:
+        """Each decode access's expert compute: `expert_s` (default one expert's GEMV), plus the
+        per-miss overhead where it missed."""
+        base_s = self.expert_decode.time_s if expert_s is None else expert_s
+        return np.where(miss, base_s + self.miss_overhead_s, base_s)
 
     def units(self) -> dict[str, str | None]:
         """Which unit the profile says runs each class of operations (None where it names none)."""

@@ -87,6 +87,7 @@ class Simulation:
         hot_costs = self.scenario.hot_costs
         self._hot_decode = None if hot_costs is None else self._slowed(hot_costs.expert_decode)
         self._overhead_s = costs.layer_overhead_s * slowdown
+        self._miss_overhead_s = costs.miss_overhead_s * slowdown
 
     def _slowed(self, cost: OpCost) -> OpCost:
         if self._slowdown == 1.0:
@@ -170,11 +171,12 @@ class Simulation:
             records.add_prefetch_outcome(len(self._prefetched & pinned), len(wasted), sum(map(self._bytes_of, wasted)))
             self._prefetched = set()
         expert_bytes, key_bytes = self.scenario.costs.expert_bytes, self._key_bytes
-        ready_at = []
+        ready_at = []  # (weights ready, the per-miss overhead its compute adds)
+        miss_s = self._miss_overhead_s if kind == DECODE else 0.0
         hits = late_hits = misses = read_bytes = 0
         for clock in range(lo, hi):
             key = keys[clock]
-            ready = cache.ready_s.get(key)
+            ready, extra_s = cache.ready_s.get(key), 0.0
             if ready is None:
                 nbytes = expert_bytes if key_bytes is None else key_bytes[key]
                 ready = self.flash.read(nbytes, router_done)
@@ -183,6 +185,7 @@ class Simulation:
                 # only the one being loaded is pinned; a decode step's top_k stay pinned together.
                 cache.insert(key, clock, ready, pinned if kind == DECODE else {key})
                 misses += 1
+                extra_s = miss_s
                 if timeline is not None:
                     timeline.append((f"read expert {key % self.scenario.workload.n_experts}", layer, router_done,
                                      ready, "flash"))
@@ -192,7 +195,7 @@ class Simulation:
                 ready = router_done
                 hits += 1
             cache.touch(key, clock)
-            ready_at.append(ready)
+            ready_at.append((ready, extra_s))
         records.add_outcomes(kind, layer, hits, late_hits, misses, read_bytes)
         if self.prefetcher is not None:
             self._prefetch(step, layer, step_keys, pinned, router_done)
@@ -203,16 +206,19 @@ class Simulation:
         if kind == DECODE and self._hot_key is None:
             cost = self._expert_decode
             end = router_done
-            for ready in sorted(ready_at):
-                start, end = compute.run(ready, cost.time_s)
+            for ready, extra_s in sorted(ready_at):
+                start, end = compute.run(ready, cost.time_s + extra_s)
                 if timeline is not None:
                     timeline.append(("expert", layer, start, end, "compute"))
             records.add_op(kind, "expert", cost, count=hi - lo)
             expert_compute_s = (hi - lo) * cost.time_s
         else:
             expert_compute_s = 0.0
-            for ready, clock in sorted(zip(ready_at, range(lo, hi))):
-                end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s, keys[clock])
+            for (ready, extra_s), clock in sorted(zip(ready_at, range(lo, hi))):
+                end, expert_compute_s = self._expert_op(kind, ready, tokens[clock], layer, expert_compute_s, keys[clock],
+                                                        extra_s)
+        records.add_miss_overhead(kind, misses * miss_s)
+        expert_compute_s += misses * miss_s
         records.add_stall(kind, end - router_done - expert_compute_s)
         return self._beside_shared(kind, layer, context, router_done, end) if self._concurrent else end
 
@@ -292,15 +298,16 @@ class Simulation:
         return self.scenario.costs.expert_bytes if self._key_bytes is None else self._key_bytes[key]
 
     def _expert_op(self, kind: int, ready_s: float, n_tokens: int, layer: int, compute_s: float,
-                   key: int | None = None) -> tuple[float, float]:
-        """One expert's compute once its weights are ready; (its end, `compute_s` plus its duration). `key`
-        says which of two sizes it has (None: one size for every expert)."""
+                   key: int | None = None, extra_s: float = 0.0) -> tuple[float, float]:
+        """One expert's compute once its weights are ready, `extra_s` (a miss's overhead) longer; (its end,
+        `compute_s` plus its roofline duration). `key` says which of two sizes it has (None: one size for every
+        expert)."""
         hot = key is not None and self._hot_key is not None and self._hot_key[key]
         if kind == DECODE:
             cost = self._hot_decode if hot else self._expert_decode
         else:
             cost = self._expert_cost(n_tokens, hot)
-        start, end = self.compute.run(ready_s, cost.time_s)
+        start, end = self.compute.run(ready_s, cost.time_s + extra_s)
         self.records.add_op(kind, "expert", cost)
         if self.timeline is not None:
             self.timeline.append(("expert", layer, start, end, "compute"))

@@ -95,6 +95,7 @@ class ComputeSpec:
     gemv_flops_per_s: float  # batch-1 decode, matrix-vector
     gemm_flops_per_s: float  # prefill, matrix-matrix
     layer_overhead_s: float  # fixed per-layer dispatch and synchronisation cost
+    miss_overhead_s: float = 0.0  # CPU time a decode miss adds to its expert's compute (0: not modelled)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ _SECTIONS: dict[str, dict[str, Field]] = {
         "gemv_gflops": Field("gemv_flops_per_s", GIGA, (1e-6, 1e8)),  # 1 kFLOP/s .. 100 PFLOP/s
         "gemm_gflops": Field("gemm_flops_per_s", GIGA, (1e-6, 1e8)),
         "layer_overhead_us": Field("layer_overhead_s", MICRO, (1e-6, 1e6)),
+        "miss_overhead_us": Field("miss_overhead_s", MICRO, (1e-6, 1e6)),
     },
     "energy": {
         "flash_pj_per_byte": Field("flash_j_per_byte", PICO, (1e-6, 1e9)),
@@ -147,6 +149,8 @@ _SECTIONS: dict[str, dict[str, Field]] = {
         "idle_mw": Field("idle_w", Fraction(1, 1000), (1e-6, 1e7)),  # 1 nW .. 10 kW
     },
 }
+# Keys a section may leave out, and the SI value an absent one means (the effect is not modelled).
+_OPTIONAL_KEYS: dict[str, dict[str, float]] = {"compute": {"miss_overhead_us": 0.0}}
 _CURVE_READ_SIZE = Field("read_bytes", Fraction(KIB), (0.5, 2**20), integer=True)
 _CURVE_BANDWIDTH = Field("bytes_per_s", Fraction(10**6), (1e-3, 1e8))
 _TOP_LEVEL_KEYS = ("name", "description", *_SECTIONS, *OPTIONAL_SECTIONS)
@@ -182,12 +186,13 @@ def _parse_curve(source: str, points: Any) -> tuple[tuple[int, float], ...]:
 
 
 def _parse_section(source: str, section: str, raw: Any) -> dict[str, int | float | tuple]:
-    values_in = table(source, section, raw)
-    check_keys(source, f"{section}.", values_in, [*_numeric_keys(section), "sources"])
-    check_sources(source, section, values_in, _numeric_keys(section))
+    values_in, optional = table(source, section, raw), _OPTIONAL_KEYS.get(section, {})
+    check_keys(source, f"{section}.", values_in, [*_numeric_keys(section), "sources"], optional=tuple(optional))
+    check_sources(source, section, values_in, [key for key in _numeric_keys(section) if key in values_in])
     values: dict[str, int | float | tuple] = {}
     for key, spec in _SECTIONS[section].items():
-        values[spec.attr] = parse_number(source, f"{section}.{key}", values_in[key], spec)
+        values[spec.attr] = (parse_number(source, f"{section}.{key}", values_in[key], spec) if key in values_in
+                             else optional[key])
     if section == "flash":
         values["bandwidth_curve"] = _parse_curve(source, values_in[_CURVE_KEY])
     return values

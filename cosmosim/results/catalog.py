@@ -174,6 +174,8 @@ CATALOG: tuple[Metric, ...] = (
     # Added after sweep format 1, whose columns keep their order: new columns come last.
     _time("shared_exposed", EXPERT_COMPUTE, "concurrent compute units only (a profile's compute_classes.concurrent): "
           "per step, how long the shared experts, beside the routed ones on the attention unit, run past them"),
+    _time("miss_overhead", EXPERT_COMPUTE, "decode misses of the explicit cache (not `--loader mmap`) × the profile's `compute.miss_overhead_us` (CPU work each "
+          "missed expert adds to its compute; 0 where the profile has none)"),
     Metric("read_mb", "MB", REPLAY, "bytes read from the expert file in all (slots are read whole) / 10^6",
            engines=MEASURED),
     Metric("wall_s", "s", REPLAY, "wall time of the replay", engines=MEASURED),

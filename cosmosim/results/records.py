@@ -113,6 +113,11 @@ class Records:
         if kind == DECODE:
             self.breakdown_s["shared_exposed"] += exposed_s
 
+    def add_miss_overhead(self, kind: int, overhead_s: float) -> None:
+        """The per-miss CPU work of a step's missed experts (`StepCosts.miss_overhead_s` each)."""
+        if kind == DECODE:
+            self.breakdown_s["miss_overhead"] += overhead_s
+
     def add_stall(self, kind: int, stall_s: float) -> None:
         if kind == DECODE:
             self.breakdown_s["flash_stall"] += stall_s

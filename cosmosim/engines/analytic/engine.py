@@ -188,7 +188,8 @@ def _fill_decode(records: Records, scenario: Scenario, steps: StepArrays, miss: 
     elif scenario.expert_sizes is None:  # one size: a step's phase depends only on its number of misses
         phase_s = decode_phase_s(costs, scenario.profile.flash, top_k)[miss.sum(axis=2)]
     else:
-        phase_s = sized_phase_s(scenario.profile.flash, classes.decode_s[slot_class].reshape(-1, top_k),
+        compute_s = costs.decode_expert_s(miss, classes.decode_s[slot_class])
+        phase_s = sized_phase_s(scenario.profile.flash, compute_s.reshape(-1, top_k),
                                 miss.reshape(-1, top_k), classes.read_bytes[slot_class].reshape(-1, top_k)
                                 ).reshape(miss.shape[:2])
     # Shared experts beside the routed ones (concurrent units): a step lasts at least their time.
@@ -212,7 +213,8 @@ def _fill_decode(records: Records, scenario: Scenario, steps: StepArrays, miss: 
         memory_bound = classes.decode_memory_bound[slot_class]
         breakdown["expert_dram"] = float(expert_s[memory_bound].sum())
         breakdown["expert_compute"] = float(expert_s[~memory_bound].sum())
-        breakdown["flash_stall"] = float((phase_s - expert_s.sum(axis=2)).sum())
+        breakdown["miss_overhead"] = float(miss.sum()) * costs.miss_overhead_s
+        breakdown["flash_stall"] = float((phase_s - expert_s.sum(axis=2)).sum()) - breakdown["miss_overhead"]
 
 
 def _fill_prefill(records: Records, scenario: Scenario, steps: StepArrays, phase_s: np.ndarray) -> None:

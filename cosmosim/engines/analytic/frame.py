@@ -336,7 +336,9 @@ def _group_metrics(prices: _Prices, mode: tuple[str, bool] | None, capacities: n
     time_s = {"nonexpert_compute": prices.nonexpert_compute_bound_s,
               "nonexpert_dram": prices.nonexpert_dram_bound_s,
               "expert_compute": 0.0 if expert.memory_bound else expert_s, "expert_dram": expert_s if expert.memory_bound else 0.0,
-              "flash_stall": expert_phase_s - shared_exposed_s - expert_s if mode else zeros,
+              "miss_overhead": decode_misses * costs.miss_overhead_s,
+              "flash_stall": expert_phase_s - shared_exposed_s - expert_s - decode_misses * costs.miss_overhead_s
+              if mode else zeros,
               "shared_exposed": shared_exposed_s,
               "layer_overhead": decode_steps * costs.layer_overhead_s, "lm_head": n_tokens * lm_head.time_s}
     memory = prices.memory

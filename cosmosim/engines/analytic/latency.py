@@ -58,7 +58,7 @@ def decode_phase_s(costs: StepCosts, flash: FlashSpec, top_k: int) -> np.ndarray
     """float [top_k + 1]: the expert phase of a decode step with m = 0..top_k misses."""
     n_misses = np.arange(top_k + 1)[:, None]
     miss = np.arange(top_k)[None, :] >= top_k - n_misses  # which slots miss does not matter: equal costs
-    compute_s = np.full(miss.shape, costs.expert_decode.time_s)
+    compute_s = costs.decode_expert_s(miss)
     return expert_phase_s(compute_s, miss, read_done_s(flash, costs.expert_bytes, top_k))
 
 
