@@ -18,13 +18,13 @@ from cosmosim.host.calibrate import (
     calibrate,
     load_record,
     matmul_shapes,
-    measure_layer_overhead,
     profile_data,
     record_path,
     to_toml,
 )
 from cosmosim.host.effort import FULL, QUICK
 from cosmosim.host.flash_measure import MIN_LATENCY_S, fit_latency
+from cosmosim.host.overhead_measure import measure_overheads
 from cosmosim.inputs.arch import Architecture, get_arch
 from cosmosim.inputs.profiles import host_profile_path, load_profile, profile_from_dict, profiles_dir
 
@@ -89,7 +89,7 @@ def test_the_overhead_is_what_a_step_takes_beyond_its_priced_arithmetic(calibrat
     record = load_record(folder / "host.toml")
     assert record["overhead_quiet_tokens"] > 0 and record["overhead_measured_token_s"] > 0
     with torch_threads(1):
-        base = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
+        base = measure_overheads(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
     gates, delays = engine.decode_gates, []  # the engine weights a decoded token's experts once per layer
 
     def slow_gates(*args):
@@ -102,8 +102,31 @@ def test_the_overhead_is_what_a_step_takes_beyond_its_priced_arithmetic(calibrat
 
     monkeypatch.setattr(engine, "decode_gates", slow_gates)
     with torch_threads(1):
-        slowed = measure_layer_overhead(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
+        slowed = measure_overheads(TINY, profile, folder, QUICK, 4)["layer_overhead_s"]
     assert slowed - base == pytest.approx(float(np.median(delays)), rel=0.25)
+
+
+def test_the_miss_overhead_is_what_a_miss_takes_beyond_its_reads_and_priced_arithmetic(calibrated, monkeypatch):
+    """CPU work the time model does not price, added to every read the replay issues (outside the time
+    blocked on reads), shows up whole in the measured per-miss overhead."""
+    profile, path, _, folder = calibrated
+    record = load_record(path)
+    assert record["miss_replay_misses"] > 0 and record["miss_waited_s"] >= 0
+    with torch_threads(1):
+        base = measure_overheads(TINY, profile, folder, QUICK, 4)
+    issue, delays = engine.ReplayEngine._issue_read, []
+
+    def slow_issue(self, *args):
+        start = time.perf_counter()
+        time.sleep(0.02)
+        delays.append(time.perf_counter() - start)
+        return issue(self, *args)
+
+    monkeypatch.setattr(engine.ReplayEngine, "_issue_read", slow_issue)
+    with torch_threads(1):
+        slowed = measure_overheads(TINY, profile, folder, QUICK, 4)
+    assert slowed["miss_replay_misses"] == base["miss_replay_misses"]  # the same replay: the same misses
+    assert slowed["miss_overhead_s"] - base["miss_overhead_s"] == pytest.approx(float(np.median(delays)), rel=0.25)
 
 
 def test_the_fitted_latency_makes_the_model_read_a_step_as_long_as_measured(calibrated):

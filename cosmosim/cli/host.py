@@ -67,6 +67,7 @@ def calibrate(
     table.add_row("DRAM copy bandwidth (GB/s)", f"{profile.dram.bandwidth_bytes_per_s / 1e9:.1f}")
     table.add_row("GEMV / GEMM (GFLOP/s)", f"{compute.gemv_flops_per_s / 1e9:.1f} / {compute.gemm_flops_per_s / 1e9:.1f}")
     table.add_row("per-layer overhead (us)", f"{compute.layer_overhead_s * 1e6:.1f}")
+    table.add_row("per-miss overhead (us)", f"{compute.miss_overhead_s * 1e6:.1f}")
     Console().print(table)
 
 

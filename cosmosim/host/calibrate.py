@@ -13,8 +13,9 @@ What is measured, in order:
 3. compute: `F.linear` at every matrix shape of one decoded token (GEMV) and of a prompt (GEMM),
    in bfloat16, over enough distinct weights to defeat the CPU caches, net of the per-call cost
    of a tiny matrix (that cost is part of the per-layer overhead instead);
-4. the per-layer overhead of a Python/torch decode step: replay of the architecture with every
-   expert cached; what its tokens take beyond the arithmetic the engines price, per layer.
+4. the per-layer and per-miss overheads of a Python/torch decode step (`calibrate.overhead_measure`):
+   replays of the architecture with every expert cached and with none, what their tokens take
+   beyond the arithmetic (and the reads) the engines price, per layer and per miss.
 
 Energy cannot be measured without a power meter: that section carries cited estimates.
 
@@ -35,34 +36,30 @@ import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosmosim.engines.des import simulate
 from cosmosim.engines.replay.compute import default_threads, torch_threads
-from cosmosim.engines.replay.run import HostModel, Progress
+from cosmosim.engines.replay.run import Progress
 from cosmosim.engines.replay.storage import available_memory_bytes
 from cosmosim.engines.replay.weights import DTYPE, DTYPE_NAME, ExpertLayout, expert_shapes, scaled_arch
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_json, atomic_write_text
 from cosmosim.host.effort import FULL, QUICK, Effort
 from cosmosim.host.flash_measure import KNEE, MIN_LATENCY_S, QUEUE_DEPTHS, STEP_GAP_S, fit_latency, measure_flash
+from cosmosim.host.overhead_measure import DRAFT_OVERHEAD_S, measure_overheads
 from cosmosim.inputs.arch import Architecture, get_arch
-from cosmosim.inputs.locality import random_routing
 from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_profile, profile_from_dict
-from cosmosim.inputs.trace import SCHEMA_VERSION, Trace
-from cosmosim.scenario.build import prepare
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.units import GIB, KIB, MIB
 
 METHOD = 4  # how the figures are measured; a record of another method is calibrated again (validate)
 TINY = 8  # matrix side whose F.linear costs only the call
-DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
+MIN_MISS_OVERHEAD_S = 1e-6  # below this (or negative: faster than priced) no per-miss overhead is written
 BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this per CPU: the machine is busy
 LOAD_WINDOW_S = 0.25  # the window over which the other processes' CPU share is measured
 __all__ = ["BUSY_LOAD_PER_CPU", "FULL", "METHOD", "MIN_LATENCY_S", "QUICK", "calibrate", "check_load", "fit_latency",
-           "load_record", "machine_load", "matmul_shapes", "measure_layer_overhead", "profile_data", "record_path",
+           "load_record", "machine_load", "matmul_shapes", "profile_data", "record_path",
            "to_toml"]
 
 
@@ -170,40 +167,6 @@ def measure_matmul(arch: Architecture, rows: int, effort: Effort, progress: Prog
 
 
 # ----------------------------------------------------------------------------- per-layer overhead
-def measure_layer_overhead(arch: Architecture, draft: DeviceProfile, directory: Path | None, effort: Effort,
-                           prompt_tokens: int) -> dict:
-    """What a real decode step costs beyond the arithmetic the engines price, per layer.
-
-    Replay decodes `arch` itself with every expert cached (random routing); on the tokens that read
-    nothing, the measured latency less the simulator's prediction for the same tokens under the
-    `draft` profile (which has every figure but a negligible overhead) is what the time model does
-    not price: Python and torch dispatch, the element-wise operations, the bookkeeping of the loop.
-    An all-hit token is thereby reproduced exactly; validation's cases (partial caches, misses) are
-    not fitted. Returns the overhead and the figures it came from.
-    """
-    sequence = prompt_tokens + effort.overhead_tokens
-    n_tokens = effort.overhead_sequences * sequence
-    experts = random_routing((n_tokens, arch.n_layers, arch.top_k), arch.n_experts, seed=0)
-    positions = np.tile(np.arange(sequence, dtype=np.int32), effort.overhead_sequences)
-    meta = {"schema_version": SCHEMA_VERSION, "source": "calibrate: random routing",
-            "model": {"n_layers": arch.n_layers, "n_experts": arch.n_experts, "top_k": arch.top_k}}
-    trace = Trace(experts.astype(np.int16), np.full(experts.shape, 1 / arch.top_k, dtype=np.float16), positions, meta)
-    config = RunConfig(cache_experts=arch.n_layers * arch.n_experts, tokens=n_tokens, prompt_tokens=prompt_tokens)
-    scenario = prepare(draft, trace, arch, config)
-    with HostModel(arch, directory) as model:
-        records = model.run(scenario)
-    predicted = simulate(scenario).latency_s
-    quiet = [(measured, priced) for measured, priced, nbytes
-             in zip(records.decode_latency_s, predicted, records.decode_read_bytes) if nbytes == 0]
-    if not quiet:
-        raise RuntimeError("calibrate: every decode token of the overhead replay read an expert; the cache should hold all")
-    measured_s, priced_s = (float(np.median(column)) for column in zip(*quiet))
-    residual_s = float(np.median([m - p for m, p in quiet])) / arch.n_layers
-    return {"layer_overhead_s": max(draft.compute.layer_overhead_s + residual_s, DRAFT_OVERHEAD_S),
-            "overhead_quiet_tokens": len(quiet), "overhead_measured_token_s": measured_s,
-            "overhead_priced_token_s": priced_s}
-
-
 # ----------------------------------------------------------------------------- the profile
 def _sig(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
@@ -217,6 +180,20 @@ def _overhead_source(record: dict, when: str) -> str:
             f"({record['overhead_measured_token_s'] * 1e3:.2f} ms) less priced "
             f"({record['overhead_priced_token_s'] * 1e3:.2f} ms) time, per layer; "
             "Python and torch dispatch, element-wise operations")
+
+
+def _add_miss_overhead(compute: dict, record: dict, when: str) -> dict:
+    """`compute` with the per-miss overhead and its source, where one was measured above
+    MIN_MISS_OVERHEAD_S (otherwise the key is left out and the engines price none)."""
+    if record.get("miss_overhead_s", 0.0) > MIN_MISS_OVERHEAD_S:
+        compute["miss_overhead_us"] = _sig(record["miss_overhead_s"] * 1e6)
+        compute["sources"]["miss_overhead_us"] = (
+            f"{when}: replay of {record['arch']} with random routing and a cache of top-k experts "
+            f"({record['miss_replay_misses']} decode misses): measured decode time "
+            f"({record['miss_measured_s'] * 1e3:.1f} ms) less the time blocked on reads "
+            f"({record['miss_waited_s'] * 1e3:.1f} ms) less the same tokens' priced arithmetic "
+            f"({record['miss_priced_compute_s'] * 1e3:.1f} ms), per miss")
+    return compute
 
 
 def profile_data(record: dict) -> dict:
@@ -259,7 +236,7 @@ def profile_data(record: dict) -> dict:
                                       "bytes read + bytes written per second (STREAM's convention)",
             },
         },
-        "compute": {
+        "compute": _add_miss_overhead({
             "gemv_gflops": _sig(record["gemv_flops_per_s"] / 1e9),
             "gemm_gflops": _sig(record["gemm_flops_per_s"] / 1e9),
             "layer_overhead_us": _sig(record["layer_overhead_s"] * 1e6),
@@ -269,7 +246,8 @@ def profile_data(record: dict) -> dict:
                 "gemm_gflops": f"{when}: the same with {record['prompt_tokens']} rows (a prompt); {shapes}",
                 "layer_overhead_us": _overhead_source(record, when),
             },
-        },
+        }, record, when),
+
         "energy": {
             "flash_pj_per_byte": 1500, "dram_pj_per_bit": 20, "pj_per_flop": 0.75, "idle_mw": 10000,
             "sources": {
@@ -362,9 +340,9 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
         flash = profile_from_dict(profile_data(record), source="calibration draft").flash
         measured = record["flash"]
         measured["latency_s"] = fit_latency(flash, measured["expert_read_bytes"], measured["step_reads"], measured["step_read_s"])
-        say(f"overhead: replay of {target.name} with every expert cached")
+        say(f"overhead: replays of {target.name} with every expert cached and with none")
         draft = profile_from_dict(profile_data(record), source="calibration draft")
-        record.update(measure_layer_overhead(target, draft, directory, effort, record["prompt_tokens"]))
+        record.update(measure_overheads(target, draft, directory, effort, record["prompt_tokens"]))
     record["wall_s"] = time.perf_counter() - started
     text = to_toml(profile_data(record))
     profile_from_dict(tomllib.loads(text), source=str(out))  # never write what would not load
