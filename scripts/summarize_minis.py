@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cosmosim.files import atomic_write_json, read_json
 from cosmosim.model.config import ModelConfig
-from cosmosim.model.train import CONFIG_FILE, LOG_FILE, read_header
+from cosmosim.model.checkpoint import CONFIG_FILE, LOG_FILE, read_header
 
 
 def summarize(run_dir: Path, curves: bool = False) -> dict:

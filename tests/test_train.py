@@ -15,7 +15,8 @@ from cosmosim.inputs.trace import load_trace
 from cosmosim.model.config import ModelConfig
 from cosmosim.model.llama import Decoder
 from cosmosim.model.record import record
-from cosmosim.model.train import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint, train
+from cosmosim.model.checkpoint import CONFIG_FILE, LOG_FILE, MODEL_FILE, load_checkpoint
+from cosmosim.model.train import train
 
 SUMMARIZE_MINIS = Path(__file__).resolve().parent.parent / "scripts" / "summarize_minis.py"
 TINY = ModelConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, seq_len=32, ffn_hidden=64, n_experts=4,
@@ -182,17 +183,40 @@ def test_router_lr_scale_slows_only_the_routers(sample_corpus, tmp_path):
     assert all(moved[1e-6][name] > 1e-3 for name in initial if name.endswith("w_up.weight"))
 
 
+def test_wd_lr_scale_slows_only_the_wd_factors(sample_corpus, tmp_path):
+    wd = dataclasses.replace(TINY, wd_rank=8)
+    torch.manual_seed(0)
+    initial = Decoder(dataclasses.replace(wd, vocab_size=512)).state_dict()
+    out_dir = train(wd, corpus_dir=sample_corpus, out_dir=tmp_path / "wd", steps=3, wd_lr_scale=1e-6, **FAST)
+    weights = load_file(out_dir / MODEL_FILE)
+    moved = {name: (weights[name] - initial[name]).abs().max().item() for name in weights}
+    factors = [name for name in initial if name.endswith((".left", ".right"))]
+    assert factors and all(moved[name] < 10 * 3 * 1e-2 * 1e-6 for name in factors)
+    assert all(moved[name] > 1e-3 for name in initial if ".router." in name or name.endswith("attention.wq.weight"))
+
+
+def test_a_checkpoint_older_than_a_training_argument_resumes_at_its_default(sample_corpus, tmp_path):
+    out_dir = train(TINY, corpus_dir=sample_corpus, out_dir=tmp_path / "old", steps=3, **FAST)
+    header = json.loads((out_dir / CONFIG_FILE).read_text())
+    del header["training"]["wd_lr_scale"]  # as written before the argument existed
+    (out_dir / CONFIG_FILE).write_text(json.dumps(header))
+    train(TINY, corpus_dir=sample_corpus, out_dir=out_dir, steps=3, **FAST)  # the same run: accepted
+    with pytest.raises(InputError, match="training.wd_lr_scale: the checkpoint has 1.0, this run asks 0.5"):
+        train(TINY, corpus_dir=sample_corpus, out_dir=out_dir, steps=3, wd_lr_scale=0.5, **FAST)
+
+
 def test_train_flags_reach_the_config_and_refuse_bad_values_in_one_line(cli, sample_corpus, tmp_path):
     common = ("train", "--config", "wearable-moe-mini", "--corpus", sample_corpus, "--steps", 1, "--batch-size", 2,
               "--eval-every", 1, "--threads", 1)
     code, _, err = cli(*common, "--out", tmp_path / "run", "--load-balance-level", "batch", "--load-balance-weight",
-                       0.001, "--z-loss-weight", 0, "--router-lr-scale", 0.5)
+                       0.001, "--z-loss-weight", 0, "--router-lr-scale", 0.5, "--wd-lr-scale", 2)
     assert code == 0, err
     header = json.loads((tmp_path / "run" / CONFIG_FILE).read_text())
     assert (header["model"]["load_balance_level"], header["model"]["load_balance_weight"]) == ("batch", 0.001)
     assert (header["model"]["z_loss_weight"], header["training"]["router_lr_scale"]) == (0, 0.5)
+    assert header["training"]["wd_lr_scale"] == 2
     bad = [(("--load-balance-level", "global"), "load_balance_level"), (("--z-loss-weight", -1), "z_loss_weight"),
-           (("--router-lr-scale", 0), "router_lr_scale"), (("--device", "tpu"), "--device")]
+           (("--router-lr-scale", 0), "router_lr_scale"), (("--wd-lr-scale", -1), "wd_lr_scale"), (("--device", "tpu"), "--device")]
     if not torch.cuda.is_available():
         bad.append((("--device", "cuda"), "no CUDA device"))
     for flags, named in bad:

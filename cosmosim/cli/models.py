@@ -84,6 +84,8 @@ def train(
     load_balance_weight: float = typer.Option(None, help="Override the load-balancing loss weight α."),
     z_loss_weight: float = typer.Option(None, help="Override the router z-loss weight."),
     router_lr_scale: float = typer.Option(1.0, help="The routers' learning rate as a multiple of --lr."),
+    wd_lr_scale: float = typer.Option(1.0, help="The WD experts' factors' learning rate as a multiple of --lr "
+                                                "(WD configs; no effect on others)."),
     batch_size: int = typer.Option(16, help="Sequences per step."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (warmup then cosine)."),
     eval_every: int = typer.Option(100, help="Validate and checkpoint every N steps."),
@@ -102,7 +104,7 @@ def train(
     out_dir = train_model(config, overrides=overrides, corpus_dir=corpus or default_corpus_dir(),
                           out_dir=out or Path("runs") / Path(config).stem, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
                           eval_every=eval_every, checkpoint_every=eval_every, router_lr_scale=router_lr_scale,
-                          threads=threads, device=device)
+                          wd_lr_scale=wd_lr_scale, threads=threads, device=device)
     typer.echo(f"checkpoint in {out_dir}")
 
 

@@ -160,7 +160,7 @@ def mini_shape(config) -> GGUFShape:
 
 def export_checkpoint(checkpoint_dir: str | Path, out_path: str | Path, tokenizer_path: str | Path) -> Path:
     """A `cosmosim train` checkpoint as GGUF (float32, the mini's own tokenizer)."""
-    from cosmosim.model.train import load_checkpoint
+    from cosmosim.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint_dir).model
     return write_gguf(Path(out_path), mini_shape(model.config), mini_tensors(model),

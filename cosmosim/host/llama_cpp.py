@@ -140,7 +140,7 @@ def compare_routing(checkpoint_dir: str | Path, trace_path: str | Path, *, token
 
     from cosmosim.host.gguf_export import export_checkpoint
     from cosmosim.inputs.trace import load_trace
-    from cosmosim.model.train import read_header
+    from cosmosim.model.checkpoint import read_header
 
     trace, header = load_trace(trace_path), read_header(Path(checkpoint_dir))
     recorded_at, step = trace.meta.get("training", {}).get("steps"), header["state"]["step"]

@@ -20,7 +20,7 @@ from cosmosim.data.dataset import load_split, sequential_windows
 from cosmosim.errors import InputError
 from cosmosim.inputs.trace import SCHEMA_VERSION, Trace, save_trace
 from cosmosim.model.llama import Decoder
-from cosmosim.model.train import CONFIG_FILE, load_checkpoint
+from cosmosim.model.checkpoint import CONFIG_FILE, load_checkpoint
 from cosmosim.provenance import repository_commit, sha256_file
 
 MODEL_META_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "n_experts", "top_k", "ffn_hidden",

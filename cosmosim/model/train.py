@@ -16,7 +16,6 @@ interrupted run ends bit for bit where an uninterrupted one does.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -33,16 +31,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cosmosim.data.corpus import MANIFEST_FILE
 from cosmosim.data.dataset import TokenSplit, load_split, sample_batch, sequential_windows
 from cosmosim.errors import InputError
-from cosmosim.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from cosmosim.model.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CONFIG_FILE,
+    LOG_FILE,
+    RunState,
+    resume,
+    save_checkpoint,
+)
 from cosmosim.model.config import MINI_TARGET_ARCH, ModelConfig, get_config
 from cosmosim.model.llama import Decoder
 from cosmosim.model.mini import is_mini_file, load_mini_file
 from cosmosim.model.losses import moe_aux_losses
 from cosmosim.provenance import repository_commit, sha256_file
 
-CHECKPOINT_FORMAT = "cosmosim-checkpoint/1"
-MODEL_FILE, OPTIMIZER_FILE = "model.safetensors", "optimizer.safetensors"
-CONFIG_FILE, LOG_FILE = "config.json", "log.jsonl"
+WD_FACTOR_NAMES = (".left", ".right")  # a WD expert matrix's two factors (cosmosim.model.moe.ExpertLinear)
 TRAIN_LOSS_SMOOTHING = 0.98  # EMA of the per-step loss, ~50 steps: what the bar and summaries show
 
 
@@ -62,6 +65,7 @@ class TrainArgs:
     eval_windows: int = 64  # validation windows of seq_len tokens, the same ones at every eval
     checkpoint_every: int = 100
     router_lr_scale: float = 1.0  # the routers' learning rate as a multiple of lr (the locality study's knob)
+    wd_lr_scale: float = 1.0  # the same for WD experts' factors (the WD study's knob)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_windows", "checkpoint_every"):
@@ -69,19 +73,16 @@ class TrainArgs:
                 raise InputError(f"training: {name}: expected a positive integer, got {getattr(self, name)}")
         if not 0 < self.min_lr <= self.lr:
             raise InputError(f"training: lr {self.lr}, min_lr {self.min_lr}: expected 0 < min_lr <= lr")
-        if not self.router_lr_scale > 0:
-            raise InputError(f"training: router_lr_scale: expected a positive number, got {self.router_lr_scale}")
+        for name in ("router_lr_scale", "wd_lr_scale"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"training: {name}: expected a positive number, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
             raise InputError("training: warmup_steps and weight_decay must be >= 0, grad_clip > 0")
 
 
-@dataclass
-class RunState:
-    step: int = 0
-    tokens_seen: int = 0
-    train_time_s: float = 0.0  # wall time over every session of this run
-    train_loss: float | None = None  # EMA of the cross-entropy, nats/token
-    val_loss: float | None = None
+# What an argument that a checkpoint predates is taken to have been (`checkpoint.resume`).
+TRAINING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainArgs)
+                     if field.default is not dataclasses.MISSING}
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
@@ -97,147 +98,20 @@ def target_arch_of(config_name: str | None) -> str | None:
     return MINI_TARGET_ARCH.get(config_name) if config_name else None
 
 
-# --- checkpoints ------------------------------------------------------------------------------
-
-
-@dataclass
-class Checkpoint:
-    model: Decoder
-    header: dict  # config.json as saved
-
-
-def read_header(checkpoint_dir: Path) -> dict:
-    path = Path(checkpoint_dir) / CONFIG_FILE
-    header = read_json(path, hint="expected a checkpoint folder written by `cosmosim train`")
-    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: format: expected {CHECKPOINT_FORMAT!r}")
-    for key in ("model", "training", "state"):
-        if not isinstance(header.get(key), dict):
-            raise InputError(f"{path}: {key}: expected an object")
-    if not isinstance(header["state"].get("step"), int):
-        raise InputError(f"{path}: state.step: expected an integer, got {header['state'].get('step')!r}")
-    return header
-
-
-def _read_safetensors(path: Path, step: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise InputError(f"{path}: missing; the checkpoint folder has no {path.name}")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (safetensors.SafetensorError, OSError) as error:
-        raise InputError(f"{path}: not a readable safetensors file ({error})") from None
-    if metadata.get("step") != str(step):
-        raise InputError(f"{path}: step {metadata.get('step')} but {CONFIG_FILE} says {step}; "
-                         "the checkpoint was torn while saving")
-    return tensors, metadata
-
-
-def load_weights(model: Decoder, checkpoint_dir: Path, step: int) -> None:
-    path = Path(checkpoint_dir) / MODEL_FILE
-    saved, _ = _read_safetensors(path, step)
-    expected = model.state_dict()
-    for name in sorted(set(expected) | set(saved)):
-        if name not in saved or name not in expected:
-            where = "missing from the file" if name not in saved else "not in the model config"
-            raise InputError(f"{path}: tensor {name}: {where}")
-        if saved[name].shape != expected[name].shape:
-            raise InputError(f"{path}: tensor {name}: expected shape {tuple(expected[name].shape)} "
-                             f"from {CONFIG_FILE}, got {tuple(saved[name].shape)}")
-    model.load_state_dict(saved)
-
-
-def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
-    """The trained model (eval mode) and its config.json; InputError for anything inconsistent."""
-    checkpoint_dir = Path(checkpoint_dir)
-    header = read_header(checkpoint_dir)
-    config = ModelConfig.from_dict(header["model"], source=str(checkpoint_dir / CONFIG_FILE))
-    model = Decoder(config)
-    load_weights(model, checkpoint_dir, header["state"]["step"])
-    return Checkpoint(model.train(False), header)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
-    """AdamW's state as flat tensors (param index . field) plus its param groups as JSON."""
-    state_dict = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value.cpu() for index, fields in state_dict["state"].items() for key, value in fields.items()}
-    return tensors, json.dumps(state_dict["param_groups"])
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, checkpoint_dir: Path, step: int) -> None:
-    tensors, metadata = _read_safetensors(checkpoint_dir / OPTIMIZER_FILE, step)
-    torch.set_rng_state(tensors.pop("torch_rng_state"))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-
-
-def save_checkpoint(out_dir: Path, header: dict, state: RunState, model: Decoder,
-                    optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
-    step_meta = {"step": str(state.step)}
-    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    atomic_write_bytes(out_dir / MODEL_FILE, safetensors.torch.save(weights, metadata=step_meta))
-    tensors, param_groups = _optimizer_tensors(optimizer)
-    tensors["torch_rng_state"] = torch.get_rng_state()
-    atomic_write_bytes(out_dir / OPTIMIZER_FILE,
-                 safetensors.torch.save(tensors, metadata={**step_meta, "param_groups": param_groups}))
-    progress = {**dataclasses.asdict(state), "numpy_rng": rng.bit_generator.state}
-    saved = {**header, "state": progress, "saved_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    atomic_write_json(out_dir / CONFIG_FILE, saved)
-
-
-def _resume(out_dir: Path, header: dict, model: Decoder, optimizer: torch.optim.Optimizer,
-            rng: np.random.Generator) -> RunState:
-    saved = read_header(out_dir)
-    # The saved model config as it reads today (a dense one written with n_experts = 0 included).
-    sections = {"model": ModelConfig.from_dict(saved["model"], source=str(out_dir / CONFIG_FILE)).to_dict(),
-                "training": saved["training"]}
-    for section, fields in sections.items():
-        for key, value in header[section].items():
-            if fields.get(key) != value:
-                raise InputError(f"{out_dir / CONFIG_FILE}: {section}.{key}: the checkpoint has "
-                                 f"{fields.get(key)!r}, this run asks {value!r}; resume with the same "
-                                 "arguments or use another out_dir")
-    if saved.get("corpus", {}).get("manifest_sha256") != header["corpus"]["manifest_sha256"]:
-        raise InputError(f"{out_dir / CONFIG_FILE}: corpus.manifest_sha256: the checkpoint was trained on another corpus")
-    progress = dict(saved["state"])
-    rng.bit_generator.state = progress.pop("numpy_rng")
-    state = RunState(**progress)
-    load_weights(model, out_dir, state.step)
-    _load_optimizer(optimizer, out_dir, state.step)
-    _keep_log_until(out_dir / LOG_FILE, state.step)
-    return state
-
-
-def _keep_log_until(path: Path, step: int) -> None:
-    """Drop the records written after the checkpoint: the resumed run writes them again."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line torn by the interruption: it and everything after are newer than the checkpoint
-        if record["step"] <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
 # --- the loop ---------------------------------------------------------------------------------
 
 
 def make_optimizer(model: Decoder, args: TrainArgs) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norm gains), as in nanoGPT. The routers' gates are a
-    group of their own whose learning rate is `router_lr_scale` times the schedule's."""
+    """AdamW; weight decay on matrices only (not on norm gains), as in nanoGPT. The routers' gates and the WD
+    experts' factors are groups of their own whose learning rates are `router_lr_scale` and `wd_lr_scale`
+    times the schedule's."""
     named = list(model.named_parameters())
     routers = [p for name, p in named if ".router." in name]
-    matrices = [p for name, p in named if p.dim() >= 2 and ".router." not in name]
+    factors = [p for name, p in named if name.endswith(WD_FACTOR_NAMES)]
+    matrices = [p for name, p in named if p.dim() >= 2 and ".router." not in name and not name.endswith(WD_FACTOR_NAMES)]
     groups = [{"params": matrices, "weight_decay": args.weight_decay, "lr_scale": 1.0},
               {"params": routers, "weight_decay": args.weight_decay, "lr_scale": args.router_lr_scale},
+              {"params": factors, "weight_decay": args.weight_decay, "lr_scale": args.wd_lr_scale},
               {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}]
     return torch.optim.AdamW([group for group in groups if group["params"]], lr=args.lr, betas=(0.9, 0.95))
 
@@ -313,7 +187,7 @@ def _append_log(path: Path, record: dict) -> None:
 def train(config_name_or_config: str | Path | ModelConfig, *, corpus_dir: str | Path, out_dir: str | Path, steps: int,
           seed: int = 0, batch_size: int = 16, lr: float = 2e-3, min_lr: float = 2e-4, warmup_steps: int = 100,
           weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 100, eval_windows: int = 64,
-          checkpoint_every: int = 100, router_lr_scale: float = 1.0, threads: int | None = None,
+          checkpoint_every: int = 100, router_lr_scale: float = 1.0, wd_lr_scale: float = 1.0, threads: int | None = None,
           device: str = "cpu", time_budget_s: float | None = None, overrides: dict | None = None,
           progress: bool = True) -> Path:
     """Train (or resume training) into out_dir and return it. The config: a ModelConfig, a named mini, or
@@ -326,7 +200,8 @@ def train(config_name_or_config: str | Path | ModelConfig, *, corpus_dir: str | 
     """
     args = TrainArgs(steps=steps, seed=seed, batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
                      weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
-                     eval_windows=eval_windows, checkpoint_every=checkpoint_every, router_lr_scale=router_lr_scale)
+                     eval_windows=eval_windows, checkpoint_every=checkpoint_every, router_lr_scale=router_lr_scale,
+                     wd_lr_scale=wd_lr_scale)
     device = training_device(device)
     mini = load_mini_file(config_name_or_config) if is_mini_file(config_name_or_config) else None
     config, config_name = resolve_config(mini.config if mini else config_name_or_config, overrides)
@@ -351,7 +226,7 @@ def train(config_name_or_config: str | Path | ModelConfig, *, corpus_dir: str | 
                          "vocab_size": train_split.vocab_size, "domain_names": train_split.domain_names},
               "commit": repository_commit()}
     if (out_dir / CONFIG_FILE).exists():
-        state = _resume(out_dir, header, model, optimizer, rng)
+        state = resume(out_dir, header, model, optimizer, rng, TRAINING_DEFAULTS)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / LOG_FILE).unlink(missing_ok=True)  # a log without a checkpoint is from an aborted start
