@@ -1,6 +1,6 @@
 """Which expert accesses hit the DRAM cache: one pass over the access stream, no event queue.
 
-The simulator (cosmosim/engines/des.py) decides hit or miss access by access, with one twist that matters
+The simulator (cosmosim/engines/des/) decides hit or miss access by access, with one twist that matters
 here: a decode step pins its top_k experts until it ends, so a miss never evicts one of the step's
 own experts, not even one the step has not reached yet. A prefill step streams its experts and pins
 only the one being loaded. This module reproduces those decisions exactly (docs/analytic-model.md

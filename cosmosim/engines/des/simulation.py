@@ -12,8 +12,9 @@ pass). Within a step:
    units compute at once (`compute_classes.concurrent`), when the shared experts running beside
    them on the attention unit end, if later.
 
-The clock advances once per step (`env.timeout`); cache hits need no event at all, which keeps the
-simulator at about a million expert accesses per second (benchmarks/sim_speed.py).
+The clock advances once per step (`env.timeout`); cache hits need no event at all. The commonest case
+(LRU, experts of one size, no prefetch, mmap, throttle or timeline) runs the same replay inlined in
+`lru_path`, with equal records; benchmarks/sim_speed.py measures both against bare SimPy events.
 
 Under `--loader mmap` the page cache replaces the app's cache (`_step_mapped`): a step first touches its
 layers' resident weights, then each expert's pages fault in as the thread reaches it (or are read ahead
@@ -38,6 +39,7 @@ from cosmosim.device.costs import OpCost
 from cosmosim.device.hardware import ComputeUnit, Flash
 from cosmosim.device.prefetch import PREFETCHERS
 from cosmosim.device.thermal import SustainedLoad
+from cosmosim.engines.des import lru_path
 from cosmosim.results.records import Records
 from cosmosim.scenario.build import Scenario
 from cosmosim.scenario.settings import MMAP
@@ -45,8 +47,10 @@ from cosmosim.workload.stream import DECODE, PREFILL
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, timeline: list | None = None) -> None:
+    def __init__(self, scenario: Scenario, timeline: list | None = None, fast_path: bool = True) -> None:
+        """`fast_path`: replay the commonest case by `lru_path` (equal records); False: always `_replay`."""
         self.scenario = scenario
+        self.fast_path = fast_path
         self.timeline = timeline
         workload, config = scenario.workload, scenario.config
         self.env = simpy.Environment()
@@ -65,7 +69,7 @@ class Simulation:
         self._set_slowdown(1.0)
 
     def run(self) -> Records:
-        self.env.process(self._replay())
+        self.env.process(lru_path.replay(self) if self.fast_path and lru_path.takes_fast_path(self) else self._replay())
         self.env.run()
         self.records.total_s = self.env.now
         self.records.flash_busy_s = self.flash.stats.busy_s
