@@ -5,8 +5,10 @@ read the ratios, not the absolute rates).
 Fixed case: the test fixture's 32k-token sticky trace (19 layers, top-2 of 8), the wearable
 profile and architecture, LRU, a cache of 25% of the experts. It prints:
 
-- `accesses_per_s`: the simulation alone (the workload is built first, outside the timer), best of
-  --repeats, and of the whole `run` call;
+- `accesses_per_s`: the simulation alone (the workload is built first, outside the timer; LRU takes the
+  compiled fast path, `engines/des/lru_path.py`), best of --repeats; `general_path_accesses_per_s`, the
+  same case on the general path that every other policy, prefetcher and loader takes; and the whole
+  `run` call;
 - `simpy_timeouts_per_s`: a bare SimPy process yielding one timeout after another, the cost floor of
   an event (best of --repeats), and `ratio_to_simpy`, the first over the second;
 - `libcachesim_accesses_per_s`: the same access stream's hits and misses through libCacheSim's LRU
@@ -31,7 +33,7 @@ from pathlib import Path
 import simpy
 from _report import add_json_option, emit, human_output, parse
 
-from cosmosim.engines.des import simulate
+from cosmosim.engines.des import Simulation, simulate
 from cosmosim.inputs.synthetic import sticky_trace
 from cosmosim.runner import run
 from cosmosim.scenario.build import prepare
@@ -101,6 +103,7 @@ def measure(args: argparse.Namespace) -> dict:
     accesses = scenario.workload.n_accesses
     records = simulate(scenario)
     simulation_s = best_of(args.repeats, lambda: simulate(scenario))
+    general_s = best_of(args.repeats, lambda: Simulation(scenario, fast_path=False).run())
     simpy_s = best_of(args.repeats, lambda: bare_simpy(SIMPY_TIMEOUTS))
     start = time.perf_counter()
     result = run("wearable", trace, "wearable-moe", config)
@@ -108,12 +111,14 @@ def measure(args: argparse.Namespace) -> dict:
     peer_s = libcachesim_seconds(scenario, config.cache_experts, args.repeats)
 
     rates = {"accesses_per_s": accesses / simulation_s, "simpy_timeouts_per_s": SIMPY_TIMEOUTS / simpy_s,
-             "whole_run_accesses_per_s": accesses / whole_s,
+             "general_path_accesses_per_s": accesses / general_s, "whole_run_accesses_per_s": accesses / whole_s,
              "libcachesim_accesses_per_s": None if peer_s is None else accesses / peer_s}
     rates["ratio_to_simpy"] = rates["accesses_per_s"] / rates["simpy_timeouts_per_s"]
     print(f"case: 32,768-token fixture trace, wearable, {args.policy}, cache {config.cache_experts}/152 experts; "
           f"{accesses:,} expert accesses (hit rate {result['hit_rate']:.3f}, {records.latency_s.size:,} decode tokens)")
     print(f"simulation alone: {simulation_s:.2f} s (best of {args.repeats}) -> {rates['accesses_per_s']:,.0f} accesses/s")
+    print(f"the same on the general path (every policy, prefetcher and loader): {general_s:.2f} s -> "
+          f"{rates['general_path_accesses_per_s']:,.0f} accesses/s")
     print(f"bare SimPy: {rates['simpy_timeouts_per_s']:,.0f} timeouts/s -> ratio_to_simpy {rates['ratio_to_simpy']:.3f}")
     print(f"whole run() incl. workload and summary: {whole_s:.2f} s -> {rates['whole_run_accesses_per_s']:,.0f} accesses/s")
     if peer_s is not None:

@@ -3,20 +3,20 @@
 The case: an LRU cache (`lru`, or `kactive`, LRU in per-layer partitions of k) of experts of one size,
 no prefetcher, no `--loader mmap`, no throttle, no timeline, no concurrent units. There every miss is
 read at its step's router_done and the step ends after that read's expert has computed, so no later
-step can find a read still in flight: an access is a hit or a miss, never a late hit. What is left is
-arithmetic that the general path spreads over the cache, the policy, the flash device, the compute
-unit and the records, here inlined in one loop over plain Python locals: the LRU order is an
-OrderedDict per partition, the flash recurrence the one of `Flash.read`, every sum is taken in the
-general path's order, so records are equal to the last bit (`tests/test_des_lru_path.py` checks every
-shipped trace). The loop still yields one SimPy timeout per step.
+step can find a read still in flight: an access is a hit or a miss, never a late hit, and each step's
+times follow from the previous step's alone. `_replay_kernel` (compiled with numba) runs that
+recurrence over every step: the LRU order as a linked list per partition, the flash recurrence of
+`Flash.read`, the compute unit of `ComputeUnit.run`, the clock as SimPy advances it (`now + (end - now)`),
+every sum in the general path's order, so the records are equal to the last bit
+(`tests/test_des_lru_path.py` checks every shipped trace). The SimPy process then yields the same
+timeouts, one per step, and ends at the same clock.
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 
 from cosmosim.device.policies import LRU, POLICIES, KActive
@@ -24,6 +24,11 @@ from cosmosim.workload.stream import DECODE, PREFILL
 
 if TYPE_CHECKING:
     from cosmosim.engines.des.simulation import Simulation
+
+# The decode breakdown's parts the kernel books, in its array's order.
+PARTS = ("nonexpert_compute", "nonexpert_dram", "expert_compute", "expert_dram", "flash_stall", "layer_overhead",
+         "lm_head", "miss_overhead")
+NONE = -1  # an empty link of the LRU lists
 
 
 def takes_fast_path(sim: Simulation) -> bool:
@@ -34,7 +39,7 @@ def takes_fast_path(sim: Simulation) -> bool:
             and not sim._concurrent)
 
 
-def _step_costs(sim: Simulation) -> tuple[list, list, list, list]:
+def _step_costs(sim: Simulation) -> tuple[np.ndarray, ...]:
     """Per step: the non-expert work's time, FLOPs, DRAM bytes and whether it is memory-bound, each
     context priced once as `Simulation._nonexpert_cost` prices it."""
     workload = sim.scenario.workload
@@ -47,135 +52,213 @@ def _step_costs(sim: Simulation) -> tuple[list, list, list, list]:
             table = sim.scenario.costs.nonexpert_table(kind, values).take(inverse, layers[rows])
             time_s[rows], flops[rows], dram[rows], bound[rows] = (table.time_s, table.flops, table.dram_bytes,
                                                                   table.memory_bound)
-    return time_s.tolist(), flops.tolist(), dram.tolist(), bound.tolist()
+    return time_s, flops, dram, bound
 
 
-def replay(sim: Simulation):
-    """The SimPy process of `sim` (which `takes_fast_path`); fills `sim.records` as `_replay` does."""
-    scenario, records, env = sim.scenario, sim.records, sim.env
-    workload, costs = scenario.workload, scenario.costs
-    kinds, layers = workload.step_kind.tolist(), workload.step_layer.tolist()
-    offsets, keys, tokens = workload.step_offsets.tolist(), workload.access_key.tolist(), workload.access_tokens.tolist()
-    step_s, step_flops, step_dram, step_bound = _step_costs(sim)
-    last_layer, n_experts = workload.n_layers - 1, workload.n_experts
-    idle_gap_s, overhead_s, miss_s = scenario.config.idle_gap_s, sim._overhead_s, sim._miss_overhead_s
-    expert, lm_head = sim._expert_decode, sim._lm_head
-    expert_s, expert_flops, expert_dram = expert.time_s, expert.flops, expert.dram_bytes
-    expert_part = "expert_dram" if expert.memory_bound else "expert_compute"
-    # The cache: one LRU order per partition (oldest first), its capacity, and the peak of entries.
-    per_layer = scenario.cache.per_layer
-    orders = [OrderedDict() for _ in range(workload.n_layers if per_layer else 1)]
-    capacity, entries, peak = scenario.cache.partition_capacity(workload.n_layers), 0, 0
-    # The flash device (`Flash.read`): slots freed round-robin, one transfer channel.
-    flash = sim.flash
-    spec = flash.spec
-    transfers = [transfer for _, transfer in flash._requests(costs.expert_bytes)]
-    latency, depth, slot_free = spec.latency_s, spec.queue_depth, [0.0] * spec.queue_depth
+def _prefill_costs(sim: Simulation) -> np.ndarray:
+    """float [3, most tokens + 1]: time, FLOPs and DRAM bytes of a prefill expert by its token count."""
+    workload = sim.scenario.workload
+    counts = np.unique(workload.access_tokens[np.repeat(workload.step_kind == PREFILL, np.diff(workload.step_offsets))])
+    table = np.zeros((3, int(counts.max(initial=0)) + 1))
+    for n in counts.tolist():
+        cost = sim._expert_cost(n, False)
+        table[:, n] = cost.time_s, cost.flops, cost.dram_bytes
+    return table
+
+
+@numba.njit(cache=True)
+def _replay_kernel(kinds, layers, offsets, keys, tokens, step_s, step_flops, step_dram, step_bound, prefill_cost,
+                   expert, lm_head, overhead_s, miss_s, idle_gap_s, per_layer, n_layers, n_experts,
+                   capacity, transfers, latency, depth, decode):
+    n_steps, n_keys, n_partitions = kinds.size, n_layers * n_experts, n_layers if per_layer else 1
+    delays = np.zeros(n_steps)  # each step's timeout
+    idle = np.zeros(n_steps, np.bool_)  # whether an idle gap's timeout comes before the step
+    n_tokens = 0
+    for step in range(n_steps):
+        n_tokens += kinds[step] == decode and layers[step] == 0
+    latency_T, end_T = np.zeros(n_tokens), np.zeros(n_tokens)
+    flash_T, flops_T, dram_T = np.zeros(n_tokens, np.int64), np.zeros(n_tokens), np.zeros(n_tokens)
+    ttft = np.zeros(n_steps)
+    n_ttft = 0
+    parts = np.zeros(8)
+    layer_hits, layer_misses = np.zeros(n_layers, np.int64), np.zeros(n_layers, np.int64)
+    prefill_hits = prefill_misses = 0
+    # LRU: a doubly linked list of resident keys per partition, oldest at the head.
+    before, after = np.full(n_keys, NONE, np.int64), np.full(n_keys, NONE, np.int64)
+    resident = np.zeros(n_keys, np.bool_)
+    head, tail, held = np.full(n_partitions, NONE, np.int64), np.full(n_partitions, NONE, np.int64), np.zeros(n_partitions, np.int64)
+    entries = peak = 0
+    slot_free = np.zeros(depth)
     next_slot, channel_free, busy_s, n_requests, n_reads = 0, 0.0, 0.0, 0, 0
-    expert_bytes = costs.expert_bytes
-    # The records, as plain locals: the decode breakdown's parts and the pass's sums.
-    parts = dict.fromkeys(records.breakdown_s, 0.0)
-    layer_hits, layer_misses, prefill = records._layer_hits, records._layer_misses, records.prefill_outcomes
-    latency_s, ttft_s, token_end_s = [], records.ttft_s, []
-    flash_bytes_T, flops_T, dram_T = [], [], []
-    free = token_start = 0.0
+    widest = np.max(offsets[1:] - offsets[:-1]) if n_steps else 0
+    ready_at, extra_at, order = np.zeros(widest), np.zeros(widest), np.zeros(widest, np.int64)
+    last_layer = layers.max() if n_steps else 0
+    now = free = token_start = 0.0
     pass_flash, pass_flops, pass_dram = 0, 0.0, 0.0
-    timeout = env.timeout
-    for step, kind in enumerate(kinds):
-        layer = layers[step]
-        decode = kind == DECODE
+    token = 0
+    for step in range(n_steps):
+        layer, is_decode = layers[step], kinds[step] == decode
         if layer == 0:
-            if not decode and step and idle_gap_s:
-                yield timeout(idle_gap_s)
-            token_start = env.now
+            if not is_decode and step > 0 and idle_gap_s != 0.0:
+                idle[step] = True
+                now = now + idle_gap_s
+            token_start = now
             pass_flash, pass_flops, pass_dram = 0, 0.0, 0.0
-        # Attention, router and norms, then the layer overhead (`_nonexpert_step`).
-        now = env.now
         start = now if now > free else free
-        free = router_done = start + (step_s[step] + overhead_s)
+        free = start + (step_s[step] + overhead_s)
+        router_done = free
         pass_flops += step_flops[step]
         pass_dram += step_dram[step]
-        if decode:
-            parts["nonexpert_dram" if step_bound[step] else "nonexpert_compute"] += step_s[step]
-            parts["layer_overhead"] += overhead_s
+        if is_decode:
+            parts[1 if step_bound[step] else 0] += step_s[step]
+            parts[5] += overhead_s
         end = router_done
         lo, hi = offsets[step], offsets[step + 1]
         if lo != hi:
-            ready_at, hits, misses = [], 0, 0
-            pinned = keys[lo:hi] if decode else None
+            hits = misses = 0
             for clock in range(lo, hi):
                 key = keys[clock]
-                order = orders[key // n_experts] if per_layer else orders[0]
-                if key in order:
-                    order.move_to_end(key)
-                    ready_at.append((router_done, 0.0))
+                p = key // n_experts if per_layer else 0
+                if resident[key]:
+                    if tail[p] != key:  # move to the end
+                        if before[key] == NONE:
+                            head[p] = after[key]
+                        else:
+                            after[before[key]] = after[key]
+                        before[after[key]] = before[key]
+                        before[key], after[key] = tail[p], NONE
+                        after[tail[p]] = key
+                        tail[p] = key
+                    ready_at[clock - lo], extra_at[clock - lo] = router_done, 0.0
                     hits += 1
                     continue
-                # A miss: its read (the flash recurrence), room in the cache (the oldest unpinned), the entry.
+                done = 0.0
                 for transfer in transfers:
                     slot = next_slot
                     ready = (slot_free[slot] if slot_free[slot] > router_done else router_done) + latency
                     done = (ready if ready > channel_free else channel_free) + transfer
-                    channel_free = slot_free[slot] = done
+                    channel_free = done
+                    slot_free[slot] = done
                     next_slot = (slot + 1) % depth
                     busy_s += transfer
-                n_requests += len(transfers)
+                n_requests += transfers.size
                 n_reads += 1
-                if len(order) == capacity:  # a decode step's keys stay; a prefill step streams its experts
-                    del order[next(old for old in order if old not in pinned) if decode else next(iter(order))]
+                if held[p] == capacity:  # evict the oldest key not in this decode step (prefill: the oldest)
+                    victim = head[p]
+                    while is_decode and victim != NONE:
+                        in_step = False
+                        for other in range(lo, hi):
+                            in_step = in_step or keys[other] == victim
+                        if not in_step:
+                            break
+                        victim = after[victim]
+                    if before[victim] == NONE:
+                        head[p] = after[victim]
+                    else:
+                        after[before[victim]] = after[victim]
+                    if after[victim] == NONE:
+                        tail[p] = before[victim]
+                    else:
+                        before[after[victim]] = before[victim]
+                    resident[victim] = False
+                    held[p] -= 1
                     entries -= 1
-                order[key] = None
+                resident[key] = True
+                before[key], after[key] = tail[p], NONE
+                if tail[p] == NONE:
+                    head[p] = key
+                else:
+                    after[tail[p]] = key
+                tail[p] = key
+                held[p] += 1
                 entries += 1
                 if entries > peak:
                     peak = entries
-                ready_at.append((done, miss_s if decode else 0.0))
+                ready_at[clock - lo], extra_at[clock - lo] = done, miss_s if is_decode else 0.0
                 misses += 1
-            pass_flash += misses * expert_bytes
-            if decode:
+            pass_flash += misses * expert[3]
+            # Compute in order of (ready, extra), ties in access order: a stable insertion sort of positions.
+            n = hi - lo
+            for i in range(n):
+                order[i] = i
+            for i in range(1, n):
+                moving, j = order[i], i - 1
+                while j >= 0 and (ready_at[order[j]] > ready_at[moving] or (
+                        ready_at[order[j]] == ready_at[moving] and extra_at[order[j]] > extra_at[moving])):
+                    order[j + 1] = order[j]
+                    j -= 1
+                order[j + 1] = moving
+            if is_decode:
                 layer_hits[layer] += hits
                 layer_misses[layer] += misses
-                ready_at.sort()
-                for ready, extra_s in ready_at:
+                for i in range(n):
+                    ready = ready_at[order[i]]
                     start = ready if ready > free else free
-                    free = start + (expert_s + extra_s)
+                    free = start + (expert[0] + extra_at[order[i]])
                 end = free
-                count = hi - lo
-                pass_flops += count * expert_flops
-                pass_dram += count * expert_dram
-                parts[expert_part] += count * expert_s
-                parts["miss_overhead"] += misses * miss_s
-                parts["flash_stall"] += end - router_done - (count * expert_s + misses * miss_s)
+                pass_flops += n * expert[1]
+                pass_dram += n * expert[2]
+                parts[3 if expert[4] else 2] += n * expert[0]
+                parts[7] += misses * miss_s
+                parts[4] += end - router_done - (n * expert[0] + misses * miss_s)
             else:
-                prefill["hit"] += hits
-                prefill["miss"] += misses
-                for (ready, extra_s), clock in sorted(zip(ready_at, range(lo, hi))):
-                    cost = sim._expert_cost(tokens[clock], False)
+                prefill_hits += hits
+                prefill_misses += misses
+                for i in range(n):
+                    count, ready = tokens[lo + order[i]], ready_at[order[i]]
                     start = ready if ready > free else free
-                    free = start + (cost.time_s + extra_s)
-                    pass_flops += cost.flops
-                    pass_dram += cost.dram_bytes
+                    free = start + (prefill_cost[0, count] + extra_at[order[i]])
+                    pass_flops += prefill_cost[1, count]
+                    pass_dram += prefill_cost[2, count]
                 end = free
         if layer == last_layer:
             start = end if end > free else free
-            free = end = start + lm_head.time_s
-            pass_flops += lm_head.flops
-            pass_dram += lm_head.dram_bytes
-            if decode:
-                parts["lm_head"] += lm_head.time_s
-                latency_s.append(end - token_start)
-                token_end_s.append(end)
-                flash_bytes_T.append(pass_flash)
-                flops_T.append(pass_flops)
-                dram_T.append(pass_dram)
+            free = start + lm_head[0]
+            end = free
+            pass_flops += lm_head[1]
+            pass_dram += lm_head[2]
+            if is_decode:
+                parts[6] += lm_head[0]
+                latency_T[token], end_T[token] = end - token_start, end
+                flash_T[token], flops_T[token], dram_T[token] = pass_flash, pass_flops, pass_dram
+                token += 1
             else:
-                ttft_s.append(end - token_start)
-        yield timeout(end - env.now)
-    records.breakdown_s.update(parts)
-    n = len(latency_s)
-    records.latency_s[:n], records.token_end_s[:n] = latency_s, token_end_s
-    records.flash_bytes[:n], records.flops[:n], records.dram_bytes[:n] = flash_bytes_T, flops_T, dram_T
-    records.token_load_s[:n] = math.nan
-    records._token = n
+                ttft[n_ttft] = end - token_start
+                n_ttft += 1
+        delays[step] = end - now
+        now = now + delays[step]
+    return (delays, idle, latency_T, end_T, flash_T, flops_T, dram_T, ttft[:n_ttft], parts, layer_hits, layer_misses,
+            prefill_hits, prefill_misses, busy_s, n_requests, n_reads, peak)
+
+
+def replay(sim: Simulation):
+    """The SimPy process of `sim` (which `takes_fast_path`); fills `sim.records` as `_replay` does."""
+    scenario, records = sim.scenario, sim.records
+    workload, costs, config = scenario.workload, scenario.costs, scenario.config
+    expert, lm_head = sim._expert_decode, sim._lm_head
+    flash = sim.flash
+    transfers = np.array([transfer for _, transfer in flash._requests(costs.expert_bytes)])
+    (delays, idle, latency_T, end_T, flash_T, flops_T, dram_T, ttft, parts, layer_hits, layer_misses, prefill_hits,
+     prefill_misses, busy_s, n_requests, n_reads, peak) = _replay_kernel(
+        workload.step_kind.astype(np.int64), workload.step_layer.astype(np.int64), workload.step_offsets.astype(np.int64),
+        workload.access_key.astype(np.int64), workload.access_tokens.astype(np.int64), *_step_costs(sim),
+        _prefill_costs(sim), np.array([expert.time_s, expert.flops, expert.dram_bytes, costs.expert_bytes, expert.memory_bound]),
+        np.array([lm_head.time_s, lm_head.flops, lm_head.dram_bytes]), sim._overhead_s, sim._miss_overhead_s,
+        config.idle_gap_s, scenario.cache.per_layer, workload.n_layers, workload.n_experts,
+        scenario.cache.partition_capacity(workload.n_layers), transfers, flash.spec.latency_s, flash.spec.queue_depth,
+        DECODE)
+    timeout, idle_gap_s = sim.env.timeout, config.idle_gap_s
+    for delay, gap in zip(delays.tolist(), idle.tolist()):
+        if gap:
+            yield timeout(idle_gap_s)
+        yield timeout(delay)
+    n = latency_T.size
+    records.latency_s[:], records.token_end_s[:], records.flash_bytes[:] = latency_T, end_T, flash_T
+    records.flops[:], records.dram_bytes[:], records._token = flops_T, dram_T, n
+    records.ttft_s.extend(ttft.tolist())
+    records.breakdown_s.update(zip(PARTS, parts.tolist()))
+    records._layer_hits[:], records._layer_misses[:] = layer_hits.tolist(), layer_misses.tolist()
+    records.prefill_outcomes["hit"], records.prefill_outcomes["miss"] = int(prefill_hits), int(prefill_misses)
     stats = flash.stats
-    stats.busy_s, stats.requests, stats.reads, stats.bytes = busy_s, n_requests, n_reads, n_reads * expert_bytes
-    sim.cache.stats.peak_entries = peak
+    stats.busy_s, stats.requests, stats.reads, stats.bytes = busy_s, int(n_requests), int(n_reads), int(n_reads) * costs.expert_bytes
+    sim.cache.stats.peak_entries = int(peak)
