@@ -55,8 +55,17 @@ def test_error_summary_by_hand():
     assert summary["median_abs_error_pct"] == 4.0
     assert summary["p95_abs_error_pct"] == pytest.approx(5 + 0.8 * 25)  # numpy linear interpolation
     assert summary["max_abs_error_pct"] == 30.0 and not summary["meets_goal"]
-    assert error_summary([9.0, -9.5, 3.0])["meets_goal"]
-    assert GOAL == {"median_abs_error_pct": 10.0, "p95_abs_error_pct": 20.0}
+    assert error_summary([4.0, -4.5, 3.0])["meets_goal"] and not error_summary([4.0, -12.0, 3.0])["meets_goal"]
+    assert GOAL == {"median_abs_error_pct": 5.0, "p95_abs_error_pct": 10.0}
+
+
+def test_a_miss_within_each_cases_own_spread_is_said_to_be_so():
+    errors = [1.0, -2.0, 3.0, 30.0, -2.5]
+    assert error_summary(errors, [0.0] * 5)["verdict"] == "missed"
+    within = error_summary(errors, [0.0, 0.0, 0.0, 25.0, 0.0])  # 30 % off, with 25 % between its own repeats
+    assert not within["meets_goal"] and within["meets_goal_within_spread"] and within["verdict"] == "met within spread"
+    assert within["cases_beyond_spread_and_p95_goal"] == 0
+    assert error_summary([1.0, 2.0], [50.0, 50.0])["verdict"] == "met"  # under the goal: no spread needed
 
 
 def test_synthetic_traces_are_labelled_and_fit_the_architecture():
@@ -110,7 +119,11 @@ def test_a_quick_validation_end_to_end(tmp_path, monkeypatch):
             assert sum(part["measured"] for part in parts) == pytest.approx(case["measured_tpot_ms"])
             assert sum(part[engine] for part in parts) == pytest.approx(predicted["tpot_ms"])
     for engine, summary in report["summary"].items():
-        assert summary == error_summary([case["predicted"][engine]["error_pct"] for case in report["cases"]])
+        assert summary == error_summary([case["predicted"][engine]["error_pct"] for case in report["cases"]],
+                                        [case["measured_spread_pct"] for case in report["cases"]])
+    for case in report["cases"]:
+        runs = case["measured_tpot_ms_runs"]
+        assert case["measured_spread_pct"] == pytest.approx(100 * (max(runs) - min(runs)) / case["measured_tpot_ms"])
         assert set(report["parts"][engine]) == set(PART_MAP)
     assert sum(m.startswith("replay ") for m in messages) == 15 and list(tmp_path.glob("cosmosim-*")) == []
     # A fitting profile is reused, not measured again. The probe is held at the profile's own figures: what is

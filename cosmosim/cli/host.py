@@ -150,7 +150,7 @@ def validate(
     """Compare measured decode latency with the simulator and the analytical model over >= 40 cases.
 
     Calibrates first when no host profile fits; otherwise probes the host against the profile and stops
-    (exit 2) when a figure drifted. Goal: median |error| <= 10 %, p95 <= 20 %. About 15 minutes.
+    (exit 2) when a figure drifted. Goal: median |error| <= 5 %, p95 <= 10 %. About 15 minutes.
     Example: cosmosim validate --json v.json
     """
     from cosmosim.host.validate import validate as validate_host  # torch: loaded by this command only
@@ -174,11 +174,13 @@ def validate(
                       f"{case['measured_tpot_ms']:.3g}", *predicted)
     console = Console()
     console.print(table)
-    goal = f"goal: median <= {GOAL['median_abs_error_pct']:.0f} %, p95 <= {GOAL['p95_abs_error_pct']:.0f} %"
+    goal = f"goal: median <= {GOAL['median_abs_error_pct']:.0f} %, p95 <= {GOAL['p95_abs_error_pct']:.0f} %, or so once each case's repeat spread is allowed"
     for engine, summary in report["summary"].items():
-        verdict = "[green]met[/]" if summary["meets_goal"] else "[red]missed[/]"
+        colour = {"met": "green", "met within spread": "yellow"}.get(summary["verdict"], "red")
         console.print(f"{engine}: |error| median {summary['median_abs_error_pct']:.1f} %, p95 {summary['p95_abs_error_pct']:.1f} %, "
-                      f"max {summary['max_abs_error_pct']:.1f} % ({goal}: {verdict})")
+                      f"max {summary['max_abs_error_pct']:.1f} % ({goal}: [{colour}]{summary['verdict']}[/]; "
+                      f"{summary['cases_beyond_spread_and_p95_goal']} cases beyond their own repeat spread by more "
+                      f"than {GOAL['p95_abs_error_pct']:.0f} %)")
     parts = Table(title="where the time goes: median ms per decode token over the cases, measured vs predicted, "
                         "and each part's median share of the TPOT error")
     for column in ("part", "measured", *[f"{e}, share of error" for e in engines]):

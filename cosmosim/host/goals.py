@@ -1,7 +1,8 @@
 """What `cosmosim validate` aims at and how much it measures by default: light constants that the
 command line's help shows without loading the torch code behind them (docs/validation.md)."""
 
-GOAL = {"median_abs_error_pct": 10.0, "p95_abs_error_pct": 20.0}  # |TPOT error| of each engine over the cases
+GOAL = {"median_abs_error_pct": 5.0, "p95_abs_error_pct": 10.0}  # |TPOT error| of each engine over the cases (serving
+# simulators publish 2-9 %; the validation issue tightened it from 10 % / 20 %)
 MIN_CASES = 40
 MIN_REPEATS = 3
 BUDGET_S = 15 * 60

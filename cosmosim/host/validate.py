@@ -7,7 +7,7 @@ paper's policy sets its own cache), at least MIN_CASES cases. Every case is repl
 `repeats` times, all cases once before any twice, so slow drift of the host spreads over the cases
 instead of landing on one; its measured TPOT is the median over repeats of each replay's mean TPOT.
 Each engine predicts the same case from the host profile; error = (predicted - measured) /
-measured. Goal: median |error| <= 10 %, p95 <= 20 % (GOAL). The schema is in docs/validation.md.
+measured. Goal: median |error| <= 5 %, p95 <= 10 % (GOAL). The schema is in docs/validation.md.
 
 Before the matrix, a profile calibrated earlier is probed (`cosmosim.host.probe`): a few seconds
 of calibrate's own flash and GEMV measurements; a figure that drifted stops validation (DriftError)
@@ -127,12 +127,27 @@ def case_matrix(traces: list[ValidationTrace], arch: Architecture, min_cases: in
 
 
 # ----------------------------------------------------------------------------- errors
-def error_summary(errors_pct: list[float]) -> dict:
-    """Median, p95 (numpy linear interpolation) and max of |error|, and whether GOAL is met."""
+def _meets(absolute: np.ndarray) -> bool:
+    median, p95 = np.percentile(absolute, [50, 95])
+    return bool(median <= GOAL["median_abs_error_pct"] and p95 <= GOAL["p95_abs_error_pct"])
+
+
+def error_summary(errors_pct: list[float], spreads_pct: list[float] | None = None) -> dict:
+    """Median, p95 (numpy linear interpolation) and max of |error|, and whether GOAL is met. With each
+    case's measured spread (max - min over its repeats / median, %): whether the errors beyond it meet
+    GOAL (each |error| less its spread, at least 0), and the verdict: `met`, `met within spread` (only
+    once the run-to-run spread is allowed) or `missed`."""
     absolute = np.abs(np.asarray(errors_pct, dtype=float))
     median, p95 = (float(v) for v in np.percentile(absolute, [50, 95]))
-    return {"median_abs_error_pct": median, "p95_abs_error_pct": p95, "max_abs_error_pct": float(absolute.max()),
-            "meets_goal": median <= GOAL["median_abs_error_pct"] and p95 <= GOAL["p95_abs_error_pct"]}
+    summary = {"median_abs_error_pct": median, "p95_abs_error_pct": p95, "max_abs_error_pct": float(absolute.max()),
+               "meets_goal": _meets(absolute)}
+    if spreads_pct is not None:
+        beyond = np.maximum(absolute - np.asarray(spreads_pct, dtype=float), 0.0)
+        summary["meets_goal_within_spread"] = _meets(beyond)
+        summary["cases_beyond_spread_and_p95_goal"] = int((beyond > GOAL["p95_abs_error_pct"]).sum())
+        summary["verdict"] = ("met" if summary["meets_goal"] else
+                              "met within spread" if summary["meets_goal_within_spread"] else "missed")
+    return summary
 
 
 def part_summary(rows: list[dict], engine: str) -> dict[str, dict]:
@@ -230,7 +245,8 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
         notes.append("no traces/*.npz: the traces are synthetic (cosmosim.inputs.synthetic.sticky_trace)")
     return {
         "goal": GOAL,
-        "summary": {engine: error_summary([row["predicted"][engine]["error_pct"] for row in rows]) for engine in engines},
+        "summary": {engine: error_summary([row["predicted"][engine]["error_pct"] for row in rows],
+                                          [row["measured_spread_pct"] for row in rows]) for engine in engines},
         "parts": {engine: part_summary(rows, engine) for engine in engines},
         "cases": rows,
         "engines": engines,
@@ -268,6 +284,7 @@ def _case_row(case: Case, runs: list[dict], predictions: dict[str, dict]) -> dic
         "cache_experts": inputs["cache_experts"], "cache_mb": inputs["cache_mb"],
         "hit_rate": runs[0]["hit_rate"], "flash_mb_per_token": runs[0]["flash_mb_per_token"],
         "measured_tpot_ms": measured, "measured_tpot_ms_runs": means,
+        "measured_spread_pct": 100 * (max(means) - min(means)) / measured,
         "measured_ttft_ms": float(np.median([run["ttft_ms"] for run in runs])),
         "parts_ms": _parts_ms(runs, predictions),
         "predicted": {engine: {"tpot_ms": result["tpot_ms"]["mean"], "ttft_ms": result["ttft_ms"],
