@@ -67,6 +67,30 @@ def _prefill_costs(sim: Simulation) -> np.ndarray:
 
 
 @numba.njit(cache=True)
+def _unlink(key, p, before, after, head, tail):
+    """Take `key` out of partition p's LRU list (links `before`/`after`, ends `head`/`tail`)."""
+    if before[key] == NONE:
+        head[p] = after[key]
+    else:
+        after[before[key]] = after[key]
+    if after[key] == NONE:
+        tail[p] = before[key]
+    else:
+        before[after[key]] = before[key]
+
+
+@numba.njit(cache=True)
+def _append(key, p, before, after, head, tail):
+    """Put `key` at the most recent end of partition p's LRU list."""
+    before[key], after[key] = tail[p], NONE
+    if tail[p] == NONE:
+        head[p] = key
+    else:
+        after[tail[p]] = key
+    tail[p] = key
+
+
+@numba.njit(cache=True)
 def _replay_kernel(kinds, layers, offsets, keys, tokens, step_s, step_flops, step_dram, step_bound, prefill_cost,
                    expert, lm_head, overhead_s, miss_s, idle_gap_s, per_layer, n_layers, n_experts,
                    capacity, transfers, latency, depth, decode):
@@ -86,7 +110,8 @@ def _replay_kernel(kinds, layers, offsets, keys, tokens, step_s, step_flops, ste
     # LRU: a doubly linked list of resident keys per partition, oldest at the head.
     before, after = np.full(n_keys, NONE, np.int64), np.full(n_keys, NONE, np.int64)
     resident = np.zeros(n_keys, np.bool_)
-    head, tail, held = np.full(n_partitions, NONE, np.int64), np.full(n_partitions, NONE, np.int64), np.zeros(n_partitions, np.int64)
+    head, tail = np.full(n_partitions, NONE, np.int64), np.full(n_partitions, NONE, np.int64)
+    held = np.zeros(n_partitions, np.int64)
     entries = peak = 0
     slot_free = np.zeros(depth)
     next_slot, channel_free, busy_s, n_requests, n_reads = 0, 0.0, 0.0, 0, 0
@@ -120,15 +145,8 @@ def _replay_kernel(kinds, layers, offsets, keys, tokens, step_s, step_flops, ste
                 key = keys[clock]
                 p = key // n_experts if per_layer else 0
                 if resident[key]:
-                    if tail[p] != key:  # move to the end
-                        if before[key] == NONE:
-                            head[p] = after[key]
-                        else:
-                            after[before[key]] = after[key]
-                        before[after[key]] = before[key]
-                        before[key], after[key] = tail[p], NONE
-                        after[tail[p]] = key
-                        tail[p] = key
+                    _unlink(key, p, before, after, head, tail)  # to the most recent end
+                    _append(key, p, before, after, head, tail)
                     ready_at[clock - lo], extra_at[clock - lo] = router_done, 0.0
                     hits += 1
                     continue
@@ -152,24 +170,12 @@ def _replay_kernel(kinds, layers, offsets, keys, tokens, step_s, step_flops, ste
                         if not in_step:
                             break
                         victim = after[victim]
-                    if before[victim] == NONE:
-                        head[p] = after[victim]
-                    else:
-                        after[before[victim]] = after[victim]
-                    if after[victim] == NONE:
-                        tail[p] = before[victim]
-                    else:
-                        before[after[victim]] = before[victim]
+                    _unlink(victim, p, before, after, head, tail)
                     resident[victim] = False
                     held[p] -= 1
                     entries -= 1
                 resident[key] = True
-                before[key], after[key] = tail[p], NONE
-                if tail[p] == NONE:
-                    head[p] = key
-                else:
-                    after[tail[p]] = key
-                tail[p] = key
+                _append(key, p, before, after, head, tail)
                 held[p] += 1
                 entries += 1
                 if entries > peak:
@@ -260,5 +266,6 @@ def replay(sim: Simulation):
     records._layer_hits[:], records._layer_misses[:] = layer_hits.tolist(), layer_misses.tolist()
     records.prefill_outcomes["hit"], records.prefill_outcomes["miss"] = int(prefill_hits), int(prefill_misses)
     stats = flash.stats
-    stats.busy_s, stats.requests, stats.reads, stats.bytes = busy_s, int(n_requests), int(n_reads), int(n_reads) * costs.expert_bytes
+    stats.busy_s, stats.requests, stats.reads = busy_s, int(n_requests), int(n_reads)
+    stats.bytes = int(n_reads) * costs.expert_bytes
     sim.cache.stats.peak_entries = int(peak)
