@@ -69,6 +69,23 @@ def test_the_record_keeps_what_replay_must_share(calibrated):
     assert to_toml(profile_data(record)) == path.read_text()
 
 
+def test_the_class_rates_price_a_decoded_token_as_the_overall_rate_does(calibrated):
+    """[compute_classes] splits the arithmetic between attention, experts and the LM head, each at its
+    own shapes' measured rate; the token's matrices together cost what the one overall rate gives."""
+    profile, path, _, _ = calibrated
+    record, classes = load_record(path), profile.compute_classes
+    assert classes is not None and classes.lm_head.gemm_flops_per_s is None  # the LM head runs as a GEMV only
+    assert {shape["class"] for shape in record["gemv_shapes"]} == {"attention", "expert", "lm_head"}
+    for kind, rows in (("gemv", 1), ("gemm", record["prompt_tokens"])):
+        shapes = record[f"{kind}_shapes"]
+        rates = {shape["class"]: getattr(getattr(classes, shape["class"]), f"{kind}_flops_per_s") for shape in shapes}
+        by_class = sum(shape["uses_per_token"] * 2 * rows * shape["out"] * shape["in"] / rates[shape["class"]]
+                       for shape in shapes if rates[shape["class"]] is not None)
+        overall = sum(shape["uses_per_token"] * 2 * rows * shape["out"] * shape["in"] / shape["flops_per_s"]
+                      for shape in shapes if rates[shape["class"]] is not None)
+        assert by_class == pytest.approx(overall, rel=1e-3)  # the profile's figures keep 4 digits
+
+
 def test_toml_writer_round_trips_a_shipped_profile():
     data = tomllib.loads((profiles_dir() / "phone.toml").read_text())
     assert tomllib.loads(to_toml(data)) == data

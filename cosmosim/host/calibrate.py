@@ -10,9 +10,10 @@ What is measured, in order:
 1. flash (`calibrate.flash`): a scratch file read cold from a pool of threads: the queue depth,
    the bandwidth curve, and the per-request latency fitted to an all-miss step's reads (top-k experts at once);
 2. DRAM: torch copy bandwidth, counting bytes read plus bytes written (STREAM's convention);
-3. compute: `F.linear` at every matrix shape of one decoded token (GEMV) and of a prompt (GEMM),
-   in bfloat16, over enough distinct weights to defeat the CPU caches, net of the per-call cost
-   of a tiny matrix (that cost is part of the per-layer overhead instead);
+3. compute (`calibrate.compute_measure`): `F.linear` at every matrix shape of one decoded token (GEMV)
+   and of a prompt (GEMM), in bfloat16, over enough distinct weights to defeat the CPU caches, net of
+   the per-call cost of a tiny matrix (that cost is part of the per-layer overhead instead): the
+   rates over all shapes, and per operation class ([compute_classes]: attention, experts, LM head);
 4. the per-layer and per-miss overheads of a Python/torch decode step (`calibrate.overhead_measure`):
    replays of the architecture with every expert cached and with none, what their tokens take
    beyond the arithmetic (and the reads) the engines price, per layer and per miss.
@@ -36,16 +37,15 @@ import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
 from cosmosim.engines.replay.compute import default_threads, torch_threads
 from cosmosim.engines.replay.run import Progress
 from cosmosim.engines.replay.storage import available_memory_bytes
-from cosmosim.engines.replay.weights import DTYPE, DTYPE_NAME, ExpertLayout, expert_shapes, scaled_arch
+from cosmosim.engines.replay.weights import DTYPE_NAME, ExpertLayout, scaled_arch
 from cosmosim.errors import InputError
 from cosmosim.files import atomic_write_json, atomic_write_text
-from cosmosim.host.effort import FULL, QUICK, Effort
+from cosmosim.host.compute_measure import TINY, matmul_shapes, measure_dram, measure_matmul
+from cosmosim.host.effort import FULL, QUICK
 from cosmosim.host.flash_measure import KNEE, MIN_LATENCY_S, QUEUE_DEPTHS, STEP_GAP_S, fit_latency, measure_flash
 from cosmosim.host.overhead_measure import DRAFT_OVERHEAD_S, measure_overheads
 from cosmosim.inputs.arch import Architecture, get_arch
@@ -53,8 +53,7 @@ from cosmosim.inputs.profiles import DeviceProfile, host_profile_path, load_prof
 from cosmosim.scenario.settings import RunConfig
 from cosmosim.units import GIB, KIB, MIB
 
-METHOD = 4  # how the figures are measured; a record of another method is calibrated again (validate)
-TINY = 8  # matrix side whose F.linear costs only the call
+METHOD = 5  # how the figures are measured; a record of another method is calibrated again (validate)
 MIN_MISS_OVERHEAD_S = 1e-6  # below this (or negative: faster than priced) no per-miss overhead is written
 BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this per CPU: the machine is busy
 LOAD_WINDOW_S = 0.25  # the window over which the other processes' CPU share is measured
@@ -113,60 +112,6 @@ def check_load(load: dict, *, refuse: bool, warn: Progress) -> bool:
     return busy
 
 
-# ----------------------------------------------------------------------------- DRAM and compute
-def measure_dram(effort: Effort) -> float:
-    """Copy bandwidth in bytes/s, counting the bytes read and the bytes written."""
-    source = torch.ones(effort.dram_bytes // DTYPE.itemsize, dtype=DTYPE)
-    target = torch.empty_like(source)
-    target.copy_(source)  # first touch: page faults are not bandwidth
-    copies, start = 0, time.perf_counter()
-    while copies < 2 or time.perf_counter() - start < effort.seconds_per_point:
-        target.copy_(source)
-        copies += 1
-    return 2 * effort.dram_bytes * copies / (time.perf_counter() - start)
-
-
-def matmul_shapes(arch: Architecture) -> dict[tuple[int, int], int]:
-    """Every weight matrix [out, in] one decoded token multiplies, with how many times it does."""
-    d, kv, layers = arch.d_model, arch.n_kv_heads * arch.head_dim, arch.n_layers
-    uses: dict[tuple[int, int], int] = {}
-    matrices = [((d, d), layers), ((kv, d), layers), ((kv, d), layers), ((d, d), layers),
-                ((arch.n_experts, d), layers), ((arch.vocab_size, d), 1)]
-    matrices += [(shape, layers * arch.top_k) for shape in expert_shapes(arch)]
-    for shape, count in matrices:
-        uses[shape] = uses.get(shape, 0) + count
-    return uses
-
-
-def _seconds_per_linear(rows: int, shape: tuple[int, int], effort: Effort) -> float:
-    n_copies = max(1, math.ceil(effort.working_set_bytes / (shape[0] * shape[1] * DTYPE.itemsize)))
-    base = torch.randn(shape, dtype=DTYPE)
-    weights = [base.clone() for _ in range(n_copies)]  # distinct memory is what the caches see
-    x = torch.randn(rows, shape[1], dtype=DTYPE)
-    for weight in weights:  # first touch
-        F.linear(x, weight)
-    calls, start = 0, time.perf_counter()
-    while calls < n_copies or time.perf_counter() - start < effort.seconds_per_point:
-        F.linear(x, weights[calls % n_copies])
-        calls += 1
-    return (time.perf_counter() - start) / calls
-
-
-def measure_matmul(arch: Architecture, rows: int, effort: Effort, progress: Progress) -> tuple[float, list[dict]]:
-    """FLOP/s of `rows`-row products at the architecture's shapes, weighted by use per token."""
-    call_s = _seconds_per_linear(rows, (TINY, TINY), effort)
-    flops = seconds = 0.0
-    per_shape = []
-    for (out, inp), uses in matmul_shapes(arch).items():
-        progress(f"compute: {rows} x {inp} by {inp} x {out} ({DTYPE_NAME})")
-        net_s = max(_seconds_per_linear(rows, (out, inp), effort) - call_s, 1e-9)
-        flops += uses * 2 * rows * out * inp
-        seconds += uses * net_s
-        per_shape.append({"out": out, "in": inp, "uses_per_token": uses, "flops_per_s": 2 * rows * out * inp / net_s})
-    return flops / seconds, per_shape
-
-
-# ----------------------------------------------------------------------------- per-layer overhead
 # ----------------------------------------------------------------------------- the profile
 def _sig(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
@@ -194,6 +139,23 @@ def _add_miss_overhead(compute: dict, record: dict, when: str) -> dict:
             f"({record['miss_waited_s'] * 1e3:.1f} ms) less the same tokens' priced arithmetic "
             f"({record['miss_priced_compute_s'] * 1e3:.1f} ms), per miss")
     return compute
+
+
+def _compute_classes(record: dict, when: str, shapes: str) -> dict:
+    """The [compute_classes] section: each class's GEMV and GEMM rate over its own shapes (the LM head
+    runs as a GEMV only); empty for a record from before calibrate measured them."""
+    if "gemv_class_flops_per_s" not in record:
+        return {}
+    section, sources = {}, {}
+    for kind, label in (("gemv", "one row"), ("gemm", f"{record['prompt_tokens']} rows")):
+        for name, rate in record[f"{kind}_class_flops_per_s"].items():
+            if (name, kind) == ("lm_head", "gemm"):
+                continue
+            matrices = ", ".join(f"{shape['out']}x{shape['in']}" for shape in record[f"{kind}_shapes"] if shape["class"] == name)
+            section[f"{name}_{kind}_gflops"] = _sig(rate / 1e9)
+            sources[f"{name}_{kind}_gflops"] = (f"{when}: F.linear of {label} at the {name} class's matrices of a "
+                                                f"decoded token ({matrices}), weighted by use, as gemv_gflops; {shapes}")
+    return {"compute_classes": {**section, "sources": sources}}
 
 
 def profile_data(record: dict) -> dict:
@@ -247,7 +209,7 @@ def profile_data(record: dict) -> dict:
                 "layer_overhead_us": _overhead_source(record, when),
             },
         }, record, when),
-
+        **_compute_classes(record, when, shapes),
         "energy": {
             "flash_pj_per_byte": 1500, "dram_pj_per_bit": 20, "pj_per_flop": 0.75, "idle_mw": 10000,
             "sources": {
@@ -274,7 +236,7 @@ def _toml_value(value) -> str:
 def to_toml(data: dict) -> str:
     lines = ["# Written by `cosmosim calibrate`: every number was measured on this host (energy excepted).",
              f"name = {_toml_value(data['name'])}", f"description = {_toml_value(data['description'])}"]
-    for section in ("flash", "dram", "compute", "energy"):
+    for section in (name for name in ("flash", "dram", "compute", "compute_classes", "energy") if name in data):
         table = data[section]
         lines += ["", f"[{section}]"] + [f"{key} = {_toml_value(v)}" for key, v in table.items() if key != "sources"]
         lines += ["", f"[{section}.sources]"] + [f"{key} = {_toml_value(v)}" for key, v in table["sources"].items()]
@@ -334,8 +296,9 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
         record["flash"] = measure_flash(directory, effort, say, layout.stride, layout.file_bytes, target.top_k)
         say("dram: copy bandwidth")
         record["dram_bytes_per_s"] = measure_dram(effort)
-        record["gemv_flops_per_s"], record["gemv_shapes"] = measure_matmul(target, 1, effort, say)
-        record["gemm_flops_per_s"], record["gemm_shapes"] = measure_matmul(target, record["prompt_tokens"], effort, say)
+        for kind, rows in (("gemv", 1), ("gemm", record["prompt_tokens"])):
+            record[f"{kind}_flops_per_s"], record[f"{kind}_shapes"], record[f"{kind}_class_flops_per_s"] = \
+                measure_matmul(target, rows, effort, say)
         record["layer_overhead_s"] = DRAFT_OVERHEAD_S
         flash = profile_from_dict(profile_data(record), source="calibration draft").flash
         measured = record["flash"]

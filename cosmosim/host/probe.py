@@ -25,7 +25,7 @@ import numpy as np
 
 from cosmosim.engines.replay.storage import ALIGN, ColdReader
 from cosmosim.errors import InputError
-from cosmosim.host.calibrate import measure_matmul
+from cosmosim.host.compute_measure import measure_matmul
 from cosmosim.host.effort import FULL, QUICK
 from cosmosim.host.flash_measure import _read_rate
 from cosmosim.inputs.arch import Architecture
