@@ -31,7 +31,7 @@ from cosmosim.scenario.settings import RunConfig
 DRAFT_OVERHEAD_S = 1e-7  # the draft profile's per-layer overhead: a profile's figures must be > 0
 
 
-def _random_trace(arch: Architecture, effort: Effort, prompt_tokens: int) -> Trace:
+def random_trace(arch: Architecture, effort: Effort, prompt_tokens: int) -> Trace:
     sequence = prompt_tokens + effort.overhead_tokens
     n_tokens = effort.overhead_sequences * sequence
     experts = random_routing((n_tokens, arch.n_layers, arch.top_k), arch.n_experts, seed=0)
@@ -66,7 +66,7 @@ def measure_overheads(arch: Architecture, draft: DeviceProfile, directory: Path 
                       prompt_tokens: int) -> dict:
     """The per-layer and per-miss overheads of decoding `arch` on this host, and the figures they came
     from. `draft` has every figure of the profile but negligible overheads."""
-    trace = _random_trace(arch, effort, prompt_tokens)
+    trace = random_trace(arch, effort, prompt_tokens)
     all_cached = RunConfig(cache_experts=arch.n_layers * arch.n_experts, tokens=trace.n_tokens,
                            prompt_tokens=prompt_tokens)
     all_missed = replace(all_cached, cache_experts=arch.top_k)
