@@ -145,12 +145,14 @@ def validate(
     recalibrate: bool = typer.Option(False, help="Calibrate again even when a fitting host profile exists. Without it, a profile calibrated earlier is probed first (a few seconds of flash reads and GEMV); a figure drifted beyond max(the probe's spread, 25 %) stops validation (exit 2)."),
     quick: bool = typer.Option(False, help="When calibrating, tiny short measurements (for trying it out; figures are rough)."),
     pagecache: bool = typer.Option(True, help="Also check the page-cache model (--loader mmap) against this kernel: the same touches of a weights file under a memory cgroup limit, pages read, faults and residency compared (about 2 minutes; docs/validation.md)."),
+    track: bool = typer.Option(True, help="Calibrate this host again before every pass over the cases (the replays' queue depth kept) and predict each pass from its own profile: the host's flash and GEMV rates drift within minutes. About 90 s a pass."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (with --json)."),
 ) -> None:
     """Compare measured decode latency with the simulator and the analytical model over >= 40 cases.
 
     Calibrates first when no host profile fits; otherwise probes the host against the profile and stops
-    (exit 2) when a figure drifted. Goal: median |error| <= 5 %, p95 <= 10 %. About 15 minutes.
+    (exit 2) when a figure drifted; then calibrates again before every pass (--no-track: not). Goal:
+    median |error| <= 5 %, p95 <= 10 %. About 20 minutes.
     Example: cosmosim validate --json v.json
     """
     from cosmosim.host.validate import validate as validate_host  # torch: loaded by this command only
@@ -158,7 +160,8 @@ def validate(
     check_outputs({"--json": json_path}, {f"--trace {path}": path for path in trace or ()})
     report = validate_host(traces=trace or None, arch=arch, scale=scale, repeats=repeats, tokens=tokens,
                            budget_s=budget_min * 60, min_cases=min_cases, directory=directory,
-                           recalibrate=recalibrate, quick=quick, pagecache=pagecache, progress=_progress(quiet))
+                           recalibrate=recalibrate, quick=quick, pagecache=pagecache, track=track,
+                           progress=_progress(quiet))
     if json_path is not None:
         atomic_write_json(json_path, report)
     if quiet:

@@ -182,8 +182,10 @@ def profile_data(record: dict) -> dict:
                               f"requests, {flash['queue_depth']} in flight, {STEP_GAP_S * 1e3:.0f} ms of CPU work apart, "
                               f"took {flash['step_read_s'] * 1e3:.3f} ms (median); the latency at which the flash "
                               "model reads them as fast",
-                "queue_depth": f"{when}: the fewest reads in flight reaching {KNEE:.0%} of the best "
-                               f"{flash['request_bytes'] // KIB} KiB throughput over depths {list(QUEUE_DEPTHS)}",
+                "queue_depth": (f"{when}: kept from the calibration this one repeats (validate's passes)"
+                                if flash.get("queue_depth_given") else
+                                f"{when}: the fewest reads in flight reaching {KNEE:.0%} of the best "
+                                f"{flash['request_bytes'] // KIB} KiB throughput over depths {list(QUEUE_DEPTHS)}"),
                 "max_request_kib": "cosmosim replay issues expert reads in requests of this size (its I/O engine's choice)",
             },
         },
@@ -269,12 +271,12 @@ def _cpu_name() -> str:
 def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, threads: int | None = None,
               out: Path | None = None, directory: Path | None = None, quick: bool = False,
               progress: Progress | None = None, refuse_busy: bool = False,
-              warn: Progress | None = None) -> tuple[DeviceProfile, Path]:
+              warn: Progress | None = None, queue_depth: int | None = None) -> tuple[DeviceProfile, Path]:
     """Measure this host, write its profile (default: the user cache folder's profiles/host.toml)
     and calibration record beside it; return the loaded profile and its path.
 
     On a busy machine (`check_load`) it refuses with `refuse_busy`, else warns through `warn`
-    (default: `progress`)."""
+    (default: `progress`). A given `queue_depth` is kept rather than measured."""
     say = progress or (lambda message: None)
     effort = QUICK if quick else FULL
     target = scaled_arch(arch if isinstance(arch, Architecture) else get_arch(arch), scale)
@@ -293,7 +295,8 @@ def calibrate(arch: str | Architecture = "wearable-moe", *, scale: int = 1, thre
                   "dram_test_mib": effort.dram_bytes // MIB}
         record["available_bytes"] = min(available_memory_bytes() or record["memory_bytes"], record["memory_bytes"])
         layout = ExpertLayout.of(target)
-        record["flash"] = measure_flash(directory, effort, say, layout.stride, layout.file_bytes, target.top_k)
+        record["flash"] = measure_flash(directory, effort, say, layout.stride, layout.file_bytes, target.top_k,
+                                        queue_depth=queue_depth)
         say("dram: copy bandwidth")
         record["dram_bytes_per_s"] = measure_dram(effort)
         for kind, rows in (("gemv", 1), ("gemm", record["prompt_tokens"])):

@@ -84,11 +84,13 @@ def _step_read_s(reader: ColdReader, file_bytes: int, nbytes: int, n_reads: int,
 
 
 def measure_flash(directory: Path | None, effort: Effort, progress: Progress, expert_bytes: int,
-                  expert_file_bytes: int, top_k: int, prefer_direct: bool = True) -> dict:
+                  expert_file_bytes: int, top_k: int, prefer_direct: bool = True,
+                  queue_depth: int | None = None) -> dict:
     """The read curve, queue depth and single-read time, and the median time of an all-miss step's
     reads (`top_k` experts of `expert_bytes`, 4 KiB aligned, issued together), from which calibrate
     fits the latency; all on a test file the size of replay's expert file (`Effort.flash_file_bytes`),
-    warmed as replay warms it."""
+    warmed as replay warms it. A given `queue_depth` is kept instead of measured (validate calibrates
+    again between its passes with the depth its replays use)."""
     file_bytes = effort.flash_file_bytes(expert_file_bytes)
     sizes = [size for size in CURVE_SIZES if size <= file_bytes // 8]
     request = min(REQUEST_BYTES, sizes[-1])
@@ -100,7 +102,7 @@ def measure_flash(directory: Path | None, effort: Effort, progress: Progress, ex
         with ColdReader(path, prefer_direct) as reader:
             warm_storage(reader, file_bytes)
             by_depth = {}
-            for depth in QUEUE_DEPTHS:
+            for depth in QUEUE_DEPTHS if queue_depth is None else (queue_depth,):
                 progress(f"flash: {request // KIB} KiB reads, {depth} in flight")
                 by_depth[depth] = _read_rate(reader, file_bytes, request, depth, effort.seconds_per_point, depth)
             best = max(by_depth.values())
@@ -115,7 +117,8 @@ def measure_flash(directory: Path | None, effort: Effort, progress: Progress, ex
             progress(f"flash: an all-miss step's reads, {top_k} experts of {expert_bytes / MIB:.2f} MiB at once")
             step_read_s = _step_read_s(reader, file_bytes, expert_bytes, top_k, request, depth, effort.step_reads, 11)
             mode, filesystem = reader.mode, reader.filesystem
-    return {"read_mode": mode, "filesystem": filesystem, "test_file_bytes": file_bytes, "queue_depth": depth, "request_bytes": request,
+    return {"read_mode": mode, "filesystem": filesystem, "test_file_bytes": file_bytes, "queue_depth": depth,
+            "queue_depth_given": queue_depth is not None, "request_bytes": request,
             "throughput_by_depth": by_depth, "curve": curve, "single_read_s": single_read_s,
             "expert_read_bytes": expert_bytes, "step_reads": top_k, "step_read_s": step_read_s,
             "latency_s": MIN_LATENCY_S}

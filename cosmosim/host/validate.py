@@ -12,11 +12,19 @@ measured. Goal: median |error| <= 5 %, p95 <= 10 % (GOAL). The schema is in docs
 Before the matrix, a profile calibrated earlier is probed (`cosmosim.host.probe`): a few seconds
 of calibrate's own flash and GEMV measurements; a figure that drifted stops validation (DriftError)
 before any replay, unless `recalibrate` (which calibrates first).
+
+With `track` (the default), the host is calibrated again before every pass over the matrix (the
+queue depth its replays use kept), into a scratch folder: this VM's flash and GEMV rates move by
+30-70 % within minutes, more than any term of the model. Each case is then predicted from each
+pass's profile, and compared with its median replay by the prediction of that replay's pass: a
+measurement against the calibration taken nearest it. Nothing is fitted on the cases: every figure
+still comes from calibrate's own measurements.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,10 +193,27 @@ def _host_profile(path: Path, arch: Architecture, recalibrate: bool, directory: 
     return load_profile(path), record, recalibrate or not fits
 
 
+def _pass_profile(arch: Architecture, folder: Path, index: int, directory: Path | None, quick: bool,
+                  queue_depth: int, say: Progress) -> DeviceProfile:
+    """A fresh calibration of this host before pass `index`, with the replays' queue depth kept."""
+    say(f"pass {index + 1}: calibrating this host again ({queue_depth} reads in flight kept)")
+    profile, _ = calibrate(arch, out=folder / f"pass-{index + 1}.toml", directory=directory, quick=quick,
+                           progress=say, queue_depth=queue_depth)
+    return profile
+
+
+def _tracked(profile: DeviceProfile) -> dict:
+    """The figures of a pass's profile that the host moves most, for the report."""
+    flash, compute = profile.flash, profile.compute
+    return {"sha256": profile.sha256, "flash_mb_per_s_at_max_request": flash.bandwidth_bytes_per_s(flash.max_request_bytes) / 1e6,
+            "gemv_gflops": compute.gemv_flops_per_s / 1e9, "layer_overhead_us": compute.layer_overhead_s * 1e6,
+            "miss_overhead_us": compute.miss_overhead_s * 1e6}
+
+
 def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "wearable-moe", scale: int = 1,
              repeats: int = MIN_REPEATS, tokens: int | None = None, budget_s: float = BUDGET_S,
              min_cases: int = MIN_CASES, profile: Path | None = None, recalibrate: bool = False,
-             directory: Path | None = None, quick: bool = False, pagecache: bool = True,
+             directory: Path | None = None, quick: bool = False, pagecache: bool = True, track: bool = True,
              progress: Progress | None = None) -> dict:
     """Replay, simulate and model every case; return the report (docs/validation.md).
 
@@ -196,6 +221,7 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     predicts that the replays would not fit `budget_s`. `profile` is the host profile's path
     (default: the calibrated one); `quick` calibrates (when needed) with tiny measurements. `pagecache`
     adds the page-cache model against this kernel (`cosmosim.host.pagecache_check`) on the first trace.
+    `track` calibrates again before every pass (the module's docstring).
     """
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -217,30 +243,40 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
             probed = probe(host, record, model.reader, model.layout.file_bytes, target)
             check_drift(probed)
         planned = tokens or DEFAULT_TOKENS
+        recalibrations = (repeats - (1 if calibrated_now else 0)) if track else 0
         predictions = _predict(host, cases, target, planned, engines)
         expected_s = repeats * sum(p["des"]["simulated_s"] + REPLAY_SETUP_S for p in predictions)
-        left_s = budget_s - (time.perf_counter() - started)
+        left_s = budget_s - (time.perf_counter() - started) - recalibrations * record.get("wall_s", 0.0)
         if tokens is None and expected_s > left_s:
             prompt = RunConfig().prompt_tokens
             planned = max(prompt + 8, int(planned * left_s / expected_s))
             predictions = _predict(host, cases, target, planned, engines)
-        say(f"{len(cases)} cases x {repeats} replays of {planned} tokens; engines: {', '.join(engines)}")
+        say(f"{len(cases)} cases x {repeats} replays of {planned} tokens; engines: {', '.join(engines)}"
+            + ("; the host calibrated before each pass" if track else ""))
         runs: list[list[dict]] = [[] for _ in cases]
         scenarios = [runner.prepare(host, case.trace.trace, target, case.config(planned)) for case in cases]
-        for repeat in range(repeats):
-            for index, (case, scenario) in enumerate(zip(cases, scenarios)):
-                done = repeat * len(cases) + index
-                say(f"replay {done + 1}/{repeats * len(cases)}: {case.trace.label}, {case.policy}, "
-                    f"{scenario.cache_capacity} experts ({time.perf_counter() - started:.0f} s)")
-                runs[index].append(model.replay(scenario))
+        pass_profiles = [host] * repeats
+        with tempfile.TemporaryDirectory(prefix="cosmosim-validate-") as folder:
+            for repeat in range(repeats):
+                if track and (repeat > 0 or not calibrated_now):
+                    pass_profiles[repeat] = _pass_profile(target, Path(folder), repeat, directory, quick,
+                                                          host.flash.queue_depth, say)
+                for index, (case, scenario) in enumerate(zip(cases, scenarios)):
+                    done = repeat * len(cases) + index
+                    say(f"replay {done + 1}/{repeats * len(cases)}: {case.trace.label}, {case.policy}, "
+                        f"{scenario.cache_capacity} experts ({time.perf_counter() - started:.0f} s)")
+                    runs[index].append(model.replay(scenario))
         read_mode = model.reader.mode
+    by_pass = [predictions if profile is host else _predict(profile, cases, target, planned, engines)
+               for profile in pass_profiles]
 
     page_cases = []
     if pagecache:
         say(f"page cache: the model against this kernel on {validation[0].label} ({time.perf_counter() - started:.0f} s)")
         page_cases = [case.to_dict() for case in check_page_cache(validation[0].trace, arch=target,
                                                                   label=validation[0].label, folder=directory)]
-    rows = [_case_row(case, case_runs, case_predictions) for case, case_runs, case_predictions in zip(cases, runs, predictions)]
+    rows = [_case_row(case, case_runs, [pass_predictions[index] for pass_predictions in by_pass])
+            for index, (case, case_runs) in enumerate(zip(cases, runs))]
     notes = []
     if any(trace.synthetic for trace in validation):
         notes.append("no traces/*.npz: the traces are synthetic (cosmosim.inputs.synthetic.sticky_trace)")
@@ -256,6 +292,7 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
         "traces": [{"label": trace.label, "synthetic": trace.synthetic} for trace in validation],
         "profile": str(profile_path), "profile_sha256": host.sha256, "calibrated_now": calibrated_now,
         "probe": probed,
+        "track": track, "passes": [_tracked(profile) for profile in pass_profiles],
         "read_mode": read_mode, "threads": record["threads"],
         "pagecache": page_cases,
         "wall_s": time.perf_counter() - started,
@@ -263,33 +300,40 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     }
 
 
-def _parts_ms(runs: list[dict], predictions: dict[str, dict]) -> dict[str, dict]:
-    """Each PART_MAP part in ms per decode token: measured in the median replay (the one whose mean
-    TPOT is the case's, with an odd number of repeats) and predicted by each engine."""
+def _median_run(runs: list[dict]) -> int:
+    """The replay whose mean TPOT is the case's (the median, with an odd number of repeats)."""
+    return int(np.argsort([run["tpot_ms"]["mean"] for run in runs])[len(runs) // 2])
+
+
+def _parts_ms(run: dict, predictions: dict[str, dict]) -> dict[str, dict]:
+    """Each PART_MAP part in ms per decode token: measured in `run` and predicted by each engine."""
     def total(breakdown: dict, names: tuple[str, ...]) -> float:
         return sum(breakdown["time_ms_per_token"][name] for name in names)
 
-    means = [run["tpot_ms"]["mean"] for run in runs]
-    median_run = runs[int(np.argsort(means)[len(means) // 2])]
-    return {part: {"measured": total(median_run["breakdown"], measured),
+    return {part: {"measured": total(run["breakdown"], measured),
                    **{engine: total(result["breakdown"], predicted) for engine, result in predictions.items()}}
             for part, (measured, predicted) in PART_MAP.items()}
 
 
-def _case_row(case: Case, runs: list[dict], predictions: dict[str, dict]) -> dict:
+def _case_row(case: Case, runs: list[dict], by_pass: list[dict[str, dict]]) -> dict:
+    """One case: its replays (one per pass) and each engine's prediction from each pass's profile. The
+    case's measured TPOT is its median replay's; its prediction is the one from that replay's pass, so
+    a measurement is compared with the calibration taken nearest it, and the parts add up to the error."""
     means = [run["tpot_ms"]["mean"] for run in runs]
-    measured = float(np.median(means))
+    median = _median_run(runs)
+    measured, paired = means[median], by_pass[median]
     inputs = runs[0]["inputs"]
     return {
         **case.describe(),
         "cache_experts": inputs["cache_experts"], "cache_mb": inputs["cache_mb"],
         "hit_rate": runs[0]["hit_rate"], "flash_mb_per_token": runs[0]["flash_mb_per_token"],
-        "measured_tpot_ms": measured, "measured_tpot_ms_runs": means,
+        "measured_tpot_ms": measured, "measured_tpot_ms_runs": means, "median_pass": median,
         "measured_spread_pct": 100 * (max(means) - min(means)) / measured,
         "measured_ttft_ms": float(np.median([run["ttft_ms"] for run in runs])),
-        "parts_ms": _parts_ms(runs, predictions),
-        "predicted": {engine: {"tpot_ms": result["tpot_ms"]["mean"], "ttft_ms": result["ttft_ms"],
-                               "hit_rate": result["hit_rate"],
+        "parts_ms": _parts_ms(runs[median], paired),
+        "predicted": {engine: {"tpot_ms": result["tpot_ms"]["mean"],
+                               "tpot_ms_passes": [predictions[engine]["tpot_ms"]["mean"] for predictions in by_pass],
+                               "ttft_ms": result["ttft_ms"], "hit_rate": result["hit_rate"],
                                "error_pct": 100 * (result["tpot_ms"]["mean"] - measured) / measured}
-                      for engine, result in predictions.items()},
+                      for engine, result in paired.items()},
     }
