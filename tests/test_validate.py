@@ -131,16 +131,14 @@ def test_a_quick_validation_end_to_end(tmp_path, monkeypatch):
         assert case["measured_spread_pct"] == pytest.approx(100 * (max(runs) - min(runs)) / case["measured_tpot_ms"])
         assert set(report["parts"][engine]) == set(PART_MAP)
     assert sum(m.startswith("replay ") for m in messages) == 15 and list(tmp_path.glob("cosmosim-*")) == []
-    # The host is calibrated again before passes 2 and 3 (the first has the profile just made), and each case
-    # is compared with the prediction of its median replay's pass.
+    # The host is calibrated again before passes 2 and 3 (the first has the profile just made), and each case's
+    # prediction is the median of the three passes' predictions.
     assert sum(m.startswith(("pass 2: calibrating", "pass 3: calibrating")) for m in messages) == 2
     assert report["track"] and report["passes"][0]["sha256"] == load_profile(profile).sha256 and len(report["passes"]) == 3
     for case in report["cases"]:
-        assert case["measured_tpot_ms"] == case["measured_tpot_ms_runs"][case["median_pass"]]
         for engine in report["engines"]:
             predicted = case["predicted"][engine]
-            assert len(predicted["tpot_ms_passes"]) == 3
-            assert predicted["tpot_ms"] == predicted["tpot_ms_passes"][case["median_pass"]]
+            assert len(predicted["tpot_ms_passes"]) == 3 and predicted["tpot_ms"] == sorted(predicted["tpot_ms_passes"])[1]
     # A fitting profile is reused, not measured again. The probe is held at the profile's own figures: what is
     # under test is the reuse, not how steady a shared CI disk is between two runs seconds apart (it has read
     # at half the rate it was calibrated at); the drift check itself has its own tests in test_drift.py.

@@ -16,9 +16,9 @@ before any replay, unless `recalibrate` (which calibrates first).
 With `track` (the default), the host is calibrated again before every pass over the matrix (the
 queue depth its replays use kept), into a scratch folder: this VM's flash and GEMV rates move by
 30-70 % within minutes, more than any term of the model. Each case is then predicted from each
-pass's profile, and compared with its median replay by the prediction of that replay's pass: a
-measurement against the calibration taken nearest it. Nothing is fitted on the cases: every figure
-still comes from calibrate's own measurements.
+pass's profile, and its prediction is the median over the passes, as its measurement is the median
+over its replays. Nothing is fitted on the cases: every figure still comes from calibrate's own
+measurements.
 """
 
 from __future__ import annotations
@@ -300,9 +300,9 @@ def validate(*, traces: list[Path] | None = None, arch: str | Architecture = "we
     }
 
 
-def _median_run(runs: list[dict]) -> int:
-    """The replay whose mean TPOT is the case's (the median, with an odd number of repeats)."""
-    return int(np.argsort([run["tpot_ms"]["mean"] for run in runs])[len(runs) // 2])
+def _median_index(values: list[float]) -> int:
+    """The index of the median of `values` (the upper middle one for an even count)."""
+    return int(np.argsort(values)[len(values) // 2])
 
 
 def _parts_ms(run: dict, predictions: dict[str, dict]) -> dict[str, dict]:
@@ -316,24 +316,25 @@ def _parts_ms(run: dict, predictions: dict[str, dict]) -> dict[str, dict]:
 
 
 def _case_row(case: Case, runs: list[dict], by_pass: list[dict[str, dict]]) -> dict:
-    """One case: its replays (one per pass) and each engine's prediction from each pass's profile. The
-    case's measured TPOT is its median replay's; its prediction is the one from that replay's pass, so
-    a measurement is compared with the calibration taken nearest it, and the parts add up to the error."""
+    """One case: its replays (one per pass) and each engine's prediction from each pass's profile. Its
+    measured TPOT is the median replay's, its prediction the median over the passes' profiles (one
+    calibration gone wrong does not decide it); the parts are those of the two medians, so they add up
+    to the error."""
     means = [run["tpot_ms"]["mean"] for run in runs]
-    median = _median_run(runs)
-    measured, paired = means[median], by_pass[median]
+    measured = means[_median_index(means)]
+    passes = {engine: [predictions[engine]["tpot_ms"]["mean"] for predictions in by_pass] for engine in by_pass[0]}
+    median = {engine: by_pass[_median_index(values)][engine] for engine, values in passes.items()}
     inputs = runs[0]["inputs"]
     return {
         **case.describe(),
         "cache_experts": inputs["cache_experts"], "cache_mb": inputs["cache_mb"],
         "hit_rate": runs[0]["hit_rate"], "flash_mb_per_token": runs[0]["flash_mb_per_token"],
-        "measured_tpot_ms": measured, "measured_tpot_ms_runs": means, "median_pass": median,
+        "measured_tpot_ms": measured, "measured_tpot_ms_runs": means,
         "measured_spread_pct": 100 * (max(means) - min(means)) / measured,
         "measured_ttft_ms": float(np.median([run["ttft_ms"] for run in runs])),
-        "parts_ms": _parts_ms(runs[median], paired),
-        "predicted": {engine: {"tpot_ms": result["tpot_ms"]["mean"],
-                               "tpot_ms_passes": [predictions[engine]["tpot_ms"]["mean"] for predictions in by_pass],
+        "parts_ms": _parts_ms(runs[_median_index(means)], median),
+        "predicted": {engine: {"tpot_ms": result["tpot_ms"]["mean"], "tpot_ms_passes": passes[engine],
                                "ttft_ms": result["ttft_ms"], "hit_rate": result["hit_rate"],
                                "error_pct": 100 * (result["tpot_ms"]["mean"] - measured) / measured}
-                      for engine, result in paired.items()},
+                      for engine, result in median.items()},
     }
