@@ -24,13 +24,19 @@ else
   RUNS=runs TRACES=traces ROUTER=()
 fi
 
+trace_of() {  # RUN: the trace it is recorded into
+  case $1 in wearable-moe-mini) echo moe.npz ;; wearable-wd-mini) echo wd.npz ;; *) echo "$1.npz" ;; esac
+}
+# A run whose trace is recorded is done, even where its run folder went with an earlier machine.
 train() {  # RUN CONFIG THREADS [overrides...]: train runs/RUN
   local run=$1 config=$2 threads=$3
   shift 3
+  if [[ -f "$TRACES/$(trace_of "$run")" ]]; then echo "$run: $TRACES/$(trace_of "$run") is recorded already"; return; fi
   "$cosmosim" train --config "$config" --steps "$STEPS" --out "$RUNS/$run" --threads "$threads" "${ROUTER[@]}" "$@" \
     > "$RUNS/$run.log" 2>&1
 }
 record() {  # RUN TRACE
+  [[ -d "$RUNS/$1" || ! -f "$TRACES/$2" ]] || return 0
   "$cosmosim" record --checkpoint "$RUNS/$1" --out "$TRACES/$2" --tokens "$TOKENS"
 }
 side_by_side() {  # two train commands (as strings of arguments) at 1 thread each
