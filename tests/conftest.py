@@ -103,5 +103,5 @@ def hold_probe_at(monkeypatch, profile: DeviceProfile, spread_per_seed: float = 
         return profile.flash.bandwidth_bytes_per_s(read_bytes) * (1 + spread_per_seed * (seed - 101))
 
     monkeypatch.setattr(cosmosim.host.probe, "_read_rate", read_rate)
-    monkeypatch.setattr(cosmosim.host.probe, "measure_matmul",
-                        lambda arch, rows, effort, say: (profile.compute.gemv_flops_per_s, []))
+    monkeypatch.setattr(cosmosim.host.probe, "gemv_rates",
+                        lambda arch, effort, repeats: [profile.compute.gemv_flops_per_s] * repeats)

@@ -54,35 +54,58 @@ def matmul_shapes(arch: Architecture) -> dict[tuple[int, int], int]:
     return uses
 
 
-def _seconds_per_linear(rows: int, shape: tuple[int, int], effort: Effort) -> float:
-    n_copies = max(1, math.ceil(effort.working_set_bytes / (shape[0] * shape[1] * DTYPE.itemsize)))
+def _seconds_per_linear(rows: int, shape: tuple[int, int], effort: Effort, repeats: int = 1) -> list[float]:
+    """Seconds per `F.linear` call, timed `repeats` times over one set of weights (setting them up
+    costs more than timing them). The tiny matrix times only the call, on one weight: a working set
+    of them would be a million tensors, 17 s to set up for the same 2.9-3.3 us per call (measured)."""
+    n_copies = 1 if shape == (TINY, TINY) else \
+        max(1, math.ceil(effort.working_set_bytes / (shape[0] * shape[1] * DTYPE.itemsize)))
     base = torch.randn(shape, dtype=DTYPE)
     weights = [base.clone() for _ in range(n_copies)]  # distinct memory is what the caches see
     x = torch.randn(rows, shape[1], dtype=DTYPE)
     for weight in weights:  # first touch
         F.linear(x, weight)
-    calls, start = 0, time.perf_counter()
-    while calls < n_copies or time.perf_counter() - start < effort.seconds_per_point:
-        F.linear(x, weights[calls % n_copies])
-        calls += 1
-    return (time.perf_counter() - start) / calls
+    timings = []
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while calls < n_copies or time.perf_counter() - start < effort.seconds_per_point:
+            F.linear(x, weights[calls % n_copies])
+            calls += 1
+        timings.append((time.perf_counter() - start) / calls)
+    return timings
+
+
+def _rate(rows: int, uses: dict[tuple[int, int], int], net_s: dict[tuple[int, int], float]) -> float:
+    """FLOP/s over the matrices `uses` weights, each timed at `net_s` seconds per product."""
+    flops = sum(count * 2 * rows * out * inp for (out, inp), count in uses.items())
+    return flops / sum(count * net_s[shape] for shape, count in uses.items())
+
+
+def _net_seconds(arch: Architecture, rows: int, effort: Effort, progress: Progress,
+                 repeats: int) -> list[dict[tuple[int, int], float]]:
+    """Per repeat, each matrix shape's seconds per product net of the per-call cost."""
+    call_s = _seconds_per_linear(rows, (TINY, TINY), effort, repeats)
+    per_shape = {}
+    for out, inp in matmul_shapes(arch):
+        progress(f"compute: {rows} x {inp} by {inp} x {out} ({DTYPE_NAME})")
+        per_shape[out, inp] = _seconds_per_linear(rows, (out, inp), effort, repeats)
+    return [{shape: max(timings[index] - call_s[index], 1e-9) for shape, timings in per_shape.items()}
+            for index in range(repeats)]
 
 
 def measure_matmul(arch: Architecture, rows: int, effort: Effort,
                    progress: Progress) -> tuple[float, list[dict], dict[str, float]]:
     """FLOP/s of `rows`-row products at the architecture's shapes, weighted by use per token: over
     all of them, per shape, and per operation class (each shape is timed once)."""
-    call_s = _seconds_per_linear(rows, (TINY, TINY), effort)
-    classes, net_s = matmul_classes(arch), {}
-    for out, inp in matmul_shapes(arch):
-        progress(f"compute: {rows} x {inp} by {inp} x {out} ({DTYPE_NAME})")
-        net_s[out, inp] = max(_seconds_per_linear(rows, (out, inp), effort) - call_s, 1e-9)
-
-    def rate(uses: dict[tuple[int, int], int]) -> float:
-        flops = sum(count * 2 * rows * out * inp for (out, inp), count in uses.items())
-        return flops / sum(count * net_s[shape] for shape, count in uses.items())
-
+    classes, (net_s,) = matmul_classes(arch), _net_seconds(arch, rows, effort, progress, 1)
     per_shape = [{"class": name, "out": out, "in": inp, "uses_per_token": uses,
                   "flops_per_s": 2 * rows * out * inp / net_s[out, inp]}
                  for name, shapes in classes.items() for (out, inp), uses in shapes.items()]
-    return rate(matmul_shapes(arch)), per_shape, {name: rate(shapes) for name, shapes in classes.items() if shapes}
+    return (_rate(rows, matmul_shapes(arch), net_s), per_shape,
+            {name: _rate(rows, shapes, net_s) for name, shapes in classes.items() if shapes})
+
+
+def gemv_rates(arch: Architecture, effort: Effort, repeats: int) -> list[float]:
+    """`measure_matmul`'s overall GEMV FLOP/s, `repeats` times back to back over one set of weights."""
+    uses = matmul_shapes(arch)
+    return [_rate(1, uses, net_s) for net_s in _net_seconds(arch, 1, effort, lambda message: None, repeats)]

@@ -10,7 +10,8 @@ so wide a tolerance that a x3 drift went through):
 - the flash read rate (`flash_measure._read_rate`) at the profile's largest request size, with its
   queue depth in flight, on the file replay reads (the expert file), against the profile's curve
   at that size;
-- GEMV throughput (`calibrate.measure_matmul` with one row), against `compute.gemv_gflops`.
+- GEMV throughput (`compute_measure.gemv_rates`: `measure_matmul`'s figure with one row, its weights
+  set up once for all repeats), against `compute.gemv_gflops`.
 
 The probe's value is the median of its repeats, its spread (max - min) / median; a figure has
 drifted when |profile / probe - 1| exceeds max(spread, DRIFT_FLOOR), QUICK_DRIFT_FLOOR for a profile
@@ -25,7 +26,7 @@ import numpy as np
 
 from cosmosim.engines.replay.storage import ALIGN, ColdReader
 from cosmosim.errors import InputError
-from cosmosim.host.compute_measure import measure_matmul
+from cosmosim.host.compute_measure import gemv_rates
 from cosmosim.host.effort import FULL, QUICK
 from cosmosim.host.flash_measure import _read_rate
 from cosmosim.inputs.arch import Architecture
@@ -42,14 +43,11 @@ class DriftError(InputError):
     """A profile figure no longer matches this host (one line; the command line exits 2)."""
 
 
-def _repeated(measure) -> tuple[float, float, list[float]]:
-    values = [float(measure(index)) for index in range(PROBE_REPEATS)]
-    median = float(np.median(values))
-    return median, (max(values) - min(values)) / median if median > 0 else 0.0, values
-
-
-def _figure(name: str, unit: str, scale: float, profile_value: float, floor: float, measure) -> dict:
-    probe_value, spread, values = _repeated(measure)
+def _figure(name: str, unit: str, scale: float, profile_value: float, floor: float, values: list[float]) -> dict:
+    """A probed figure from its repeats: their median, their spread (max - min) / median, the
+    tolerance and the profile's drift from the median."""
+    probe_value = float(np.median(values))
+    spread = (max(values) - min(values)) / probe_value if probe_value > 0 else 0.0
     return {"figure": name, "unit": unit, "profile": profile_value / scale, "probe": probe_value / scale,
             "probe_runs": [value / scale for value in values], "spread": spread,
             "tolerance": max(spread, floor),
@@ -71,10 +69,10 @@ def probe(profile: DeviceProfile, record: dict, reader: ColdReader, file_bytes: 
     depth = flash.queue_depth
     figures = [_figure(f"flash read rate at {request // KIB} KiB requests, {depth} in flight", "MB/s", 1e6,
                        flash.bandwidth_bytes_per_s(request), floor,
-                       lambda index: _read_rate(reader, file_bytes, request, depth, effort.seconds_per_point,
-                                                100 + index))]
+                       [_read_rate(reader, file_bytes, request, depth, effort.seconds_per_point, 100 + index)
+                        for index in range(PROBE_REPEATS)])]
     figures.append(_figure("GEMV throughput", "GFLOP/s", 1e9, profile.compute.gemv_flops_per_s, floor,
-                           lambda index: measure_matmul(arch, 1, effort, lambda message: None)[0]))
+                           gemv_rates(arch, effort, PROBE_REPEATS)))
     return figures
 
 
