@@ -97,6 +97,10 @@ stage_study_bles() {
 }
 # Run-to-run noise: the first pair's best locality again with another seed (weights and batches).
 stage_study_seed() { train study-balance-0.001-seed1 wearable-moe-mini 2 --load-balance-weight 0.001 --seed 1; }
+# WD factors trained at three times the learning rate: a product of two factors moves about half as
+# fast as one matrix under the same Adam steps (docs/models.md). With NEXT=1 it is at the retraining's
+# balance weight; if it closes the WD mini's gap to the MoE mini, the wd stages take its setting.
+stage_study_wd_lr() { train study-wd-lr-3 wearable-wd-mini 2 --wd-lr-scale 3; }
 stage_minis() { .venv/bin/python scripts/summarize_minis.py "$RUNS"/*/ --out "$TRACES/minis.json"; }
 
 mkdir -p "$RUNS" "$TRACES"
