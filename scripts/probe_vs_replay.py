@@ -18,8 +18,8 @@ import numpy as np
 from cosmosim import runner
 from cosmosim.engines.replay.compute import torch_threads
 from cosmosim.engines.replay.run import HostModel
-from cosmosim.engines.replay.storage import ALIGN
 from cosmosim.host.flash_measure import _read_rate
+from cosmosim.host.probe import probe_request_bytes
 from cosmosim.inputs.arch import get_arch
 from cosmosim.inputs.profiles import host_profile_path, load_profile
 from cosmosim.inputs.trace import load_trace
@@ -39,9 +39,8 @@ def main() -> None:
     waits, rates = [], []
     with torch_threads(1), HostModel(arch, None) as model:
         scenario = runner.prepare(profile, load_trace(args.trace), arch, config)
-        request, depth, size = profile.flash.max_request_bytes, profile.flash.queue_depth, model.layout.file_bytes
-        while request > ALIGN and request > size // 2:
-            request //= 2
+        size, depth = model.layout.file_bytes, profile.flash.queue_depth
+        request = probe_request_bytes(profile.flash, size)
         for pair in range(args.pairs):
             before = _read_rate(model.reader, size, request, depth, PROBE_S, pair)
             replayed = model.replay(scenario)

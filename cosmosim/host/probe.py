@@ -30,7 +30,7 @@ from cosmosim.host.compute_measure import gemv_rates
 from cosmosim.host.effort import FULL, QUICK
 from cosmosim.host.flash_measure import _read_rate
 from cosmosim.inputs.arch import Architecture
-from cosmosim.inputs.profiles import DeviceProfile
+from cosmosim.inputs.profiles import DeviceProfile, FlashSpec
 from cosmosim.units import KIB
 
 PROBE_REPEATS = 3
@@ -54,6 +54,14 @@ def _figure(name: str, unit: str, scale: float, profile_value: float, floor: flo
             "drift": profile_value / probe_value - 1 if probe_value > 0 else float("inf")}
 
 
+def probe_request_bytes(flash: FlashSpec, file_bytes: int) -> int:
+    """The probe's read size: the profile's largest request, halved until the file holds a few of them."""
+    request = flash.max_request_bytes
+    while request > ALIGN and request > file_bytes // 2:
+        request //= 2
+    return request - request % ALIGN
+
+
 def probe(profile: DeviceProfile, record: dict, reader: ColdReader, file_bytes: int, arch: Architecture) -> list[dict]:
     """The probed figures (name, unit, profile and probe values, spread, tolerance, drift), measured
     with the effort the profile was calibrated with but for PROBE_SECONDS_PER_POINT per point; the
@@ -62,11 +70,7 @@ def probe(profile: DeviceProfile, record: dict, reader: ColdReader, file_bytes: 
     floor = QUICK_DRIFT_FLOOR if effort is QUICK else DRIFT_FLOOR
     effort = replace(effort, seconds_per_point=PROBE_SECONDS_PER_POINT)
     flash = profile.flash
-    request = flash.max_request_bytes
-    while request > ALIGN and request > file_bytes // 2:  # the expert file holds a few of them
-        request //= 2
-    request -= request % ALIGN
-    depth = flash.queue_depth
+    request, depth = probe_request_bytes(flash, file_bytes), flash.queue_depth
     figures = [_figure(f"flash read rate at {request // KIB} KiB requests, {depth} in flight", "MB/s", 1e6,
                        flash.bandwidth_bytes_per_s(request), floor,
                        [_read_rate(reader, file_bytes, request, depth, effort.seconds_per_point, 100 + index)
